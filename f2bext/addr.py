@@ -1,0 +1,53 @@
+"""Address parsing: the only door through which untrusted address text enters f2bext."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Union
+
+from .errors import InputError
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_MAX_TEXT = 64
+
+
+def parse_target(text: object) -> Network:
+    """Parse one address or CIDR to ban; refuse anything that is not plainly one.
+
+    IPv4-mapped IPv6 addresses become IPv4 (the kernel sees them as IPv4 packets), and a
+    CIDR with host bits set is normalised, as fail2ban does.
+    """
+    raw = str(text)
+    if not raw or len(raw) > _MAX_TEXT or raw != raw.strip() or not raw.isascii():
+        raise InputError(f"not an IP address or CIDR: {raw[:_MAX_TEXT]!r}")
+    if "%" in raw:
+        raise InputError(f"scoped IPv6 addresses cannot be banned: {raw!r}")
+    try:
+        net = ipaddress.ip_network(raw, strict=False)
+    except ValueError:
+        raise InputError(f"not an IP address or CIDR: {raw!r}") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen == 128:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            net = ipaddress.ip_network(mapped)
+    if net.network_address.is_unspecified and net.prefixlen == net.max_prefixlen:
+        raise InputError(f"the unspecified address cannot be banned: {raw!r}")
+    if any(net.version == lo.version and net.overlaps(lo) for lo in _LOOPBACK):
+        raise InputError(f"refusing to ban loopback: {raw!r}")
+    return net
+
+
+def parse_targets(texts: Iterable[object]) -> list[Network]:
+    """Parse every address first, so that one bad entry changes nothing."""
+    return [parse_target(t) for t in texts]
+
+
+def is_single(net: Network) -> bool:
+    return net.prefixlen == net.max_prefixlen
+
+
+def to_text(net: Network) -> str:
+    """An address as fail2ban and nft write it: bare for a host, CIDR for a network."""
+    return str(net.network_address) if is_single(net) else str(net)

@@ -1,0 +1,19 @@
+"""Firewall backends behind one small interface."""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from .base import Backend, Finding
+
+BACKENDS = ("nftables",)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend object for a name given by a user or a state file."""
+    if name == "nftables":
+        from .nft import NftBackend
+        return NftBackend()
+    raise InputError(f"unknown backend {name[:20]!r}: use {', '.join(BACKENDS)}")
+
+
+__all__ = ["Backend", "Finding", "get_backend", "BACKENDS"]

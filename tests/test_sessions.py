@@ -1,0 +1,512 @@
+"""Killing a banned address's sessions: real TCP sessions held open across namespaces, then cut."""
+
+from __future__ import annotations
+
+import ipaddress
+import queue
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from f2bext import lab
+from f2bext.sessions import (
+    BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, INET_DIAG_REQ_BYTECODE, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    NLMSG_DONE, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY, DiagSocket, KillReport, conntrack_filters,
+    conntrack_in_scope, diag_bytecode, diag_targets, kill_sessions, mapped, pack_destroy_request,
+    pack_dump_request, parse_diag_msg, parse_messages, socket_protocols,
+)
+
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+ATT4, ATT4B, ATT6 = lab.ATTACKER4, lab.ATTACKER_NET_PEER4, lab.ATTACKER6
+BY4 = lab.BYSTANDER4
+SRV4, SRV6 = lab.SERVER4, lab.SERVER6
+BOTH = frozenset({"conntrack", "sockets"})
+SMTP = ((25, 25), (587, 587))
+
+# A server in the server namespace: dual-stack listeners on `::` (IPv4 peers arrive v4-mapped), one
+# IPv4-only listener; it echoes, and reports each session's start and end on stdout.
+LISTENER = r"""
+import selectors, socket, sys
+sel = selectors.DefaultSelector()
+for family, host, port in [(socket.AF_INET6, "::", 25), (socket.AF_INET6, "::", 587),
+                           (socket.AF_INET6, "::", 8080), (socket.AF_INET, "0.0.0.0", 2525)]:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port)); s.listen(16)
+    sel.register(s, selectors.EVENT_READ, "listen")
+def say(*words):
+    print(*words, flush=True)
+say("ready")
+while True:
+    for key, _ in sel.select():
+        s = key.fileobj
+        if key.data == "listen":
+            c, peer = s.accept()
+            tag = f"{c.getpeername()[0].removeprefix('::ffff:')}:{c.getpeername()[1]}>{c.getsockname()[1]}"
+            sel.register(c, selectors.EVENT_READ, tag)
+            say("open", tag)
+            continue
+        try:
+            data = s.recv(4096)
+        except OSError as e:
+            data, why = b"", type(e).__name__
+        else:
+            why = "eof"
+        if data:
+            s.sendall(data)
+        else:
+            sel.unregister(s); s.close()
+            say("closed", key.data, why)
+"""
+
+# Clients: connect from the given source addresses and hold the sessions; on each stdin line `i`,
+# send a ping over connection i and report whether it came back (or how the connection failed).
+CLIENT = r"""
+import socket, sys
+conns = []
+for spec in sys.argv[1:]:
+    src, dst, port = spec.split(",")
+    c = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_STREAM)
+    c.bind((src, 0)); c.connect((dst, int(port))); c.settimeout(3)
+    conns.append(c)
+    print("up", len(conns) - 1, f"{src}:{c.getsockname()[1]}", flush=True)
+for line in sys.stdin:
+    i = int(line)
+    try:
+        conns[i].sendall(b"ping")
+        got = conns[i].recv(4, socket.MSG_WAITALL)
+        print("echo", i, "ok" if got == b"ping" else "eof", flush=True)
+    except OSError as e:
+        print("echo", i, type(e).__name__, flush=True)
+"""
+
+
+class Proc:
+    """A helper process in a namespace; its stdout lines are collected in the background."""
+
+    def __init__(self, ns, code: str, *args: str) -> None:
+        self.popen = ns.popen([sys.executable, "-u", "-c", code, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[list[str]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.popen.stdout:
+            self.lines.put(line.split())
+
+    def next(self, word: str, timeout: float = 10) -> list[str]:
+        """The next line starting with `word` (earlier lines are kept in `seen`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {word!r} line; stderr: {self._stderr()}") from None
+            self.seen.append(line)
+            if line[0] == word:
+                return line
+
+    def drain(self, wait: float = 0.3) -> list[list[str]]:
+        time.sleep(wait)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
+
+    def _stderr(self) -> str:
+        if self.popen.poll() is None:
+            return "(still running)"
+        return self.popen.stderr.read()
+
+    def stop(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
+        for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            stream.close()
+
+
+class Session:
+    """One held TCP connection, seen from its client and from the server that accepted it."""
+
+    def __init__(self, client: Proc, index: int, tag: str, server: Proc) -> None:
+        self.client, self.index, self.tag, self.server = client, index, tag, server
+
+    @property
+    def src(self) -> str:
+        return self.tag.rsplit(":", 1)[0]
+
+    @property
+    def sport(self) -> int:
+        return int(self.tag.rsplit(":", 1)[1])
+
+    def ping(self) -> str:
+        """`ok` while the session lives; the client's error once it was cut."""
+        self.client.popen.stdin.write(f"{self.index}\n")
+        self.client.popen.stdin.flush()
+        return self.client.next("echo")[2]
+
+    def server_closed(self) -> str:
+        """How the server saw the session end, or "" while it has not."""
+        for line in self.server.drain(0.2):
+            if line[0] == "closed" and line[1].split(">")[0] == self.tag:
+                return line[2]
+        return ""
+
+
+class Lab:
+    """The hosts with conntrack in use on the server, a listener there, and helpers to hold sessions."""
+
+    def __init__(self, hosts) -> None:
+        self.hosts = hosts
+        self.procs: list[Proc] = []
+        for cmd in (["add", "table", "inet", "lab"],
+                    ["add", "chain", "inet", "lab", "in", "{ type filter hook input priority 0; }"],
+                    ["add", "rule", "inet", "lab", "in", "ct", "state", "established", "accept"],
+                    ["add", "chain", "inet", "lab", "out", "{ type filter hook output priority 0; }"],
+                    ["add", "rule", "inet", "lab", "out", "ct", "state", "established", "accept"]):
+            hosts.server.nft(*cmd)
+        self.listener = self.start(hosts.server, LISTENER)
+        self.listener.next("ready")
+
+    def start(self, ns, code: str, *args: str) -> Proc:
+        proc = Proc(ns, code, *args)
+        self.procs.append(proc)
+        return proc
+
+    def hold(self, ns, *specs: tuple[str, str, int], server: Proc = None) -> list[Session]:
+        """Open and hold connections (source, destination, port) from `ns`, accepted by `server`."""
+        server = server or self.listener
+        client = self.start(ns, CLIENT, *(f"{src},{dst},{port}" for src, dst, port in specs))
+        sessions = [Session(client, int(line[1]), line[2], server) for line in (client.next("up") for _ in specs)]
+        for session in sessions:
+            assert session.ping() == "ok"
+        return sessions
+
+    def flows(self, session: Session, ns=None) -> list[str]:
+        """The conntrack entries of one session, as `conntrack -L` lists them in `ns` (the server)."""
+        ns = ns or self.hosts.server
+        listing = ns.run(["conntrack", "-L", "-f", "ipv6" if ":" in session.src else "ipv4"]).stdout
+        return [line for line in listing.splitlines()
+                if f"src={session.src} " in line and f"sport={session.sport} " in line]
+
+    def kill(self, nets: list[str], protocols=("tcp",), ports=SMTP, kinds=BOTH) -> KillReport:
+        with self.hosts.server.entered():
+            return kill_sessions([net(n) for n in nets], protocols, ports, kinds)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+@pytest.fixture
+def sessions_lab(hosts):
+    lab_ = Lab(hosts)
+    try:
+        yield lab_
+    finally:
+        lab_.close()
+
+
+def assert_cut(lab_: Lab, session: Session) -> None:
+    assert session.server_closed() == "ConnectionAbortedError"  # the server process saw its session end
+    assert session.ping() in ("ConnectionResetError", "BrokenPipeError")  # the client got a reset
+    assert lab_.flows(session) == []
+
+
+def assert_alive(lab_: Lab, session: Session) -> None:
+    assert session.ping() == "ok"
+    assert session.server_closed() == ""
+    assert lab_.flows(session)
+
+
+# --- kernel ------------------------------------------------------------------------------------------
+
+def test_held_session_to_a_banned_port_is_cut_and_the_bystander_keeps_his(sessions_lab):
+    (attacker,) = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 25))
+    (bystander,) = sessions_lab.hold(sessions_lab.hosts.bystander, (BY4, SRV4, 25))
+    assert sessions_lab.flows(attacker)
+
+    report = sessions_lab.kill([ATT4])
+
+    assert report == KillReport(conntrack=1, sockets=1, problems=())
+    assert_cut(sessions_lab, attacker)
+    assert_alive(sessions_lab, bystander)
+
+
+def test_multiport_kill_spares_other_ports_and_an_allports_kill_cuts_them(sessions_lab):
+    smtp, web = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 587), (ATT4, SRV4, 8080))
+
+    assert sessions_lab.kill([ATT4], ports=SMTP) == KillReport(1, 1, ())
+    assert_cut(sessions_lab, smtp)
+    assert_alive(sessions_lab, web)
+
+    assert sessions_lab.kill([ATT4], ports=()) == KillReport(1, 1, ())
+    assert_cut(sessions_lab, web)
+
+
+def test_session_on_an_ipv4_only_socket_is_cut(sessions_lab):
+    (session,) = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 2525))
+
+    assert sessions_lab.kill([ATT4], ports=((2500, 2600),)) == KillReport(1, 1, ())
+    assert_cut(sessions_lab, session)
+
+
+def test_ipv6_attacker_session_is_cut_and_his_ipv4_session_is_not(sessions_lab):
+    v6, v4 = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT6, SRV6, 587), (ATT4, SRV4, 587))
+    (bystander,) = sessions_lab.hold(sessions_lab.hosts.bystander, (lab.BYSTANDER6, SRV6, 587))
+
+    assert sessions_lab.kill([ATT6]) == KillReport(1, 1, ())
+    assert_cut(sessions_lab, v6)
+    assert_alive(sessions_lab, v4)
+    assert_alive(sessions_lab, bystander)
+
+
+def test_cidr_ban_cuts_every_address_inside_it(sessions_lab):
+    first, second = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 25), (ATT4B, SRV4, 25))
+    (bystander,) = sessions_lab.hold(sessions_lab.hosts.bystander, (BY4, SRV4, 25))
+
+    assert sessions_lab.kill(["203.0.113.0/24"]) == KillReport(2, 2, ())
+    assert_cut(sessions_lab, first)
+    assert_cut(sessions_lab, second)
+    assert_alive(sessions_lab, bystander)
+
+
+def test_allports_kill_also_cuts_flows_the_server_opened_to_the_address(sessions_lab):
+    hosts = sessions_lab.hosts
+    remote = sessions_lab.start(hosts.attacker, LISTENER)
+    remote.next("ready")
+    (outgoing,) = sessions_lab.hold(hosts.server, (SRV4, ATT4, 8080), server=remote)
+    server_side = [line for line in sessions_lab.flows(outgoing) if f"dst={ATT4} " in line]
+    assert server_side
+
+    assert sessions_lab.kill([ATT4], ports=SMTP) == KillReport(0, 0, ())
+    assert outgoing.ping() == "ok"
+
+    assert sessions_lab.kill([ATT4], ports=()) == KillReport(1, 1, ())
+    assert outgoing.ping() in ("ConnectionAbortedError", "BrokenPipeError")  # the server's own socket died
+    assert sessions_lab.flows(outgoing) == []
+
+
+def test_each_kind_does_only_its_part_and_no_kind_does_nothing(sessions_lab):
+    (session,) = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 25))
+
+    assert sessions_lab.kill([ATT4], kinds=frozenset()) == KillReport(0, 0, ())
+    assert_alive(sessions_lab, session)
+
+    assert sessions_lab.kill([ATT4], kinds=frozenset({"conntrack"})) == KillReport(1, 0, ())
+    assert session.ping() == "ok"  # the socket lives on; its next packets are tracked afresh
+    assert session.server_closed() == ""
+
+    assert sessions_lab.kill([ATT4], kinds=frozenset({"sockets"})) == KillReport(0, 1, ())
+    assert session.server_closed() == "ConnectionAbortedError"
+
+
+def test_conntrack_kill_follows_protocols_and_ports(sessions_lab):
+    server = sessions_lab.hosts.server
+
+    def insert(proto: str, src: str, dport: int, *extra: str) -> None:
+        server.run(["conntrack", "-I", "-p", proto, "-s", src, "-d", SRV4, "--sport", "40000",
+                    "--dport", str(dport), "-t", "300", *extra])
+
+    def listed(proto: str) -> list[str]:
+        return [line for line in server.run(["conntrack", "-L", "-p", proto]).stdout.splitlines()
+                if f"src={ATT4} " in line]
+
+    insert("udp", ATT4, 53)
+    insert("sctp", ATT4, 5060, "--state", "ESTABLISHED", "--orig-vtag", "1", "--reply-vtag", "2")
+    insert("sctp", ATT4, 5061, "--state", "ESTABLISHED", "--orig-vtag", "3", "--reply-vtag", "4")
+
+    assert sessions_lab.kill([ATT4], protocols=("tcp",), ports=()) == KillReport(0, 0, ())
+    assert sessions_lab.kill([ATT4], protocols=("sctp",), ports=((5060, 5060),)) == KillReport(1, 0, ())
+    assert [line for line in listed("sctp") if "dport=5061 " in line] and not \
+        [line for line in listed("sctp") if "dport=5060 " in line]
+    assert listed("udp")
+    report = sessions_lab.kill(["203.0.113.0/25"], protocols=(), ports=(), kinds=frozenset({"conntrack"}))
+    assert report == KillReport(2, 0, ())
+    assert listed("udp") == listed("sctp") == []
+
+
+UDP_SERVER = r"""
+import socket
+served = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+served.bind(("0.0.0.0", 53))
+peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+peer.bind(("198.51.100.1", 5300)); peer.connect(("203.0.113.7", 53))
+print("ready", flush=True)
+try:
+    peer.recv(100)
+except OSError as e:
+    print("ended", type(e).__name__, flush=True)
+print("got", served.recv(100).decode(), flush=True)
+"""
+
+
+def test_connected_udp_sockets_are_destroyed_and_unconnected_ones_are_not(sessions_lab):
+    hosts = sessions_lab.hosts
+    server = sessions_lab.start(hosts.server, UDP_SERVER)
+    server.next("ready")
+
+    # Even a ban of everything leaves the unconnected (serving) socket alone: it holds no session.
+    report = sessions_lab.kill(["0.0.0.0/0"], protocols=("udp",), ports=(), kinds=frozenset({"sockets"}))
+
+    assert report == KillReport(0, 1, ())
+    assert server.next("ended") == ["ended", "ConnectionAbortedError"]
+    hosts.attacker.run([sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                        f".sendto(b'hello', ('{SRV4}', 53))"])
+    assert server.next("got") == ["got", "hello"]
+
+
+# --- pure parts --------------------------------------------------------------------------------------
+
+def _cond_width(code: bytes, pos: int) -> int:
+    return 4 if code[pos + 4] == socket.AF_INET else 16
+
+
+def _op_len(code: bytes, pos: int) -> int:
+    op = code[pos]
+    if op == BC_D_COND:
+        return 4 + 8 + _cond_width(code, pos)
+    return 8 if op in (BC_S_GE, BC_S_LE) else 4
+
+
+def audit(code: bytes) -> None:
+    """The kernel's inet_diag_bc_audit: the true branches walk every op to the end exactly; false
+    branches land on an op start, on the end (accept) or 4 bytes past it (reject)."""
+    starts, pos = [], 0
+    while pos < len(code):
+        starts.append(pos)
+        _, yes, _ = struct.unpack_from("=BBH", code, pos)
+        assert yes == _op_len(code, pos)
+        pos += yes
+    assert pos == len(code)
+    for start in starts:
+        _, _, no = struct.unpack_from("=BBH", code, start)
+        assert no >= _op_len(code, start) and no % 4 == 0
+        assert start + no in starts or start + no in (len(code), len(code) + 4)
+
+
+def run(code: bytes, family: int, remote: str, local_port: int) -> bool:
+    """The kernel's inet_diag_bc_run for the ops diag_bytecode uses."""
+    pos = 0
+    while 0 <= pos < len(code):
+        op, yes, no = struct.unpack_from("=BBH", code, pos)
+        if op == BC_D_COND:
+            cond_family, prefix_len, port = struct.unpack_from("=BBxxi", code, pos + 4)
+            width = _cond_width(code, pos)
+            prefix = ipaddress.ip_network((int.from_bytes(code[pos + 12:pos + 12 + width], "big"), prefix_len))
+            ok = port == -1 and cond_family == family and ip(remote) in prefix
+        elif op in (BC_S_GE, BC_S_LE):
+            bound = struct.unpack_from("=BBH", code, pos + 4)[2]
+            ok = local_port >= bound if op == BC_S_GE else local_port <= bound
+        else:
+            assert op == BC_JMP
+            ok = False
+        pos += yes if ok else no
+    return pos == len(code)
+
+
+def test_bytecode_without_ports_is_one_remote_prefix_condition():
+    code = diag_bytecode(net("203.0.113.7/32"), ())
+    assert code == struct.pack("=BBHBBxxi4s", BC_D_COND, 16, 20, socket.AF_INET, 32, -1, ip(ATT4).packed)
+    audit(code)
+    assert run(code, socket.AF_INET, ATT4, 12345)
+    assert not run(code, socket.AF_INET, ATT4B, 12345)
+
+
+@pytest.mark.parametrize("ports", [SMTP, ((20, 25), (100, 200), (1000, 2000)), ((587, 587),)])
+def test_bytecode_matches_remote_prefix_and_local_port_ranges_as_the_kernel_runs_it(ports):
+    for target, family, inside, outside in [
+        (net("203.0.113.0/24"), socket.AF_INET, [ATT4, ATT4B], [BY4, "203.0.114.7"]),
+        (mapped(net("203.0.113.7/32")), socket.AF_INET6, ["::ffff:" + ATT4], ["::ffff:" + ATT4B, ATT6]),
+        (net("2001:db8::/64"), socket.AF_INET6, [ATT6, lab.BYSTANDER6], ["2001:db9::7", "::ffff:" + ATT4]),
+    ]:
+        code = diag_bytecode(target, ports)
+        audit(code)
+        for port in range(0, 2100):
+            wanted = any(low <= port <= high for low, high in ports)
+            for remote in inside:
+                assert run(code, family, remote, port) == wanted, (target, remote, port)
+            for remote in outside:
+                assert not run(code, family, remote, port)
+
+
+def test_ipv4_peers_are_also_looked_for_as_v4_mapped_in_ipv6_sockets():
+    assert mapped(net("203.0.113.0/24")) == net("::ffff:203.0.113.0/120")
+    assert diag_targets([net("203.0.113.7/32"), net("2001:db8::7/128")]) == [
+        (socket.AF_INET, net("203.0.113.7/32")), (socket.AF_INET6, net("::ffff:203.0.113.7/128")),
+        (socket.AF_INET6, net("2001:db8::7/128"))]
+
+
+def test_dump_request_carries_protocol_states_and_bytecode():
+    code = diag_bytecode(net("203.0.113.7/32"), SMTP)
+    msg = pack_dump_request(7, socket.AF_INET6, socket.IPPROTO_TCP, 0x1234, code)
+    length, msg_type, flags, seq, pid = struct.unpack_from("=IHHII", msg)
+    assert (length, msg_type, flags, seq, pid) == (len(msg), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 7, 0)
+    assert struct.unpack_from("=BBBxI", msg, 16) == (socket.AF_INET6, socket.IPPROTO_TCP, 0, 0x1234)
+    assert msg[24:72] == bytes(48)  # no exact socket: the bytecode selects
+    assert struct.unpack_from("=HH", msg, 72) == (4 + len(code), INET_DIAG_REQ_BYTECODE)
+    assert msg[76:] == code
+
+
+def _diag_msg(family: int, state: int, local: str, lport: int, remote: str, rport: int, cookie: int) -> bytes:
+    sockid = struct.pack("!HH16s16s", lport, rport, ip(local).packed.ljust(16, b"\0"),
+                         ip(remote).packed.ljust(16, b"\0")) + struct.pack("=IQ", 0, cookie)
+    return struct.pack("=BBBB", family, state, 0, 0) + sockid + struct.pack("=5I", 0, 0, 0, 0, 4242)
+
+
+def test_diag_answer_is_parsed_and_its_sockid_sent_back_verbatim_to_destroy():
+    payload = _diag_msg(socket.AF_INET6, 1, "::ffff:" + SRV4, 25, "::ffff:" + ATT4, 40000, 99)
+    sock = parse_diag_msg(socket.IPPROTO_TCP, payload)
+    assert sock == DiagSocket(socket.AF_INET6, socket.IPPROTO_TCP, 1, ip("::ffff:" + SRV4), 25,
+                              ip("::ffff:" + ATT4), 40000, payload[4:52])
+    v4 = parse_diag_msg(socket.IPPROTO_UDP, _diag_msg(socket.AF_INET, 1, SRV4, 53, ATT4, 5353, 1))
+    assert (v4.local, v4.remote, v4.local_port, v4.remote_port) == (ip(SRV4), ip(ATT4), 53, 5353)
+
+    msg = pack_destroy_request(3, sock)
+    assert struct.unpack_from("=IHHII", msg) == (len(msg), SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 3, 0)
+    assert struct.unpack_from("=BBBxI", msg, 16) == (socket.AF_INET6, socket.IPPROTO_TCP, 0, 1 << 1)
+    assert msg[24:] == payload[4:52]
+
+
+def test_netlink_datagram_is_split_into_aligned_messages():
+    first = struct.pack("=IHHII", 21, 20, 2, 5, 0) + b"abcde" + b"\0\0\0"  # padded to 4 bytes
+    done = struct.pack("=IHHII", 20, NLMSG_DONE, 2, 5, 0) + struct.pack("=i", 0)
+    assert list(parse_messages(first + done)) == [(20, 5, b"abcde"), (NLMSG_DONE, 5, bytes(4))]
+    assert list(parse_messages(b"")) == []
+
+
+def test_conntrack_filters_are_exact_for_ipv4_hosts_and_by_protocol_otherwise():
+    v4, v6, cidr = net("203.0.113.7/32"), net("2001:db8::7/128"), net("203.0.113.0/24")
+    assert conntrack_filters([v4], ("tcp", "udp"), SMTP) == [
+        (socket.AF_INET, ATT4, None, 6), (socket.AF_INET, ATT4, None, 17)]
+    assert conntrack_filters([v4], ("tcp",), ()) == [(socket.AF_INET, ATT4, None, 6), (socket.AF_INET, None, ATT4, 6)]
+    assert conntrack_filters([cidr, net("198.51.100.0/24")], ("tcp",), SMTP) == [(socket.AF_INET, None, None, 6)]
+    assert conntrack_filters([v6], (), ()) == [(socket.AF_INET6, None, None, None)]
+
+
+def test_conntrack_scope_is_the_ban_scope():
+    nets = [net("203.0.113.0/24")]
+    srv, att, by = ip(SRV4), ip(ATT4), ip(BY4)
+    assert conntrack_in_scope(att, srv, 25, nets, SMTP)
+    assert not conntrack_in_scope(att, srv, 8080, nets, SMTP)
+    assert not conntrack_in_scope(att, srv, None, nets, SMTP)  # no ports (icmp): not in a port ban
+    assert not conntrack_in_scope(srv, att, 25, nets, SMTP)  # the host's own flows: allports only
+    assert not conntrack_in_scope(by, srv, 25, nets, SMTP)
+    assert conntrack_in_scope(att, srv, None, nets, ())
+    assert conntrack_in_scope(srv, att, 443, nets, ())
+    assert not conntrack_in_scope(by, srv, 25, nets, ())
+    assert not conntrack_in_scope(ip(ATT6), ip(SRV6), 25, nets, ())
+
+
+def test_sockets_are_looked_for_in_tcp_and_udp_only():
+    assert socket_protocols(()) == [socket.IPPROTO_TCP, socket.IPPROTO_UDP]
+    assert socket_protocols(("udp", "sctp")) == [socket.IPPROTO_UDP]
+    assert socket_protocols(("sctp",)) == []

@@ -1,0 +1,196 @@
+"""The `f2bext` command: ban, unban, verify, repair, kill, and the start/stop/flush steps the .conf
+actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from typing import Callable, Optional, Sequence
+
+from . import state
+from .addr import Network, parse_target, parse_targets
+from .backends import BACKENDS, Finding, get_backend
+from .backends.base import BROKEN
+from .errors import InputError, KernelError
+from .spec import JailSpec, parse_jail
+
+log = logging.getLogger("f2bext")
+
+SPEC_OPTIONS = ("port", "protocol", "type", "blocktype", "hooks", "chain", "kill")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+        raise InputError(message)
+
+
+def _add_spec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=BACKENDS, help="firewall backend (default: the jail's, else nftables)")
+    p.add_argument("--jail", required=True, help="jail name (letters, digits, '-', '_'; at most 23)")
+    p.add_argument("--port", help="ports: numbers, /etc/services names, ranges a:b or a-b")
+    p.add_argument("--protocol", help="tcp, udp, sctp, a list of them, or all")
+    p.add_argument("--type", help="multiport or allports")
+    p.add_argument("--blocktype", help="reject or drop")
+    p.add_argument("--hooks", help="input, forward or input,forward")
+    p.add_argument("--chain", help="fail2ban's chain: INPUT, FORWARD or DOCKER-USER")
+    p.add_argument("--kill", help="conntrack,sockets (default), conntrack, sockets or none")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="f2bext", description="fail2ban bans that hold: set-based bans, verified and repaired.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, text in (("ban", "ban addresses in a jail"), ("unban", "lift bans in a jail")):
+        p = sub.add_parser(name, help=text)
+        _add_spec_options(p)
+        p.add_argument("addresses", nargs="+", metavar="ADDR", help="IPv4/IPv6 address or CIDR")
+    for name, text in (("start", "create a jail's sets and hooks"), ("stop", "remove a jail's objects"),
+                       ("flush", "lift every ban of a jail")):
+        _add_spec_options(sub.add_parser(name, help=text))
+    for name, text in (("verify", "check that each jail's bans are enforced (0 ok, 1 warning, 2 broken)"),
+                       ("repair", "rebuild whatever verify finds broken")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--jail", help="only this jail (default: every jail f2bext enforces)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("-q", "--quiet", action="store_true", help="no output, exit code only")
+    p = sub.add_parser("kill", help="cut the live sessions of addresses (conntrack entries and sockets)")
+    p.add_argument("--port", help="only sessions to these local ports (default: all)")
+    p.add_argument("--protocol", default="tcp,udp,sctp", help="protocols (default: tcp,udp,sctp)")
+    p.add_argument("addresses", nargs="+", metavar="ADDR")
+    p = sub.add_parser("demo", help="run the namespace lab demo with a real fail2ban-server")
+    p.add_argument("--keep", action="store_true", help="leave the lab up until Enter is pressed")
+    sub.add_parser("cleanup", help="remove namespaces a killed lab or test left behind")
+    return parser
+
+
+def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec]:
+    """Options given on the command line win; a jail f2bext already enforces supplies the rest."""
+    jail = parse_jail(args.jail)
+    given = {k: getattr(args, k) for k in SPEC_OPTIONS if getattr(args, k) is not None}
+    try:
+        known: Optional[state.JailState] = state.load(jail)
+    except InputError:
+        known = None
+    params = dict(known.spec.to_params()) if known else {}
+    if "chain" in given:
+        params.pop("hooks", None)
+    params.update(given)
+    backend = args.backend or (known.backend if known else "nftables")
+    return backend, JailSpec.from_params(jail, params)
+
+
+def _fail2ban_banned(jail: str) -> list[Network]:
+    """The jail's banned list from a running fail2ban-server, if one answers on its socket."""
+    from .f2bsocket import Fail2banSocket
+    try:
+        # Short timeout: when fail2ban runs us from its socket thread (`set JAIL banip`) it cannot answer.
+        with Fail2banSocket(timeout=3.0) as f2b:
+            return [parse_target(ip) for ip in f2b.send(["get", jail, "banip"])]
+    except (OSError, InputError, ValueError):
+        return []
+
+
+def _held(backend, spec: JailSpec) -> Callable[[], list[Network]]:
+    def held() -> list[Network]:
+        return sorted(set(backend.banned(spec)) | set(_fail2ban_banned(spec.jail)), key=str)
+    return held
+
+
+def _report(findings: list[Finding], jails: Sequence[str], args: argparse.Namespace) -> int:
+    code = 2 if any(f.severity == BROKEN for f in findings) else 1 if findings else 0
+    if args.quiet:
+        return code
+    if args.json:
+        print(json.dumps({"status": ("ok", "warning", "broken")[code], "jails": list(jails),
+                          "findings": [asdict(f) for f in findings]}, indent=2))
+    elif not findings:
+        print(f"OK: {len(jails)} jail(s) enforced as configured" + (f" ({', '.join(jails)})" if jails else ""))
+    else:
+        for f in findings:
+            print(f"{f.severity.upper()} [{f.jail}] {f.message}" + (f"\n    evidence: {f.evidence}" if f.evidence else ""))
+    return code
+
+
+def _known_jails(jail: Optional[str]) -> list[state.JailState]:
+    return [state.load(jail)] if jail else state.load_all()
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="f2bext: %(message)s")
+    cmd = args.command
+    if cmd in ("ban", "unban", "start", "stop", "flush"):
+        backend_name, spec = _spec_from_args(args)
+        nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
+        backend = get_backend(backend_name)
+        if cmd == "ban":
+            backend.ban(spec, nets, _held(backend, spec))
+            state.save(backend.name, spec)
+            if spec.kill:
+                from .sessions import kill_sessions
+                for problem in kill_sessions(nets, spec.protocols, spec.ports, spec.kill).problems:
+                    log.warning("%s", problem)
+        elif cmd == "unban":
+            gone = set(nets)
+            backend.unban(spec, nets, lambda: [n for n in _held(backend, spec)() if n not in gone])
+        elif cmd == "start":
+            backend.start(spec, _fail2ban_banned(spec.jail))
+            state.save(backend.name, spec)
+        elif cmd == "flush":
+            backend.flush(spec)
+        else:
+            backend.stop(spec)
+            state.forget(spec.jail)
+        return 0
+    if cmd in ("verify", "repair"):
+        known = _known_jails(args.jail)
+        findings: list[Finding] = []
+        for entry in known:
+            backend = get_backend(entry.backend)
+            found = backend.verify([entry.spec])
+            if cmd == "repair" and found:
+                backend.repair(entry.spec, _held(backend, entry.spec)())
+                found = backend.verify([entry.spec])
+            findings += found
+        return _report(findings, [e.spec.jail for e in known], args)
+    if cmd == "kill":
+        from .sessions import kill_sessions
+        from .spec import parse_ports, parse_protocols
+        protocols = parse_protocols(args.protocol)
+        ports = parse_ports(args.port, protocols) if args.port else ()
+        nets = parse_targets(args.addresses)
+        report = kill_sessions(nets, protocols, ports, frozenset(("conntrack", "sockets")))
+        print(f"cut {report.conntrack} conntrack entries and {report.sockets} sockets")
+        for problem in report.problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        return 1 if report.problems else 0
+    if cmd == "demo":
+        from .demo import run_demo
+        return run_demo(keep=args.keep)
+    if cmd == "cleanup":
+        from .netns import remove_stale
+        for name in remove_stale():
+            print(f"removed namespace {name}")
+        return 0
+    raise AssertionError(cmd)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except InputError as e:
+        print(f"f2bext: error: {e}", file=sys.stderr)
+        return 2
+    except KernelError as e:
+        print(f"f2bext: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

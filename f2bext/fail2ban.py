@@ -1,0 +1,182 @@
+"""The fail2ban side: the ActionBase subclass that action.d/f2bext-*.py hand to fail2ban, and the
+watchdog that puts a jail back within a second or two when someone flushes the ruleset."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fail2ban.helpers import getLogger
+from fail2ban.server.action import ActionBase
+
+from . import state
+from .addr import Network, parse_target
+from .backends import Backend, get_backend
+from .errors import InputError, KernelError
+from .sessions import kill_sessions
+from .spec import JailSpec
+
+log = getLogger("fail2ban.f2bext")
+
+WATCH_INTERVAL = 1.0  # seconds; keeps the self-heal delay under two seconds
+
+_backends: dict[str, Backend] = {}
+_backends_lock = threading.Lock()
+
+
+def shared_backend(name: str) -> Backend:
+    """One backend object per process, so every jail's transactions go through one kernel handle."""
+    with _backends_lock:
+        if name not in _backends:
+            _backends[name] = get_backend(name)
+        return _backends[name]
+
+
+class EnforcingAction(ActionBase):
+    """A jail's bans in kernel sets, verified at every ban, repaired, and sessions cut."""
+
+    backend_name = ""
+
+    # jail and actname are positional-only: the stock actions' `name=` option may arrive in params.
+    def __init__(self, jail: Any, actname: str, /, **params: Any) -> None:
+        super().__init__(jail, actname)
+        self._logSys = log
+        self._lock = threading.RLock()
+        self._problems_said: set[str] = set()
+        self.spec = JailSpec.from_params(jail.name, params)
+        self.backend = shared_backend(self.backend_name)
+
+    # fail2ban reads banEpoch from every action of a jail once any action repaired itself.
+    banEpoch = 0
+
+    def held(self) -> list[Network]:
+        """Every address fail2ban holds banned in this jail, as the kernel should hold them."""
+        nets = []
+        for ip in self._jail.actions.getBanList():
+            try:
+                nets.append(parse_target(str(ip)))
+            except InputError as e:
+                log.warning("[%s] f2bext skips %s", self._jail.name, e)
+        return nets
+
+    def start(self) -> None:
+        with self._lock:
+            self.backend.start(self.spec, self.held())
+            state.save(self.backend.name, self.spec)
+        watchdog.watch(self)
+        log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
+
+    def stop(self) -> None:
+        watchdog.forget(self)
+        with self._lock:
+            self.backend.stop(self.spec)
+            state.forget(self.spec.jail)
+
+    def flush(self) -> bool:
+        with self._lock:
+            self.backend.flush(self.spec)
+        return True
+
+    def ban(self, aInfo: Any) -> None:
+        net = parse_target(str(aInfo["ip"]))
+        with self._lock:
+            self.backend.ban(self.spec, [net], self.held)
+        self._kill(net)
+
+    def reban(self, aInfo: Any) -> None:
+        self.ban(aInfo)
+
+    def unban(self, aInfo: Any) -> None:
+        net = parse_target(str(aInfo["ip"]))
+        with self._lock:
+            self.backend.unban(self.spec, [net], self.held)
+
+    def clearAllParams(self) -> None:
+        """fail2ban calls this before reload(); our parameters are replaced whole by reload()."""
+
+    def reload(self, **params: Any) -> None:
+        """New parameters from `fail2ban-client reload`: keep every ban, rebuild if the spec changed."""
+        spec = JailSpec.from_params(self._jail.name, params)
+        with self._lock:
+            if spec != self.spec:
+                self.spec = spec
+                self.backend.repair(spec, self.held())
+                state.save(self.backend.name, spec)
+                log.info("[%s] f2bext now enforcing %s", self._jail.name, self._describe())
+
+    def consistencyCheck(self, beforeRepair: Any = None) -> bool:
+        """Called by fail2ban when a banned address shows up again: verify, and repair if broken."""
+        self.heal("fail2ban saw an already banned address")
+        return True
+
+    def heal(self, why: str) -> bool:
+        """Repair the jail if the kernel no longer enforces it; True when a repair was made."""
+        with self._lock:
+            findings = self.backend.verify([self.spec])
+            if not findings:
+                return False
+            for f in findings:
+                log.warning("[%s] f2bext: %s (%s); repairing", self._jail.name, f.message, why)
+            self.backend.repair(self.spec, self.held())
+        return True
+
+    def _kill(self, net: Network) -> None:
+        if not self.spec.kill:
+            return
+        report = kill_sessions([net], self.spec.protocols, self.spec.ports, self.spec.kill)
+        if report.conntrack or report.sockets:
+            log.info("[%s] f2bext cut %s: %d conntrack entries, %d sockets", self._jail.name,
+                     net, report.conntrack, report.sockets)
+        for problem in report.problems:
+            if problem not in self._problems_said:
+                self._problems_said.add(problem)
+                log.warning("[%s] f2bext: %s; the ban stands", self._jail.name, problem)
+
+    def _describe(self) -> str:
+        p = self.spec.to_params()
+        return (f"{p['type']} port={p['port']} protocol={p['protocol']} blocktype={p['blocktype']} "
+                f"hooks={p['hooks']} kill={p['kill']}")
+
+
+class Watchdog:
+    """One thread per fail2ban process: every second, a cheap structural check of all our jails.
+
+    It lives as long as the process and idles while no jail is watched, so a jail stopping and
+    another starting can never race a thread that is on its way out."""
+
+    def __init__(self) -> None:
+        self._actions: list[EnforcingAction] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, action: EnforcingAction) -> None:
+        with self._lock:
+            self._actions.append(action)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="f2b/f2bext-watchdog", daemon=True)
+                self._thread.start()
+
+    def forget(self, action: EnforcingAction) -> None:
+        with self._lock:
+            if action in self._actions:
+                self._actions.remove(action)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            with self._lock:
+                actions = list(self._actions)
+            for backend in {a.backend for a in actions}:
+                mine = [a for a in actions if a.backend is backend]
+                try:
+                    broken = {f.jail for f in backend.verify([a.spec for a in mine])}
+                    for action in mine:
+                        if action.spec.jail in broken:
+                            action.heal("watchdog")
+                except (KernelError, InputError) as e:
+                    log.error("f2bext watchdog: %s", e)
+
+
+watchdog = Watchdog()
+

@@ -1,0 +1,226 @@
+"""The namespace lab: a server with SMTP listeners behind the seed's firewall, an attacker, a bystander,
+and a real fail2ban-server whose jail uses our action. Used by the demo and the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+from .netns import Netns, wire
+
+# Documentation addresses only (RFC 5737 / RFC 3849).
+SERVER4, SERVER6 = "198.51.100.1", "2001:db8::1"
+ATTACKER4, ATTACKER6 = "203.0.113.7", "2001:db8::7"
+ATTACKER_NET_PEER4 = "203.0.113.77"  # a second attacker host inside 203.0.113.0/24, for CIDR bans
+BYSTANDER4, BYSTANDER6 = "198.51.100.20", "2001:db8::20"
+SMTP_PORTS = (25, 465, 587)
+
+
+@dataclass
+class Hosts:
+    """Three hosts on one bridge: server, attacker, bystander."""
+
+    tag: str
+    switch: Netns
+    server: Netns
+    attacker: Netns
+    bystander: Netns
+    extra: list = field(default_factory=list)
+
+    def all(self) -> list[Netns]:
+        return [self.server, self.attacker, self.bystander, self.switch]
+
+
+def build_hosts(tag: str = "") -> Hosts:
+    tag = tag or secrets.token_hex(3)
+    made: list[Netns] = []
+    try:
+        switch = Netns.create("sw", tag); made.append(switch)
+        switch.run(["ip", "link", "add", "br0", "type", "bridge"])
+        switch.run(["ip", "link", "set", "br0", "up"])
+        hosts = {}
+        plan = {
+            "srv": [f"{SERVER4}/24", "203.0.113.1/24", f"{SERVER6}/64"],
+            "att": [f"{ATTACKER4}/24", f"{ATTACKER_NET_PEER4}/24", f"{ATTACKER6}/64"],
+            "by": [f"{BYSTANDER4}/24", f"{BYSTANDER6}/64"],
+        }
+        for role, addrs in plan.items():
+            ns = Netns.create(role, tag); made.append(ns)
+            wire(ns, "eth0", switch, f"{role}0")
+            switch.run(["ip", "link", "set", f"{role}0", "master", "br0"])
+            for cidr in addrs:
+                ns.add_address("eth0", cidr)
+            hosts[role] = ns
+        # The attacker and bystander reach the server's other subnet through it.
+        hosts["att"].run(["ip", "route", "add", "198.51.100.0/24", "dev", "eth0", "src", ATTACKER4])
+        hosts["by"].run(["ip", "route", "add", "203.0.113.0/24", "dev", "eth0", "src", BYSTANDER4])
+        return Hosts(tag, switch, hosts["srv"], hosts["att"], hosts["by"])
+    except BaseException:
+        for ns in made:
+            ns.delete()
+        raise
+
+
+@contextlib.contextmanager
+def hosts_up(tag: str = "") -> Iterator[Hosts]:
+    hosts = build_hosts(tag)
+    try:
+        yield hosts
+    finally:
+        for ns in hosts.all() + hosts.extra:
+            ns.delete()
+
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = "/usr/bin/python3"  # Debian's interpreter: the one with fail2ban, nftables and pyroute2
+
+# The seed's firewall: held sessions and the mail ports accepted ahead of everything else.
+SEED_FIREWALL = [
+    ["-A", "INPUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+    ["-A", "INPUT", "-p", "tcp", "-m", "multiport", "--dports", "25,465,587", "-j", "ACCEPT"],
+]
+
+
+def apply_seed_firewall(ns: Netns) -> None:
+    for tool in ("iptables", "ip6tables"):
+        for rule in SEED_FIREWALL:
+            ns.run([tool, "-w", *rule])
+
+
+def lab_env(workdir: str) -> dict[str, str]:
+    """Environment for our processes in the lab: the project importable, an `f2bext` command on PATH
+    (for the .conf actions), state kept in the lab."""
+    bindir = os.path.join(workdir, "bin")
+    wrapper = os.path.join(bindir, "f2bext")
+    if not os.path.exists(wrapper):
+        os.makedirs(bindir, exist_ok=True)
+        with open(wrapper, "w") as f:
+            f.write(f'#!/bin/sh\nexec {PYTHON} -m f2bext "$@"\n')
+        os.chmod(wrapper, 0o755)
+    env = dict(os.environ)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env["PYTHONPATH"] = PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["F2BEXT_STATE_DIR"] = os.path.join(workdir, "run")
+    env["F2BEXT_FAIL2BAN_SOCKET"] = os.path.join(workdir, "fail2ban.sock")
+    return env
+
+
+def tool(ns: Netns, workdir: str, *args: str, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run one of the labtools inside a namespace."""
+    return ns.run([PYTHON, "-m", "f2bext.labtools", *args], check=check, timeout=timeout, env=lab_env(workdir))
+
+
+def f2bext_cmd(ns: Netns, workdir: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return ns.run([PYTHON, "-m", "f2bext", *args], check=check, env=lab_env(workdir))
+
+
+DEFAULT_JAIL = {
+    "enabled": "true",
+    "filter": "postfix[mode=auth]",
+    "port": "smtp,ssmtp,submission",
+    "banaction": "f2bext-nftables.py",
+    "maxretry": "3",
+    "findtime": "600",
+    "bantime": "3600",
+}
+
+
+class Fail2banLab:
+    """A real fail2ban-server in the server namespace, with a throwaway configuration directory built
+    from Debian's /etc/fail2ban plus our action.d/filter.d files and the lab's jail.local."""
+
+    def __init__(self, hosts: Hosts, workdir: str, jails: Optional[dict[str, dict[str, str]]] = None) -> None:
+        self.hosts = hosts
+        self.workdir = workdir
+        self.confdir = os.path.join(workdir, "etc")
+        self.maillog = os.path.join(workdir, "mail.log")
+        self.jails = jails if jails is not None else {"postfix": dict(DEFAULT_JAIL)}
+        self.server: Optional[subprocess.Popen] = None
+        self.smtp: Optional[subprocess.Popen] = None
+
+    def write_config(self) -> None:
+        shutil.copytree("/etc/fail2ban", self.confdir, dirs_exist_ok=True,
+                        ignore=lambda d, names: [n for n in names if n.endswith(".local") or d.endswith("jail.d")])
+        for sub in ("action.d", "filter.d", "jail.d"):
+            os.makedirs(os.path.join(self.confdir, sub), exist_ok=True)
+            src = os.path.join(PROJECT_ROOT, sub)
+            if os.path.isdir(src):
+                for name in os.listdir(src):
+                    shutil.copy(os.path.join(src, name), os.path.join(self.confdir, sub, name))
+        with open(os.path.join(self.confdir, "fail2ban.local"), "w") as f:
+            f.write("[Definition]\nloglevel = INFO\n"
+                    f"logtarget = {self.workdir}/fail2ban.log\nsocket = {self.workdir}/fail2ban.sock\n"
+                    f"pidfile = {self.workdir}/fail2ban.pid\ndbfile = {self.workdir}/fail2ban.sqlite3\n")
+        lines = ["[DEFAULT]", "backend = polling", "ignoreself = true", "ignoreip = 127.0.0.1/8 ::1", ""]
+        for name, opts in self.jails.items():
+            lines.append(f"[{name}]")
+            opts = dict(opts)
+            opts.setdefault("logpath", self.maillog)
+            lines += [f"{k} = {v}" for k, v in opts.items()] + [""]
+        with open(os.path.join(self.confdir, "jail.local"), "w") as f:
+            f.write("\n".join(lines))
+        open(self.maillog, "a").close()
+
+    def start(self) -> None:
+        self.write_config()
+        self.smtp = self.hosts.server.popen([PYTHON, "-m", "f2bext.labtools", "serve", "--log", self.maillog,
+                                             "--ports", ",".join(map(str, SMTP_PORTS))],
+                                            env=lab_env(self.workdir), stdout=subprocess.PIPE, text=True)
+        assert self.smtp.stdout is not None and self.smtp.stdout.readline().strip() == "ready"
+        self.server = self.hosts.server.popen(["fail2ban-server", "-f", "-x", "-c", self.confdir],
+                                              env=lab_env(self.workdir), stdout=subprocess.DEVNULL,
+                                              stderr=open(os.path.join(self.workdir, "fail2ban.stderr"), "w"))
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.client("ping", check=False).returncode == 0:
+                break
+            if self.server.poll() is not None:
+                raise RuntimeError(f"fail2ban-server exited: {self.log_tail()}")
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"fail2ban-server did not answer: {self.log_tail()}")
+        for jail in self.jails:
+            self.wait(lambda: jail in self.client("status", check=False).stdout, f"jail {jail} up")
+
+    def client(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["fail2ban-client", "-c", self.confdir, *args], capture_output=True, text=True,
+                              check=check, timeout=60)
+
+    def banned(self, jail: str) -> list[str]:
+        out = self.client("get", jail, "banip").stdout.split()
+        return sorted(out)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(os.path.join(self.workdir, "fail2ban.log")) as f:
+                return "".join(f.readlines()[-lines:])
+        except FileNotFoundError:
+            return "(no fail2ban log)"
+
+    @staticmethod
+    def wait(cond: Callable[[], bool], what: str, timeout: float = 20, step: float = 0.1) -> float:
+        """Wait until cond() holds; returns the seconds it took, raises TimeoutError naming `what`."""
+        start = time.time()
+        while time.time() - start < timeout:
+            if cond():
+                return time.time() - start
+            time.sleep(step)
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+    def stop(self) -> None:
+        if self.server and self.server.poll() is None:
+            self.client("stop", check=False)
+            try:
+                self.server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+        if self.smtp and self.smtp.poll() is None:
+            self.smtp.kill()
+            self.smtp.wait()

@@ -3,6 +3,7 @@ watchdog that puts a jail back within a second or two when someone flushes the r
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from . import state
 from .addr import Network, parse_target
 from .backends import Backend, get_backend
 from .errors import InputError, KernelError
-from .sessions import kill_sessions
+from .sessions import KillReport, kill_sessions
 from .spec import JailSpec
 
 log = getLogger("fail2ban.f2bext")
@@ -122,9 +123,10 @@ class EnforcingAction(ActionBase):
         return True
 
     def _kill(self, net: Network) -> None:
-        if not self.spec.kill:
-            return
-        report = kill_sessions([net], self.spec.protocols, self.spec.ports, self.spec.kill)
+        if self.spec.kill:
+            killer.submit(self, net, self.spec)
+
+    def report_kill(self, net: Network, report: KillReport) -> None:
         if report.conntrack or report.sockets:
             log.info("[%s] f2bext cut %s: %d conntrack entries, %d sockets", self._jail.name,
                      net, report.conntrack, report.sockets)
@@ -178,5 +180,28 @@ class Watchdog:
                     log.error("f2bext watchdog: %s", e)
 
 
+class SessionKiller:
+    """Cuts sessions in one background thread, in ban order: an IPv6 or CIDR kill on a large
+    conntrack table can take seconds, and fail2ban's ban path must not wait for it."""
+
+    def __init__(self) -> None:
+        self._queue: "queue.SimpleQueue[tuple[EnforcingAction, Network, JailSpec]]" = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, action: EnforcingAction, net: Network, spec: JailSpec) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="f2b/f2bext-kill", daemon=True)
+                self._thread.start()
+        self._queue.put((action, net, spec))
+
+    def _run(self) -> None:
+        while True:
+            action, net, spec = self._queue.get()
+            action.report_kill(net, kill_sessions([net], spec.protocols, spec.ports, spec.kill))
+
+
 watchdog = Watchdog()
+killer = SessionKiller()
 

@@ -1,0 +1,109 @@
+"""Reading iptables rulesets as the kernel walks them (pure; iptables-save text as fixtures)."""
+
+import ipaddress
+
+from f2bext import audit
+from f2bext.backends import ipset
+from f2bext.spec import JailSpec
+
+POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
+OURS = ('-A INPUT -p tcp -m multiport --dports 25,465,587 -m set --match-set f2bext-postfix src '
+        '-m comment --comment "f2bext:postfix" -j REJECT --reject-with icmp-port-unreachable')
+SETS = {"f2bext-postfix": ("hash:net", "inet"), "f2bext6-postfix": ("hash:net", "inet6")}
+
+
+def save(*rules, policy="ACCEPT", extra_chains=()):
+    lines = ["*filter", f":INPUT {policy} [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    lines += [f":{c} - [0:0]" for c in extra_chains] + list(rules) + ["COMMIT"]
+    return audit.parse_save("\n".join(lines))
+
+
+def codes(*rules, **kw):
+    return sorted(f.code for f in ipset.check_jail(POSTFIX, 4, save(*rules, **kw), SETS))
+
+
+def test_our_rule_at_the_head_is_healthy():
+    assert codes(OURS, "-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT") == []
+
+
+def test_the_seeds_accepts_above_our_rule_shadow_it():
+    found = ipset.check_jail(POSTFIX, 4, save(
+        "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT", OURS), SETS)
+    assert [(f.code, f.severity) for f in found] == [("shadowed-held-sessions", "broken"), ("shadowed", "broken")]
+    assert found[1].evidence == "-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT"
+    assert "rule 2" in found[1].message and "rule 3" in found[1].message
+
+
+def test_rules_for_other_ports_loopback_or_other_protocols_do_not_shadow():
+    assert codes("-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT", "-A INPUT -i lo -j ACCEPT",
+                 "-A INPUT -p udp -m udp --dport 25 -j ACCEPT", "-A INPUT -p tcp -m multiport --dports 1000:2000 -j ACCEPT",
+                 "-A INPUT -j LOG", "-A INPUT -p tcp --dport 25 -j DROP", OURS) == []
+
+
+def test_a_port_range_covering_ours_shadows():
+    assert codes("-A INPUT -p tcp -m multiport --dports 20:30 -j ACCEPT", OURS) == ["shadowed"]
+
+
+def test_a_source_limited_accept_is_a_warning_only():
+    found = ipset.check_jail(POSTFIX, 4, save("-A INPUT -s 192.0.2.0/24 -j ACCEPT",
+                                              "-A INPUT -m set --match-set trusted src -j ACCEPT", OURS), SETS)
+    assert {(f.code, f.severity) for f in found} == {("shadowed-source-limited", "warning")}
+
+
+def test_a_jump_into_a_user_chain_that_accepts_shadows():
+    assert codes("-A INPUT -p tcp -j SERVICES", "-A SERVICES -p tcp --dport 587 -j ACCEPT", OURS,
+                 extra_chains=["SERVICES"]) == ["shadowed"]
+    assert codes("-A INPUT -p tcp -j SERVICES", "-A SERVICES -p tcp --dport 80 -j ACCEPT", OURS,
+                 extra_chains=["SERVICES"]) == []
+
+
+def test_return_from_input_shadows_only_under_an_accept_policy():
+    assert codes("-A INPUT -p tcp -j RETURN", OURS) == ["shadowed"]
+    assert codes("-A INPUT -p tcp -j RETURN", OURS, policy="DROP") == []
+
+
+def test_missing_jump_altered_rule_and_wrong_set_are_broken():
+    assert codes() == ["jump-missing"]
+    assert codes(OURS.replace("-A INPUT -p tcp", "-A INPUT -i eth0 -p tcp")) == ["rule-altered"]
+    assert sorted(f.code for f in ipset.check_jail(POSTFIX, 4, save(OURS), {})) == ["set-missing"]
+    wrong = dict(SETS, **{"f2bext-postfix": ("hash:ip", "inet6")})
+    assert [f.code for f in ipset.check_jail(POSTFIX, 4, save(OURS), wrong)] == ["set-altered"]
+
+
+def test_built_rules_are_what_the_check_expects():
+    for spec in (POSTFIX, JailSpec.from_params("a", {"type": "allports", "protocol": "all", "hooks": "input,forward"}),
+                 JailSpec.from_params("m", {"port": ",".join(str(p) for p in range(1000, 1040, 2)),
+                                            "protocol": "tcp,udp", "blocktype": "drop"})):
+        for family in (4, 6):
+            lines = [f"-A {ipset.CHAINS[h]} " + " ".join(args) for h in spec.hooks for args in ipset.rule_args(spec, family)]
+            assert ipset.check_jail(spec, family, save(*lines), {ipset.set_name(spec.jail, 4): ("hash:net", "inet"),
+                                                                  ipset.set_name(spec.jail, 6): ("hash:net", "inet6")}) == []
+
+
+def test_many_ports_are_split_within_multiports_limit():
+    spec = JailSpec.from_params("m", {"port": ",".join(str(p) for p in range(1000, 1040, 2))})
+    chunks = [args[args.index("--dports") + 1] for args in ipset.rule_args(spec, 4)]
+    assert len(chunks) == 2 and all(len(c.split(",")) <= 15 for c in chunks)
+
+
+def test_restore_moves_our_rules_to_the_head_in_one_transaction():
+    table = save("-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT", OURS)
+    text = ipset.build_rules_restore(POSTFIX, 4, table)
+    lines = text.splitlines()
+    assert lines[0] == "*filter" and lines[-1] == "COMMIT"
+    assert lines[1].startswith("-D INPUT -p tcp -m multiport --dports 25,465,587 -m set")
+    assert lines[2].startswith("-I INPUT 1 -p tcp -m multiport --dports 25,465,587 -m set --match-set f2bext-postfix")
+
+
+def test_set_restore_creates_flushes_and_fills_both_families():
+    text = ipset.build_set_restore("postfix", [ipaddress.ip_network("203.0.113.7/32"),
+                                               ipaddress.ip_network("2001:db8::/64")], flush=True)
+    assert "create f2bext6-postfix hash:net family inet6" in text and "flush f2bext-postfix" in text
+    assert "add f2bext-postfix 203.0.113.7 -exist" in text and "add f2bext6-postfix 2001:db8::/64 -exist" in text
+
+
+def test_set_headers_parse():
+    text = ("Name: f2bext-postfix\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 1048576\n"
+            "Size in memory: 1\nReferences: 1\nNumber of entries: 0\n")
+    assert ipset.parse_set_headers(text) == {"f2bext-postfix": ("hash:net", "inet")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import InputError
 from .base import Backend, Finding
 
-BACKENDS = ("nftables",)
+BACKENDS = ("nftables", "ipset")
 
 
 def get_backend(name: str) -> Backend:
@@ -13,6 +13,9 @@ def get_backend(name: str) -> Backend:
     if name == "nftables":
         from .nft import NftBackend
         return NftBackend()
+    if name == "ipset":
+        from .ipset import IpsetBackend
+        return IpsetBackend()
     raise InputError(f"unknown backend {name[:20]!r}: use {', '.join(BACKENDS)}")
 
 

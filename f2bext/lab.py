@@ -87,13 +87,29 @@ SEED_FIREWALL = [
 ]
 
 
-def apply_seed_firewall(ns: Netns) -> None:
-    for tool in ("iptables", "ip6tables"):
-        for rule in SEED_FIREWALL:
-            ns.run([tool, "-w", *rule])
+# What the lab can run a jail on: the banaction, and which iptables (F2BEXT_IPTABLES) it drives.
+BACKENDS = {
+    "nftables": ("f2bext-nftables.py", ""),
+    "ipset-nft": ("f2bext-ipset.py", "nft"),
+    "ipset-legacy": ("f2bext-ipset.py", "legacy"),
+}
 
 
-def lab_env(workdir: str) -> dict[str, str]:
+def iptables(family: int, variant: str = "", kind: str = "") -> str:
+    """The iptables program for a family and variant: iptables-legacy-save, ip6tables, ..."""
+    return ("iptables" if family == 4 else "ip6tables") + (f"-{variant}" if variant else "") + kind
+
+
+def apply_seed_firewall(ns: Netns, variant: str = "", on_top: bool = False) -> None:
+    """The seed's accepts; on_top puts them above everything already there, as an admin's script
+    run after fail2ban would."""
+    for family in (4, 6):
+        for rule in (reversed(SEED_FIREWALL) if on_top else SEED_FIREWALL):
+            args = ["-I", rule[1], "1", *rule[2:]] if on_top else rule
+            ns.run([iptables(family, variant), "-w", *args])
+
+
+def lab_env(workdir: str, variant: str = "") -> dict[str, str]:
     """Environment for our processes in the lab: the project importable, an `f2bext` command on PATH
     (for the .conf actions), state kept in the lab."""
     bindir = os.path.join(workdir, "bin")
@@ -108,6 +124,7 @@ def lab_env(workdir: str) -> dict[str, str]:
     env["PYTHONPATH"] = PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["F2BEXT_STATE_DIR"] = os.path.join(workdir, "run")
     env["F2BEXT_FAIL2BAN_SOCKET"] = os.path.join(workdir, "fail2ban.sock")
+    env["F2BEXT_IPTABLES"] = variant
     return env
 
 
@@ -116,8 +133,8 @@ def tool(ns: Netns, workdir: str, *args: str, check: bool = False, timeout: floa
     return ns.run([PYTHON, "-m", "f2bext.labtools", *args], check=check, timeout=timeout, env=lab_env(workdir))
 
 
-def f2bext_cmd(ns: Netns, workdir: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
-    return ns.run([PYTHON, "-m", "f2bext", *args], check=check, env=lab_env(workdir))
+def f2bext_cmd(ns: Netns, workdir: str, *args: str, check: bool = False, variant: str = "") -> subprocess.CompletedProcess:
+    return ns.run([PYTHON, "-m", "f2bext", *args], check=check, env=lab_env(workdir, variant))
 
 
 DEFAULT_JAIL = {
@@ -135,12 +152,14 @@ class Fail2banLab:
     """A real fail2ban-server in the server namespace, with a throwaway configuration directory built
     from Debian's /etc/fail2ban plus our action.d/filter.d files and the lab's jail.local."""
 
-    def __init__(self, hosts: Hosts, workdir: str, jails: Optional[dict[str, dict[str, str]]] = None) -> None:
+    def __init__(self, hosts: Hosts, workdir: str, jails: Optional[dict[str, dict[str, str]]] = None,
+                 backend: str = "nftables") -> None:
         self.hosts = hosts
         self.workdir = workdir
+        self.banaction, self.variant = BACKENDS[backend]
         self.confdir = os.path.join(workdir, "etc")
         self.maillog = os.path.join(workdir, "mail.log")
-        self.jails = jails if jails is not None else {"postfix": dict(DEFAULT_JAIL)}
+        self.jails = jails if jails is not None else {"postfix": dict(DEFAULT_JAIL, banaction=self.banaction)}
         self.server: Optional[subprocess.Popen] = None
         self.smtp: Optional[subprocess.Popen] = None
 
@@ -171,10 +190,10 @@ class Fail2banLab:
         self.write_config()
         self.smtp = self.hosts.server.popen([PYTHON, "-m", "f2bext.labtools", "serve", "--log", self.maillog,
                                              "--ports", ",".join(map(str, SMTP_PORTS))],
-                                            env=lab_env(self.workdir), stdout=subprocess.PIPE, text=True)
+                                            env=lab_env(self.workdir, self.variant), stdout=subprocess.PIPE, text=True)
         assert self.smtp.stdout is not None and self.smtp.stdout.readline().strip() == "ready"
         self.server = self.hosts.server.popen(["fail2ban-server", "-f", "-x", "-c", self.confdir],
-                                              env=lab_env(self.workdir), stdout=subprocess.DEVNULL,
+                                              env=lab_env(self.workdir, self.variant), stdout=subprocess.DEVNULL,
                                               stderr=open(os.path.join(self.workdir, "fail2ban.stderr"), "w"))
         deadline = time.time() + 30
         while time.time() < deadline:

@@ -10,6 +10,7 @@ from typing import Any
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
+from fail2ban.server.mytime import MyTime
 
 from . import state
 from .addr import Network, parse_target
@@ -45,6 +46,7 @@ class EnforcingAction(ActionBase):
         self._logSys = log
         self._lock = threading.RLock()
         self._problems_said: set[str] = set()
+        self._preloaded: set[str] = set()
         self.spec = JailSpec.from_params(jail.name, params)
         self.backend = shared_backend(self.backend_name)
 
@@ -61,9 +63,37 @@ class EnforcingAction(ActionBase):
                 log.warning("[%s] f2bext skips %s", self._jail.name, e)
         return nets
 
+    def restorable(self) -> list[str]:
+        """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
+        chooses them, so start() can load them all in one transaction."""
+        jail, db = self._jail, getattr(self._jail, "database", None)
+        if db is None:
+            return []
+        increment = jail._banExtra.get("increment")
+        forbantime = None if increment else jail.actions.getBanTime()
+        now, out = MyTime.time(), []
+        for ticket in db.getCurrentBans(jail=jail, forbantime=forbantime,
+                                        correctBanTime=jail.getMaxBanTime() if increment else True):
+            if jail.filter.inIgnoreIPList(ticket.getID(), log_ignore=False):
+                continue
+            left = ticket.getBanTime(forbantime)
+            if left != -1 and now - ticket.getTime() > 0:
+                left -= now - ticket.getTime()
+            if left == -1 or left > 0:
+                out.append(str(ticket.getID()))
+        return out
+
     def start(self) -> None:
         with self._lock:
-            self.backend.start(self.spec, self.held())
+            restoring = self.restorable()
+            held = self.held()
+            for ip in restoring:
+                try:
+                    held.append(parse_target(ip))
+                    self._preloaded.add(ip)
+                except InputError as e:
+                    log.warning("[%s] f2bext skips %s", self._jail.name, e)
+            self.backend.start(self.spec, held)
             state.save(self.backend.name, self.spec)
         watchdog.watch(self)
         log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
@@ -80,10 +110,15 @@ class EnforcingAction(ActionBase):
         return True
 
     def ban(self, aInfo: Any) -> None:
-        net = parse_target(str(aInfo["ip"]))
+        ip = str(aInfo["ip"])
+        if aInfo["restored"] and ip in self._preloaded:
+            self._preloaded.discard(ip)  # start() loaded it with the others, in one transaction
+            return
+        net = parse_target(ip)
         with self._lock:
             self.backend.ban(self.spec, [net], self.held)
-        self._kill(net)
+        if not aInfo["restored"]:  # a restart restores bans, not sessions worth cutting
+            self._kill(net)
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)

@@ -121,7 +121,8 @@ def lab_env(workdir: str, variant: str = "") -> dict[str, str]:
         os.chmod(wrapper, 0o755)
     env = dict(os.environ)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    env["PYTHONPATH"] = PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if os.path.isfile(os.path.join(PROJECT_ROOT, "setup.cfg")):  # a checkout; an installed f2bext needs nothing
+        env["PYTHONPATH"] = PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["F2BEXT_STATE_DIR"] = os.path.join(workdir, "run")
     env["F2BEXT_FAIL2BAN_SOCKET"] = os.path.join(workdir, "fail2ban.sock")
     env["F2BEXT_IPTABLES"] = variant

@@ -4,9 +4,30 @@ PREFIX      ?= /usr
 SYSCONFDIR  ?= /etc
 DESTDIR     ?=
 BINDIR      ?= $(PREFIX)/bin
-# Where Debian's /usr/bin/python3 (the one fail2ban runs on) finds distribution packages.
-PYLIBDIR    ?= $(PREFIX)/lib/python3/dist-packages
+MANDIR      ?= $(PREFIX)/share/man
+# Where the system's python3 (the one fail2ban runs on) imports from: Debian's shared dist-packages
+# for /usr, PREFIX's versioned one otherwise (on Debian's path for /usr/local).
+PYVER        = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYLIBDIR    ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PYVER)/dist-packages)
 F2B_CONFDIR  = $(DESTDIR)$(SYSCONFDIR)/fail2ban
+# What we ship into /etc/fail2ban (never *.local: those are the admin's). debian/rules and the
+# RPM spec install the same globs.
+CONF_GLOBS   = action.d/f2bext-*.conf action.d/f2bext-*.py filter.d/f2bext-*.conf jail.d/f2bext-*.conf
+CONF_FILES   = $(wildcard $(CONF_GLOBS))
+PY_FILES     = $(shell find f2bext -name '*.py')
+VERSION      = $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' f2bext/__init__.py)
+# Packages are built from a copy of the working tree (uncommitted edits included) in PKGWORK and
+# land in PKGOUT; the checkout itself is left as it was.
+PKGWORK     ?= build/pkg
+PKGOUT      ?= dist
+SNAPSHOT     = tar -c --exclude-vcs --exclude=./build --exclude=./dist --exclude=./bench/out \
+               --exclude=.pytest_cache --exclude=__pycache__ --exclude='*.egg-info'
+RPMTOP       = $(abspath $(PKGWORK))/rpm
+# Package builds see the system's interpreters only (pybuild runs `python3.11` from PATH).
+PKGENV       = env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# Without Fedora's python macros (rpmbuild on Debian) the spec builds with stand-ins for them, and
+# with no rpm database to hold its build dependencies.
+RPMFLAGS    ?= $(if $(shell rpm --eval '%{?pyproject_wheel}' 2>/dev/null),,--nodeps --load packaging/rpm-fallback.macros)
 
 .PHONY: deps test unit demo install uninstall clean
 
@@ -30,19 +51,44 @@ unit:
 demo: deps
 	$(PYTHON) -m f2bext demo
 
-install:
-	install -d $(DESTDIR)$(PYLIBDIR)/f2bext/backends $(DESTDIR)$(BINDIR)
-	install -m 0644 f2bext/*.py $(DESTDIR)$(PYLIBDIR)/f2bext/
-	install -m 0644 f2bext/backends/*.py $(DESTDIR)$(PYLIBDIR)/f2bext/backends/
+install: man
+	rm -rf $(DESTDIR)$(PYLIBDIR)/f2bext
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(addprefix $(F2B_CONFDIR)/,action.d filter.d jail.d) \
+	  $(addprefix $(DESTDIR)$(PYLIBDIR)/,$(sort $(dir $(PY_FILES))))
+	for f in $(PY_FILES); do install -m 0644 "$$f" "$(DESTDIR)$(PYLIBDIR)/$$f"; done
 	printf '#!%s\nimport sys\nfrom f2bext.cli import main\nsys.exit(main())\n' $(PYTHON) > $(DESTDIR)$(BINDIR)/f2bext
 	chmod 0755 $(DESTDIR)$(BINDIR)/f2bext
-	install -d $(F2B_CONFDIR)/action.d $(F2B_CONFDIR)/filter.d $(F2B_CONFDIR)/jail.d
-	install -m 0644 action.d/f2bext-* $(F2B_CONFDIR)/action.d/
-	for f in filter.d/f2bext-* jail.d/f2bext-*; do [ -e "$$f" ] && install -m 0644 "$$f" $(F2B_CONFDIR)/$$(dirname $$f)/ || true; done
+	install -m 0644 build/man/f2bext.1 $(DESTDIR)$(MANDIR)/man1/f2bext.1
+	for f in $(CONF_FILES); do install -m 0644 "$$f" "$(F2B_CONFDIR)/$$f"; done
+	@[ -n "$(DESTDIR)" ] || (cd / && env -u PYTHONPATH $(PYTHON) -c 'import f2bext; assert f2bext.__file__ == "$(PYLIBDIR)/f2bext/__init__.py"' 2>/dev/null) || \
+	  echo "warning: $(PYTHON) does not import f2bext from $(PYLIBDIR): fail2ban will not find it (set PYLIBDIR)"
 
 uninstall:
 	rm -rf $(DESTDIR)$(PYLIBDIR)/f2bext
-	rm -f $(DESTDIR)$(BINDIR)/f2bext $(F2B_CONFDIR)/action.d/f2bext-* $(F2B_CONFDIR)/filter.d/f2bext-* $(F2B_CONFDIR)/jail.d/f2bext-*
+	rm -f $(DESTDIR)$(BINDIR)/f2bext $(DESTDIR)$(MANDIR)/man1/f2bext.1 $(addprefix $(F2B_CONFDIR)/,$(CONF_GLOBS)) \
+	  $(F2B_CONFDIR)/action.d/__pycache__/f2bext-*.pyc
+
+.PHONY: man deb rpm
+
+# f2bext(1), generated from the command's own --help.
+man:
+	install -d build/man
+	$(PYTHON) packaging/manpage.py > build/man/f2bext.1.tmp
+	mv build/man/f2bext.1.tmp build/man/f2bext.1
+
+deb:
+	rm -rf $(PKGWORK)/deb && mkdir -p $(PKGWORK)/deb/f2bext-$(VERSION) $(PKGOUT)
+	$(SNAPSHOT) . | tar -x -C $(PKGWORK)/deb/f2bext-$(VERSION)
+	cd $(PKGWORK)/deb/f2bext-$(VERSION) && $(PKGENV) dpkg-buildpackage -us -uc -b
+	rm -f $(PKGOUT)/f2bext_*
+	cp $(PKGWORK)/deb/f2bext_* $(PKGOUT)/
+
+rpm:
+	rm -rf $(RPMTOP) && mkdir -p $(RPMTOP)/SOURCES $(PKGOUT)
+	$(SNAPSHOT) --transform 's,^\.,f2bext-$(VERSION),' . | gzip -n > $(RPMTOP)/SOURCES/f2bext-$(VERSION).tar.gz
+	$(PKGENV) rpmbuild -bb --define '_topdir $(RPMTOP)' $(RPMFLAGS) packaging/f2bext.spec
+	rm -f $(PKGOUT)/f2bext-*.rpm
+	cp $(RPMTOP)/RPMS/noarch/f2bext-*.rpm $(PKGOUT)/
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -13,11 +13,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
-
-from pyroute2.conntrack import Conntrack
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 from .addr import Network, is_single
 from .spec import PROTOCOL_NUMBERS, PortRange
@@ -42,9 +38,24 @@ def kill_sessions(nets: Sequence[Network], protocols: tuple[str, ...], ports: Po
     Kernel trouble and races end up in `problems`: a ban must never fail because of its sessions.
     """
     problems: list[str] = []
-    # Sockets first: the resets they send still pass through (and update) the entries deleted next.
-    sockets = _destroy_sockets(nets, protocols, ports, problems) if "sockets" in kinds else 0
-    entries = _delete_conntrack(nets, protocols, ports, problems) if "conntrack" in kinds else 0
+    ct: Optional[_Conntrack] = None
+    if "conntrack" in kinds:
+        try:
+            ct = _Conntrack()
+        except OSError as e:
+            problems.append(f"could not open a conntrack netlink socket: {_why(e)}")
+    try:
+        sockets = entries = 0
+        # Sockets first, each followed by its flow's conntrack entry: the reset a destroy sends still
+        # passes through (and updates) the entry, and the exact tuple finds the entry without a dump.
+        if "sockets" in kinds:
+            sockets, entries = _destroy_sockets(nets, protocols, ports, ct, problems)
+        # Then the entries no socket led to, by a dump the kernel narrows as far as it can.
+        if ct is not None:
+            entries += _delete_conntrack(ct, nets, protocols, ports, problems)
+    finally:
+        if ct is not None:
+            ct.close()
     return KillReport(entries, sockets, tuple(dict.fromkeys(problems)))
 
 
@@ -85,89 +96,274 @@ def diag_targets(nets: Sequence[Network]) -> list[tuple[int, Network]]:
     return targets
 
 
-# --- conntrack ----------------------------------------------------------------------------------------
+# --- netlink ------------------------------------------------------------------------------------------
 
-CtFilter = tuple[int, Optional[str], Optional[str], Optional[int]]  # family, saddr, daddr, protocol number
-
-
-def conntrack_filters(nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports) -> list[CtFilter]:
-    """The kernel-side dump filters (original direction) that together cover the ban's scope."""
-    protos: list[Optional[int]] = [PROTOCOL_NUMBERS[p] for p in protocols] or [None]
-    filters: list[CtFilter] = []
-    for net in nets:
-        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
-        for proto in protos:
-            if not is_single(net) or net.version == 6:
-                # ctnetlink filters compare whole addresses, never a prefix, and invert the IPv6 compare
-                # (`!ipv6_addr_cmp` in ctnetlink_filter_match_tuple, 5.8 to 6.18 at least: an IPv6
-                # address filter returns every entry but that address). So for a CIDR or an IPv6
-                # address the kernel narrows by family and protocol only; the address is matched here.
-                filters.append((family, None, None, proto))
-                continue
-            addr = str(net.network_address)
-            filters.append((family, addr, None, proto))
-            if not ports:
-                filters.append((family, None, addr, proto))
-    return list(dict.fromkeys(filters))
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLA_F_NESTED = 0x8000
+_NLMSG = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+_RECV_SIZE = 1 << 17
 
 
-@dataclass(frozen=True)
-class _Entry:
-    key: tuple[int, int]  # family, conntrack id
-    orig: NFCTAttrTuple
-    zone: Optional[int]
+def _nlmsg(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
+    return _NLMSG.pack(_NLMSG.size + len(payload), msg_type, flags, seq, 0) + payload
 
 
-def _entry(family: int, msg) -> _Entry:
-    orig_nla = msg.get_attr("CTA_TUPLE_ORIG")
-    orig = NFCTAttrTuple.from_netlink(family, orig_nla)
-    if orig.sport is None:
-        # pyroute2 reads ports for TCP and UDP only; SCTP (and the rest) need them to be deleted.
-        proto = orig_nla.get_attr("CTA_TUPLE_PROTO")
-        orig.sport = proto.get_attr("CTA_PROTO_SRC_PORT")
-        orig.dport = proto.get_attr("CTA_PROTO_DST_PORT")
-    return _Entry((family, msg.get_attr("CTA_ID")), orig, msg.get_attr("CTA_ZONE"))
+def parse_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, seq, payload) of each netlink message in one datagram."""
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, msg_type, _, seq, _ = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size:
+            return
+        yield msg_type, seq, data[offset + _NLMSG.size:offset + length]
+        offset += (length + 3) & ~3
 
 
-def _delete_conntrack(nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports,
-                      problems: list[str]) -> int:
-    filters = conntrack_filters(nets, protocols, ports)
-    deleted = 0
-    for family in sorted({f[0] for f in filters}):
-        name = "IPv4" if family == socket.AF_INET else "IPv6"
-        try:
-            with Conntrack(nfgen_family=family) as ct:
-                doomed: dict[tuple[int, int], _Entry] = {}
-                for _, saddr, daddr, proto in (f for f in filters if f[0] == family):
-                    wanted = NFCTAttrTuple(family=family, saddr=saddr, daddr=daddr, proto=proto)
-                    for msg in ct.dump(tuple_orig=wanted):
-                        entry = _entry(family, msg)
-                        src, dst = ipaddress.ip_address(entry.orig.saddr), ipaddress.ip_address(entry.orig.daddr)
-                        if conntrack_in_scope(src, dst, entry.orig.dport, nets, ports):
-                            doomed[entry.key] = entry
-                # Every dump above has ended before the first delete: deleting while the kernel still
-                # walks the table for a dump on this socket could skip or repeat entries.
-                for entry in doomed.values():
-                    try:
-                        # The id makes the kernel refuse a newer flow that reuses the same tuple.
-                        ct.entry("del", tuple_orig=entry.orig, id=entry.key[1], zone=entry.zone)
-                        deleted += 1
-                    except NetlinkError as e:
-                        if e.code != errno.ENOENT:  # ENOENT: it ended between the dump and now
-                            problems.append(f"could not delete an {name} conntrack entry: {_reason(e.code)}")
-        except NetlinkError as e:
-            problems.append(f"could not read the {name} conntrack table: {_reason(e.code)}")
-        except OSError as e:
-            problems.append(f"could not read the {name} conntrack table: {_why(e)}")
-    return deleted
+def _attr(kind: int, data: bytes) -> bytes:
+    return _NLA.pack(_NLA.size + len(data), kind) + data + bytes(-len(data) % 4)
 
 
-def _reason(code: Optional[int]) -> str:
-    return os.strerror(code) if code else "unknown error"
+def _nest(kind: int, *attrs: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+
+
+def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type, start, end) of each netlink attribute's payload within data[start:end]."""
+    while start + _NLA.size <= end:
+        length, kind = _NLA.unpack_from(data, start)
+        if length < _NLA.size:
+            return
+        yield kind & 0x3FFF, start + _NLA.size, start + length  # without the nested and byte order flags
+        start += (length + 3) & ~3
+
+
+class _Netlink:
+    """A minimal netlink client: one request at a time, answers read to the end."""
+
+    def __init__(self, protocol: int) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        self.sock.settimeout(10)  # a wedged kernel must not hang the kill
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _ask(self, make: Callable[[int], bytes]) -> Iterator[bytes]:
+        """Send one request; yield the payloads answering it until its end, raising OSError on an error."""
+        self.seq += 1
+        self.sock.send(make(self.seq))
+        while True:
+            for msg_type, seq, payload in parse_messages(self.sock.recv(_RECV_SIZE)):
+                if seq != self.seq:
+                    continue
+                if msg_type in (NLMSG_ERROR, NLMSG_DONE):
+                    code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
+                    if code > 0:
+                        raise OSError(code, os.strerror(code))
+                    return
+                yield payload
 
 
 def _why(e: OSError) -> str:
     return e.strerror or str(e)  # a timeout has no errno
+
+
+def _family_name(family: int) -> str:
+    return "IPv4" if family == socket.AF_INET else "IPv6"
+
+
+# --- conntrack (ctnetlink) ----------------------------------------------------------------------------
+
+NETLINK_NETFILTER = 12
+IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0x101, 0x102  # NFNL_SUBSYS_CTNETLINK << 8 | message
+CTA_TUPLE_ORIG, CTA_ID, CTA_ZONE, CTA_FILTER = 1, 12, 18, 25
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+CTA_FILTER_ORIG_FLAGS = 1
+FILTER_IP_SRC, FILTER_IP_DST, FILTER_PROTO_NUM, FILTER_PROTO_DST_PORT = 1 << 0, 1 << 1, 1 << 3, 1 << 5
+_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version 0, resource id 0
+
+
+# Up to this many ports, conntrack dumps are narrowed in the kernel one port at a time. Each such dump
+# walks the whole table (~25 ms per 100,000 entries), while one dump of the family and protocol costs
+# ~3 us per entry it returns: with a table full of unrelated entries the two meet at about ten ports.
+NARROW_PORTS = 8
+
+
+class CtFilter(NamedTuple):
+    """A kernel-side filter for a conntrack dump, on the original direction; None matches anything."""
+
+    family: int
+    saddr: Optional[str] = None
+    daddr: Optional[str] = None
+    protocol: Optional[int] = None
+    dport: Optional[int] = None
+
+
+def narrow_ports(ports: Ports) -> list[int]:
+    """The ban's ports one by one when they are few enough for a dump each, else [] (every port or many)."""
+    if not ports or sum(high - low + 1 for low, high in ports) > NARROW_PORTS:
+        return []
+    return sorted({port for low, high in ports for port in range(low, high + 1)})
+
+
+def conntrack_filters(nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports) -> list[CtFilter]:
+    """The kernel-side dump filters that together cover the ban's scope: each dump walks the whole table
+    in the kernel, and only the entries that pass its filter are sent here to be matched."""
+    protos: list[Optional[int]] = [PROTOCOL_NUMBERS[p] for p in protocols] or [None]
+    few = narrow_ports(ports)
+    filters: list[CtFilter] = []
+    for net in nets:
+        family = socket.AF_INET if net.version == 4 else socket.AF_INET6
+        for proto in protos:
+            if is_single(net) and net.version == 4:
+                addr = str(net.network_address)
+                filters.append(CtFilter(family, saddr=addr, protocol=proto))
+                if not ports:
+                    filters.append(CtFilter(family, daddr=addr, protocol=proto))
+            # ctnetlink filters compare whole addresses, never a prefix, and invert the IPv6 compare
+            # (`!ipv6_addr_cmp` in ctnetlink_filter_match_tuple, 5.8 to 6.18 at least: an IPv6 address
+            # filter returns every entry but that address). So for a CIDR or an IPv6 address the kernel
+            # narrows by family, protocol and destination port (it compares ports for TCP and UDP only);
+            # the address is matched here.
+            elif few and proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                filters += [CtFilter(family, protocol=proto, dport=port) for port in few]
+            else:
+                # Every port, many ports, or SCTP: the slow path, all the family's entries of the protocol
+                # come here (~0.3 s per 100,000). fail2ban.SessionKiller runs kills in a background
+                # worker, so fail2ban's ban path never waits for this.
+                filters.append(CtFilter(family, protocol=proto))
+    return list(dict.fromkeys(filters))
+
+
+class CtTuple(NamedTuple):
+    """One direction of a conntrack flow; no ports for protocols without them."""
+
+    protocol: int
+    src: Address
+    dst: Address
+    sport: Optional[int] = None
+    dport: Optional[int] = None
+
+
+def _ip_attrs(src: Optional[Address], dst: Optional[Address]) -> bytes:
+    """CTA_TUPLE_IP's contents: the addresses given."""
+    out = b""
+    for addr, v4, v6 in ((src, CTA_IP_V4_SRC, CTA_IP_V6_SRC), (dst, CTA_IP_V4_DST, CTA_IP_V6_DST)):
+        if addr is not None:
+            out += _attr(v4 if addr.version == 4 else v6, addr.packed)
+    return out
+
+
+def pack_ct_dump_request(seq: int, wanted: CtFilter) -> bytes:
+    """IPCTNL_MSG_CT_GET dump of `wanted.family`'s entries, filtered in the kernel by CTA_FILTER."""
+    family, saddr, daddr, proto, dport = wanted
+    ip_part = _ip_attrs(saddr and ipaddress.ip_address(saddr), daddr and ipaddress.ip_address(daddr))
+    proto_part = b"" if proto is None else _attr(CTA_PROTO_NUM, bytes([proto]))
+    proto_part += b"" if dport is None else _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
+    flags = ((FILTER_IP_SRC if saddr else 0) | (FILTER_IP_DST if daddr else 0)
+             | (0 if proto is None else FILTER_PROTO_NUM) | (0 if dport is None else FILTER_PROTO_DST_PORT))
+    attrs = b""
+    if flags:  # without any, the family in the header is the filter
+        tuple_part = (_nest(CTA_TUPLE_IP, ip_part) if ip_part else b"") + \
+            (_nest(CTA_TUPLE_PROTO, proto_part) if proto_part else b"")
+        attrs = _nest(CTA_TUPLE_ORIG, tuple_part) + \
+            _nest(CTA_FILTER, _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
+    return _nlmsg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, _NFGEN.pack(family, 0, 0) + attrs)
+
+
+def pack_tuple(flow: CtTuple) -> bytes:
+    """CTA_TUPLE_ORIG naming `flow`: the kernel finds an entry by it in either direction."""
+    proto = [_attr(CTA_PROTO_NUM, bytes([flow.protocol]))]
+    if flow.sport is not None and flow.dport is not None:
+        proto += [_attr(CTA_PROTO_SRC_PORT, struct.pack("!H", flow.sport)),
+                  _attr(CTA_PROTO_DST_PORT, struct.pack("!H", flow.dport))]
+    return _nest(CTA_TUPLE_ORIG, _nest(CTA_TUPLE_IP, _ip_attrs(flow.src, flow.dst)), _nest(CTA_TUPLE_PROTO, *proto))
+
+
+def pack_ct_delete(seq: int, family: int, attrs: bytes) -> bytes:
+    return _nlmsg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, _NFGEN.pack(family, 0, 0) + attrs)
+
+
+def parse_ct_orig(payload: bytes) -> Optional[CtTuple]:
+    """The original tuple of a dumped entry (an nfgenmsg and its attributes); None if it has none."""
+    for kind, start, end in _attrs(payload, _NFGEN.size, len(payload)):
+        if kind != CTA_TUPLE_ORIG:
+            continue
+        found: dict[tuple[int, int], bytes] = {}  # (CTA_TUPLE_IP or _PROTO, field) -> value
+        for part, p_start, p_end in _attrs(payload, start, end):
+            for field, f_start, f_end in _attrs(payload, p_start, p_end):
+                found[(part, field)] = payload[f_start:f_end]
+        src = found.get((CTA_TUPLE_IP, CTA_IP_V4_SRC)) or found.get((CTA_TUPLE_IP, CTA_IP_V6_SRC))
+        dst = found.get((CTA_TUPLE_IP, CTA_IP_V4_DST)) or found.get((CTA_TUPLE_IP, CTA_IP_V6_DST))
+        proto = found.get((CTA_TUPLE_PROTO, CTA_PROTO_NUM))
+        if not (src and dst and proto):
+            return None
+        sport, dport = (found.get((CTA_TUPLE_PROTO, field)) for field in (CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT))
+        return CtTuple(proto[0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
+                       sport and int.from_bytes(sport, "big"), dport and int.from_bytes(dport, "big"))
+    return None
+
+
+def parse_ct_handle(payload: bytes) -> bytes:
+    """A dumped entry's CTA_TUPLE_ORIG, CTA_ID and CTA_ZONE, verbatim: sent back, they delete exactly
+    that entry (the id makes the kernel refuse a newer flow that reuses the tuple)."""
+    return b"".join(payload[start - _NLA.size:end] + bytes(-end % 4)
+                    for kind, start, end in _attrs(payload, _NFGEN.size, len(payload))
+                    if kind in (CTA_TUPLE_ORIG, CTA_ID, CTA_ZONE))
+
+
+class _Conntrack(_Netlink):
+    def __init__(self) -> None:
+        super().__init__(NETLINK_NETFILTER)
+
+    def dump(self, wanted: CtFilter) -> Iterator[bytes]:
+        """The dumped entries' payloads; read them to the end before the next request."""
+        return self._ask(lambda seq: pack_ct_dump_request(seq, wanted))
+
+    def delete(self, family: int, attrs: bytes) -> bool:
+        """Delete the entry `attrs` name; False when there is none."""
+        try:
+            for _ in self._ask(lambda seq: pack_ct_delete(seq, family, attrs)):
+                pass
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+
+def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports,
+                      problems: list[str]) -> int:
+    """Delete the entries in scope that the socket pass did not: forwarded and DNAT'd flows, half-open
+    ones, unconnected UDP, and those of sockets that ended meanwhile."""
+    # Most dumped entries are others': one whose bytes do not even contain the whole bytes of a banned
+    # prefix cannot be in scope, and that test costs a twentieth of parsing the entry.
+    needles = {net.network_address.packed[:net.prefixlen // 8] for net in nets}
+    doomed: dict[bytes, int] = {}  # handle -> family
+    for wanted in conntrack_filters(nets, protocols, ports):
+        try:
+            for payload in ct.dump(wanted):
+                if not any(needle in payload for needle in needles):
+                    continue
+                orig = parse_ct_orig(payload)
+                if orig and conntrack_in_scope(orig.src, orig.dst, orig.dport, nets, ports):
+                    doomed[parse_ct_handle(payload)] = wanted.family
+        except OSError as e:
+            problems.append(f"could not read the {_family_name(wanted.family)} conntrack table: {_why(e)}")
+    # Every dump above has ended before the first delete: deleting while the kernel still walks the
+    # table for a dump on this socket could skip or repeat entries.
+    deleted = 0
+    for handle, family in doomed.items():
+        try:
+            deleted += ct.delete(family, handle)  # False: it ended between the dump and now
+        except OSError as e:
+            problems.append(f"could not delete an {_family_name(family)} conntrack entry: {_why(e)}")
+    return deleted
 
 
 # --- sockets (NETLINK_SOCK_DIAG) --------------------------------------------------------------------
@@ -175,8 +371,6 @@ def _why(e: OSError) -> str:
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 INET_DIAG_REQ_BYTECODE = 1
 BC_JMP, BC_S_GE, BC_S_LE, BC_D_COND = 1, 2, 3, 8
 
@@ -186,13 +380,11 @@ BC_JMP, BC_S_GE, BC_S_LE, BC_D_COND = 1, 2, 3, 8
 _TCP_STATES = sum(1 << s for s in (1, 2, 3, 4, 5, 8, 9, 11, 12))
 _UDP_STATES = 1 << 1  # connected UDP sockets (ESTABLISHED); unconnected ones are servers, not sessions
 
-_NLMSG = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBBxI")  # inet_diag_req_v2 up to its inet_diag_sockid
 _SOCKID_LEN = 48
 _OP = struct.Struct("=BBH")  # inet_diag_bc_op: code, yes, no
 _HOSTCOND = struct.Struct("=BBxxi")  # inet_diag_hostcond: family, prefix_len, port; the address follows
 _ACCEPT, _REJECT = -1, -2
-_RECV_SIZE = 1 << 17
 
 
 def diag_bytecode(net: Network, ports: Ports) -> bytes:
@@ -219,14 +411,9 @@ def diag_bytecode(net: Network, ports: Ports) -> bytes:
     return code
 
 
-def _nlmsg(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
-    return _NLMSG.pack(_NLMSG.size + len(payload), msg_type, flags, seq, 0) + payload
-
-
 def pack_dump_request(seq: int, family: int, protocol: int, states: int, bytecode: bytes) -> bytes:
     """SOCK_DIAG_BY_FAMILY dump of `protocol` sockets in `states`, filtered by `bytecode`."""
-    attr = struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    request = _REQ.pack(family, protocol, 0, states) + bytes(_SOCKID_LEN) + attr
+    request = _REQ.pack(family, protocol, 0, states) + bytes(_SOCKID_LEN) + _attr(INET_DIAG_REQ_BYTECODE, bytecode)
     return _nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, request)
 
 
@@ -249,17 +436,6 @@ def pack_destroy_request(seq: int, sock: DiagSocket) -> bytes:
     return _nlmsg(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq, request)
 
 
-def parse_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(type, seq, payload) of each netlink message in one datagram."""
-    offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, msg_type, _, seq, _ = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size:
-            return
-        yield msg_type, seq, data[offset + _NLMSG.size:offset + length]
-        offset += (length + 3) & ~3
-
-
 def parse_diag_msg(protocol: int, payload: bytes) -> DiagSocket:
     """An inet_diag_msg (as answered for `protocol`) to a DiagSocket."""
     family, state = payload[0], payload[1]
@@ -269,32 +445,9 @@ def parse_diag_msg(protocol: int, payload: bytes) -> DiagSocket:
                       ipaddress.ip_address(dst[:width]), dport, payload[4:4 + _SOCKID_LEN])
 
 
-class _SockDiag:
-    """A minimal sock_diag client: one request at a time, answers read to the end."""
-
+class _SockDiag(_Netlink):
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-        self.sock.settimeout(10)  # a wedged kernel must not hang the ban
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _ask(self, make: Callable[[int], bytes]) -> Iterator[bytes]:
-        """Send one request; yield the payloads answering it until its end, raising OSError on an error."""
-        self.seq += 1
-        self.sock.send(make(self.seq))
-        while True:
-            for msg_type, seq, payload in parse_messages(self.sock.recv(_RECV_SIZE)):
-                if seq != self.seq:
-                    continue
-                if msg_type in (NLMSG_ERROR, NLMSG_DONE):
-                    code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
-                    if code > 0:
-                        raise OSError(code, os.strerror(code))
-                    return
-                yield payload
+        super().__init__(NETLINK_SOCK_DIAG)
 
     def dump(self, family: int, protocol: int, states: int, bytecode: bytes) -> list[DiagSocket]:
         return [parse_diag_msg(protocol, p)
@@ -310,13 +463,26 @@ def socket_protocols(protocols: tuple[str, ...]) -> list[int]:
     return [PROTOCOL_NUMBERS[p] for p in (protocols or ("tcp", "udp")) if p != "sctp"]
 
 
+def socket_flows(sock: DiagSocket) -> list[CtTuple]:
+    """The tuples a socket's conntrack entry is found by: remote to local (the original direction of
+    a flow the peer opened, the reply of one the host opened), then local to remote (the reply of a
+    DNAT'd flow, the original of an SNAT'd one). A v4-mapped socket's flow is tracked as IPv4."""
+    remote, local = sock.remote, sock.local
+    if sock.family == socket.AF_INET6 and remote.ipv4_mapped and local.ipv4_mapped:
+        remote, local = remote.ipv4_mapped, local.ipv4_mapped
+    return [CtTuple(sock.protocol, remote, local, sock.remote_port, sock.local_port),
+            CtTuple(sock.protocol, local, remote, sock.local_port, sock.remote_port)]
+
+
 def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports,
-                     problems: list[str]) -> int:
+                     ct: Optional[_Conntrack], problems: list[str]) -> tuple[int, int]:
+    """Destroy the sockets in scope and, with `ct`, delete each one's conntrack entry by its exact
+    tuple (a lookup, no table dump). Returns (sockets destroyed, entries deleted)."""
     try:
         diag = _SockDiag()
     except OSError as e:
         problems.append(f"could not open a sock_diag netlink socket: {_why(e)}")
-        return 0
+        return 0, 0
     try:
         doomed: dict[tuple[int, int, bytes], DiagSocket] = {}
         for protocol in socket_protocols(protocols):
@@ -334,17 +500,35 @@ def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports:
                     # the ban, whatever a kernel made of the filter.
                     if sock.remote in net and port_in(sock.local_port, ports):
                         doomed[(sock.family, sock.protocol, sock.sockid)] = sock
-        destroyed = 0
+        destroyed = deleted = 0
+        can_destroy = True
         for sock in doomed.values():
-            try:
-                diag.destroy(sock)
-                destroyed += 1
-            except OSError as e:
-                if e.errno == errno.EOPNOTSUPP:
-                    problems.append("kernel lacks socket destroy (CONFIG_INET_DIAG_DESTROY)")
-                    break
-                if e.errno != errno.ENOENT:  # ENOENT: it closed between the dump and now
-                    problems.append(f"could not destroy a socket of {sock.remote}: {_why(e)}")
-        return destroyed
+            if can_destroy:
+                try:
+                    diag.destroy(sock)
+                    destroyed += 1
+                except OSError as e:
+                    if e.errno == errno.EOPNOTSUPP:
+                        problems.append("kernel lacks socket destroy (CONFIG_INET_DIAG_DESTROY)")
+                        can_destroy = False
+                    elif e.errno != errno.ENOENT:  # ENOENT: it closed between the dump and now
+                        problems.append(f"could not destroy a socket of {sock.remote}: {_why(e)}")
+            # The reset the destroy sent has passed through this entry already.
+            if ct is not None:
+                deleted += _delete_flow(ct, sock, problems)
+        return destroyed, deleted
     finally:
         diag.close()
+
+
+def _delete_flow(ct: _Conntrack, sock: DiagSocket, problems: list[str]) -> int:
+    """Delete the conntrack entry of a socket's flow, if it has one; 1 when deleted."""
+    for flow in socket_flows(sock):
+        family = socket.AF_INET if flow.src.version == 4 else socket.AF_INET6
+        try:
+            if ct.delete(family, pack_tuple(flow)):
+                return 1
+        except OSError as e:
+            problems.append(f"could not delete an {_family_name(family)} conntrack entry: {_why(e)}")
+            return 0
+    return 0  # untracked, in another zone (the dump finds it), or already gone

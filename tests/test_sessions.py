@@ -14,11 +14,16 @@ import time
 import pytest
 
 from f2bext import lab
+from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
+
+from f2bext import sessions as sessions_mod
 from f2bext.sessions import (
-    BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, INET_DIAG_REQ_BYTECODE, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-    NLMSG_DONE, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY, DiagSocket, KillReport, conntrack_filters,
-    conntrack_in_scope, diag_bytecode, diag_targets, kill_sessions, mapped, pack_destroy_request,
-    pack_dump_request, parse_diag_msg, parse_messages, socket_protocols,
+    BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, CTA_ID, CTA_ZONE, INET_DIAG_REQ_BYTECODE, IPCTNL_MSG_CT_DELETE,
+    IPCTNL_MSG_CT_GET, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY,
+    CtFilter, CtTuple, DiagSocket, KillReport, conntrack_filters, conntrack_in_scope, diag_bytecode,
+    diag_targets, kill_sessions, mapped, narrow_ports, pack_ct_delete, pack_ct_dump_request, pack_destroy_request,
+    pack_dump_request, pack_tuple, parse_ct_handle, parse_ct_orig, parse_diag_msg, parse_messages,
+    socket_flows, socket_protocols,
 )
 
 net = ipaddress.ip_network
@@ -334,6 +339,58 @@ def test_conntrack_kill_follows_protocols_and_ports(sessions_lab):
     assert listed("udp") == listed("sctp") == []
 
 
+def test_held_sessions_lose_their_entries_by_exact_tuple_with_no_dump(sessions_lab, monkeypatch):
+    monkeypatch.setattr(sessions_mod, "conntrack_filters", lambda *args: [])  # no dump at all
+    v6, mapped4 = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT6, SRV6, 587), (ATT4, SRV4, 25))
+    (bystander,) = sessions_lab.hold(sessions_lab.hosts.bystander, (lab.BYSTANDER6, SRV6, 587))
+
+    assert sessions_lab.kill([ATT6]) == KillReport(1, 1, ())
+    assert_cut(sessions_lab, v6)
+    # The `::` listener saw ATT4 as ::ffff:203.0.113.7; conntrack tracks that flow as plain IPv4.
+    assert sessions_lab.kill([ATT4]) == KillReport(1, 1, ())
+    assert_cut(sessions_lab, mapped4)
+    assert_alive(sessions_lab, bystander)
+
+
+def test_entries_without_a_socket_are_found_by_port_narrowed_dumps_for_ipv6_and_cidrs(sessions_lab, monkeypatch):
+    server = sessions_lab.hosts.server
+    dumps: list[CtFilter] = []
+    real_dump = sessions_mod._Conntrack.dump
+    monkeypatch.setattr(sessions_mod._Conntrack, "dump",
+                        lambda ct, wanted: dumps.append(wanted) or real_dump(ct, wanted))
+
+    flows = [(ATT6, SRV6, 25), (ATT6, SRV6, 8080), (lab.BYSTANDER6, SRV6, 25),
+             (ATT4B, SRV4, 587), (ATT4B, SRV4, 8080), (BY4, SRV4, 587)]
+    for src, dst, dport in flows:  # no socket holds them: forwarded or DNAT'd flows look like this
+        server.run(["conntrack", "-I", "-p", "tcp", "-s", src, "-d", dst, "--sport", "40000", "--dport", str(dport),
+                    "--state", "ESTABLISHED", "-t", "300"])
+
+    def left() -> set[tuple[str, int]]:
+        """(source, destination port) of each entry still in the table, original direction."""
+        found = set()
+        for family in ("ipv4", "ipv6"):
+            for line in server.run(["conntrack", "-L", "-f", family]).stdout.splitlines():
+                orig: dict[str, str] = {}
+                for word in line.split():
+                    if "=" in word:
+                        orig.setdefault(*word.split("=", 1))  # the reply direction repeats the keys
+                found.add((orig["src"], int(orig["dport"])))
+        return found
+
+    assert sessions_lab.kill([ATT6]) == KillReport(1, 0, ())
+    assert dumps == [CtFilter(socket.AF_INET6, protocol=6, dport=25), CtFilter(socket.AF_INET6, protocol=6, dport=587)]
+    assert left() == {(ATT6, 8080), (lab.BYSTANDER6, 25), (ATT4B, 587), (ATT4B, 8080), (BY4, 587)}
+
+    dumps.clear()
+    assert sessions_lab.kill(["203.0.113.0/24"]) == KillReport(1, 0, ())
+    assert dumps == [CtFilter(socket.AF_INET, protocol=6, dport=25), CtFilter(socket.AF_INET, protocol=6, dport=587)]
+    assert left() == {(ATT6, 8080), (lab.BYSTANDER6, 25), (ATT4B, 8080), (BY4, 587)}
+
+    # An all-ports ban dumps the family and protocol, and takes the rest of the address's flows.
+    assert sessions_lab.kill([ATT6, "203.0.113.0/24"], ports=()) == KillReport(2, 0, ())
+    assert left() == {(lab.BYSTANDER6, 25), (BY4, 587)}
+
+
 UDP_SERVER = r"""
 import socket
 served = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -483,13 +540,94 @@ def test_netlink_datagram_is_split_into_aligned_messages():
     assert list(parse_messages(b"")) == []
 
 
-def test_conntrack_filters_are_exact_for_ipv4_hosts_and_by_protocol_otherwise():
+def test_conntrack_filters_are_exact_for_ipv4_hosts_and_by_port_for_ipv6_and_cidrs():
     v4, v6, cidr = net("203.0.113.7/32"), net("2001:db8::7/128"), net("203.0.113.0/24")
-    assert conntrack_filters([v4], ("tcp", "udp"), SMTP) == [
-        (socket.AF_INET, ATT4, None, 6), (socket.AF_INET, ATT4, None, 17)]
-    assert conntrack_filters([v4], ("tcp",), ()) == [(socket.AF_INET, ATT4, None, 6), (socket.AF_INET, None, ATT4, 6)]
-    assert conntrack_filters([cidr, net("198.51.100.0/24")], ("tcp",), SMTP) == [(socket.AF_INET, None, None, 6)]
-    assert conntrack_filters([v6], (), ()) == [(socket.AF_INET6, None, None, None)]
+    v4f, v6f = socket.AF_INET, socket.AF_INET6
+    assert conntrack_filters([v4], ("tcp", "udp"), SMTP) == [(v4f, ATT4, None, 6, None), (v4f, ATT4, None, 17, None)]
+    assert conntrack_filters([v4], ("tcp",), ()) == [(v4f, ATT4, None, 6, None), (v4f, None, ATT4, 6, None)]
+    # IPv6 and CIDRs: the kernel can match neither, so it narrows by port, one dump per protocol and port.
+    assert conntrack_filters([v6], ("tcp", "udp"), SMTP) == [
+        CtFilter(v6f, protocol=6, dport=25), CtFilter(v6f, protocol=6, dport=587),
+        CtFilter(v6f, protocol=17, dport=25), CtFilter(v6f, protocol=17, dport=587)]
+    assert conntrack_filters([cidr, net("198.51.100.0/24")], ("tcp",), SMTP) == [
+        CtFilter(v4f, protocol=6, dport=25), CtFilter(v4f, protocol=6, dport=587)]
+    # Every port, many ports, or SCTP (whose ports the kernel does not compare): family and protocol only.
+    assert conntrack_filters([v6], ("tcp",), ()) == [CtFilter(v6f, protocol=6)]
+    assert conntrack_filters([cidr], ("tcp",), ((1000, 1008),)) == [CtFilter(v4f, protocol=6)]
+    assert conntrack_filters([v6], ("sctp",), ((5060, 5060),)) == [CtFilter(v6f, protocol=132)]
+    assert conntrack_filters([v6], (), ()) == [CtFilter(v6f)]
+
+
+def test_few_ports_are_listed_one_by_one_and_many_not_at_all():
+    assert narrow_ports(SMTP) == [25, 587]
+    assert narrow_ports(((1000, 1007),)) == list(range(1000, 1008))
+    assert narrow_ports(((25, 26), (25, 25))) == [25, 26]
+    assert narrow_ports(((1000, 1008),)) == []
+    assert narrow_ports(()) == []
+
+
+def _decoded(data: bytes) -> nfct_msg:
+    """A ctnetlink message as pyroute2 reads it: an independent check of what is sent."""
+    msg = nfct_msg(data)
+    msg.decode()
+    return msg
+
+
+def test_dump_request_filters_in_the_kernel_by_protocol_and_destination_port():
+    msg = _decoded(pack_ct_dump_request(9, CtFilter(socket.AF_INET6, protocol=6, dport=587)))
+    assert (msg["header"]["type"], msg["header"]["flags"], msg["header"]["sequence_number"]) == \
+        (IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 9)
+    assert msg["nfgen_family"] == socket.AF_INET6
+    proto = msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO")
+    assert (proto.get_attr("CTA_PROTO_NUM"), proto.get_attr("CTA_PROTO_DST_PORT")) == (6, 587)
+    assert msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_IP") is None
+    assert msg.get_attr("CTA_FILTER").get_attr("CTA_FILTER_ORIG_FLAGS") == (1 << 3) | (1 << 5)  # proto, dport
+
+    msg = _decoded(pack_ct_dump_request(1, CtFilter(socket.AF_INET, saddr=ATT4, protocol=17)))
+    assert msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_IP").get_attr("CTA_IP_V4_SRC") == ATT4
+    assert msg.get_attr("CTA_FILTER").get_attr("CTA_FILTER_ORIG_FLAGS") == (1 << 0) | (1 << 3)  # saddr, proto
+
+    msg = _decoded(pack_ct_dump_request(1, CtFilter(socket.AF_INET6)))
+    assert msg["nfgen_family"] == socket.AF_INET6 and msg["attrs"] == []  # the family alone filters
+
+
+def test_a_socket_flow_is_deleted_by_its_exact_tuple_and_v4_mapped_ones_as_ipv4():
+    sock = DiagSocket(socket.AF_INET6, socket.IPPROTO_TCP, 1, ip("::ffff:" + SRV4), 25, ip("::ffff:" + ATT4),
+                      40000, bytes(48))
+    assert socket_flows(sock) == [CtTuple(6, ip(ATT4), ip(SRV4), 40000, 25), CtTuple(6, ip(SRV4), ip(ATT4), 25, 40000)]
+    sock6 = DiagSocket(socket.AF_INET6, socket.IPPROTO_UDP, 1, ip(SRV6), 53, ip(ATT6), 5353, bytes(48))
+    assert socket_flows(sock6)[0] == CtTuple(17, ip(ATT6), ip(SRV6), 5353, 53)
+
+    msg = _decoded(pack_ct_delete(4, socket.AF_INET6, pack_tuple(socket_flows(sock6)[0])))
+    assert (msg["header"]["type"], msg["header"]["flags"]) == (IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK)
+    orig = msg.get_attr("CTA_TUPLE_ORIG")
+    assert (orig.get_attr("CTA_TUPLE_IP").get_attr("CTA_IP_V6_SRC"),
+            orig.get_attr("CTA_TUPLE_IP").get_attr("CTA_IP_V6_DST")) == (ATT6, SRV6)
+    proto = orig.get_attr("CTA_TUPLE_PROTO")
+    assert [proto.get_attr(a) for a in ("CTA_PROTO_NUM", "CTA_PROTO_SRC_PORT", "CTA_PROTO_DST_PORT")] == [17, 5353, 53]
+
+
+def _dumped(orig: CtTuple, *extra: bytes) -> bytes:
+    """A dumped entry as ctnetlink writes it: nfgenmsg, the original tuple, then the rest."""
+    family = socket.AF_INET6 if orig.src.version == 6 else socket.AF_INET
+    return struct.pack("=BBH", family, 0, 0) + pack_tuple(orig) + b"".join(extra)
+
+
+def test_dumped_entry_gives_its_original_tuple_and_the_handle_that_deletes_exactly_it():
+    orig = CtTuple(6, ip(ATT6), ip(SRV6), 40000, 25)
+    reply = pack_tuple(CtTuple(6, ip(SRV6), ip(ATT6), 25, 40000))
+    reply = struct.pack("=HH", len(reply), 0x8000 | 2) + reply[4:]  # CTA_TUPLE_REPLY
+    status = struct.pack("=HH", 8, 3) + struct.pack("!I", 0xE)  # CTA_STATUS
+    ident = struct.pack("=HH", 8, CTA_ID) + struct.pack("!I", 1234)
+    zone = struct.pack("=HH", 6, CTA_ZONE) + struct.pack("!H", 7) + bytes(2)  # padded to 4 bytes
+    payload = _dumped(orig, reply, status, ident, zone)
+
+    assert parse_ct_orig(payload) == orig
+    assert parse_ct_handle(payload) == pack_tuple(orig) + ident + zone
+    sctp = CtTuple(132, ip(ATT4), ip(SRV4), 1, 5060)
+    assert parse_ct_orig(_dumped(sctp)) == sctp
+    assert parse_ct_orig(_dumped(CtTuple(1, ip(ATT4), ip(SRV4)))) == CtTuple(1, ip(ATT4), ip(SRV4), None, None)
+    assert parse_ct_orig(struct.pack("=BBH", 2, 0, 0) + status) is None
 
 
 def test_conntrack_scope_is_the_ban_scope():

@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", help="only sessions to these local ports (default: all)")
     p.add_argument("--protocol", default="tcp,udp,sctp", help="protocols (default: tcp,udp,sctp)")
     p.add_argument("addresses", nargs="+", metavar="ADDR")
+    p = sub.add_parser("doctor", help="say why banned addresses still get through (exit 0 OK, 1 WARNING, 2 CRITICAL, "
+                                      "3 UNKNOWN, as monitoring plugins do)")
+    p.add_argument("--socket", help="fail2ban's control socket (default: $F2BEXT_FAIL2BAN_SOCKET or "
+                                    "/var/run/fail2ban/fail2ban.sock)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--fix", action="store_true", help="repair what f2bext owns, then check again")
+    p.add_argument("--prom", metavar="FILE", help="also write node_exporter textfile metrics to FILE")
     p = sub.add_parser("demo", help="run the namespace lab demo with a real fail2ban-server")
     p.add_argument("--keep", action="store_true", help="leave the lab up until Enter is pressed")
     sub.add_parser("cleanup", help="remove namespaces a killed lab or test left behind")
@@ -168,6 +175,8 @@ def run(argv: Sequence[str]) -> int:
         for problem in report.problems:
             print(f"warning: {problem}", file=sys.stderr)
         return 1 if report.problems else 0
+    if cmd == "doctor":
+        return run_doctor(args)
     if cmd == "demo":
         from .demo import run_demo
         return run_demo(keep=args.keep)
@@ -177,6 +186,43 @@ def run(argv: Sequence[str]) -> int:
             print(f"removed namespace {name}")
         return 0
     raise AssertionError(cmd)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+    if os.geteuid() != 0:
+        print("F2BEXT DOCTOR UNKNOWN - must run as root to read the firewall, conntrack and fail2ban's socket")
+        return doctor.UNKNOWN
+    try:
+        snap = doctor.collect(args.socket)
+    except OSError as e:
+        print(f"F2BEXT DOCTOR UNKNOWN - cannot reach fail2ban ({e}); is fail2ban-server running?")
+        return doctor.UNKNOWN
+    findings = doctor.diagnose(snap)
+    if args.fix and any(d.owned for d in findings):
+        print(render_fixes(snap, findings))
+        snap = doctor.collect(args.socket)
+        findings = doctor.diagnose(snap)
+    print(doctor.to_json(snap, findings) if args.json else doctor.render(snap, findings))
+    if args.prom:
+        doctor.write_prom(args.prom, snap, findings)
+    return doctor.overall(findings)
+
+
+def render_fixes(snap, findings) -> str:
+    """Repair every jail f2bext owns that a finding names; say what was done."""
+    from .sessions import kill_sessions
+    done = []
+    for jail in sorted({d.jail for d in findings if d.owned}):
+        entry = state.load(jail)
+        backend = get_backend(entry.backend)
+        held = [parse_target(ip) for j in snap.jails if j.name == jail for ip in j.banned]
+        backend.repair(entry.spec, held)
+        done.append(f"repaired jail {jail} ({entry.backend}, {len(held)} bans)")
+        if any(d.jail == jail and d.code == "sessions-alive" for d in findings):
+            report = kill_sessions(held, entry.spec.protocols, entry.spec.ports, frozenset(("conntrack", "sockets")))
+            done.append(f"cut {report.conntrack} conntrack entries and {report.sockets} sockets in jail {jail}")
+    return "\n".join(f"fixed: {line}" for line in done)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,162 @@
+"""`f2bext doctor` on live labs: each cause of a leaking ban produced the way it happens in life,
+with real fail2ban-server, stock actions and ours, and the finding asserted by kind and evidence."""
+
+import json
+import os
+import time
+
+import pytest
+
+from f2bext import doctor, lab
+
+
+def run_doctor(hosts, workdir, *args):
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--json", *args)
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    return result.returncode, report, {f["code"]: f for f in report["findings"]}
+
+
+def start(f2b, **jail):
+    f2b.jails["postfix"].update(jail)
+    f2b.start()
+
+
+def fail_logins(hosts, workdir, server=lab.SERVER4, port=587):
+    lab.tool(hosts.attacker, workdir, "fail-logins", server, str(port), "4", check=True)
+
+
+def hold(hosts, workdir, port):
+    status = os.path.join(workdir, f"hold-{port}")
+    hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", lab.SERVER4, str(port), status],
+                         env=lab.lab_env(workdir))
+    lab.Fail2banLab.wait(lambda: os.path.exists(status), "held session")
+    return status
+
+
+def test_a_host_where_every_ban_holds_gets_one_ok_line(hosts, workdir, f2b):
+    start(f2b)
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor")
+    assert result.returncode == 0
+    assert result.stdout.strip().splitlines() == [result.stdout.strip()]
+    assert result.stdout.startswith("F2BEXT DOCTOR OK - ") and "banned=2" in result.stdout
+
+
+def test_an_accept_a_script_put_above_the_stock_jump_is_quoted_with_its_position(hosts, workdir, f2b):
+    start(f2b, banaction="iptables-multiport")
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    hosts.server.run(["iptables", "-I", "INPUT", "1", "-p", "tcp", "--dport", "25", "-j", "ACCEPT"])
+    code, report, found = run_doctor(hosts, workdir)
+    assert code == doctor.CRITICAL
+    assert found["shadowed"]["evidence"] == "-A INPUT -p tcp -m tcp --dport 25 -j ACCEPT"
+    assert "rule 1" in found["shadowed"]["message"] and "iptables -I INPUT 1" in found["shadowed"]["fix"]
+    # the attacker keeps coming: fail2ban says "already banned", and the doctor names the cause
+    time.sleep(3.5)
+    fail_logins(hosts, workdir, port=25)
+    f2b.wait(lambda: "already banned" in open(os.path.join(workdir, "fail2ban.log")).read(), "a notice")
+    code, report, found = run_doctor(hosts, workdir)
+    assert found["already-banned"]["severity"] == "CRITICAL" and "shadowed" in found["already-banned"]["evidence"]
+    assert report["summary"].startswith("F2BEXT DOCTOR CRITICAL - ") and "| jails=1 banned=1" in report["summary"]
+
+
+def test_a_restored_ruleset_that_lost_the_stock_bans_is_not_enforced(hosts, workdir, f2b):
+    start(f2b, banaction="nftables-multiport")
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    hosts.server.nft("flush", "ruleset")
+    code, _, found = run_doctor(hosts, workdir)
+    assert code == doctor.CRITICAL
+    assert found["not-enforced"]["evidence"] == lab.ATTACKER4 and "hook-missing" in found
+    assert "fail2ban-client restart postfix" in found["not-enforced"]["fix"]
+
+
+def test_fix_repairs_what_f2bext_owns_and_a_second_run_is_clean(hosts, workdir, f2b, reach):
+    start(f2b, banaction="f2bext-nftables")  # the .conf twin: no watchdog to heal it first
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    hosts.server.nft("flush", "ruleset")
+    assert reach(hosts.attacker, lab.SERVER4, 25)
+    code, _, found = run_doctor(hosts, workdir)
+    assert code == doctor.CRITICAL and found["not-enforced"]["owned"]
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--fix")
+    assert "fixed: repaired jail postfix" in result.stdout and result.returncode == 0
+    assert not reach(hosts.attacker, lab.SERVER4, 25)
+    assert lab.f2bext_cmd(hosts.server, workdir, "doctor").returncode == 0
+
+
+def test_a_port_left_out_of_the_jail_shows_as_banned_traffic_on_other_ports(hosts, workdir, f2b):
+    start(f2b, banaction="iptables-multiport", port="smtp")
+    held = hold(hosts, workdir, 587)
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    time.sleep(0.5)
+    assert open(held).read() == "open"  # the stock ban does not cover 587: the session lives on
+    code, _, found = run_doctor(hosts, workdir)
+    assert "tcp/587" in found["ports-uncovered"]["message"] and "587" in found["ports-uncovered"]["fix"]
+
+
+def test_a_held_session_behind_an_established_accept_is_alive_after_a_stock_ban(hosts, workdir, f2b):
+    start(f2b, banaction="iptables-multiport")
+    f2b.client("set", "postfix", "banip", "198.51.100.99")  # stock actions create their jump at the first ban
+    lab.apply_seed_firewall(hosts.server, on_top=True)  # then the admin's script puts the seed's accepts on top
+    held = hold(hosts, workdir, 25)
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    time.sleep(1.5)
+    code, _, found = run_doctor(hosts, workdir)
+    assert code == doctor.CRITICAL and open(held).read() == "open"
+    assert lab.ATTACKER4 in found["sessions-alive"]["evidence"] and "tcp/25" in found["sessions-alive"]["evidence"]
+    assert "shadowed-held-sessions" in found
+    assert found["sessions-alive"]["fix"] == f"f2bext kill {lab.ATTACKER4}"
+
+
+def test_an_ipv6_attacker_against_an_ipv4_only_stock_action(hosts, workdir, f2b):
+    start(f2b, banaction="iptables-ipset-proto4")
+    fail_logins(hosts, workdir, server=lab.SERVER6)
+    f2b.wait(lambda: lab.ATTACKER6 in f2b.banned("postfix"), "the IPv6 ban")
+    code, _, found = run_doctor(hosts, workdir)
+    assert code == doctor.CRITICAL and "ipv6-uncovered" in found
+    assert lab.ATTACKER6 in found["not-enforced"]["evidence"]
+
+
+@pytest.mark.parametrize("banaction", ["iptables-multiport", "f2bext-nftables.py"])
+def test_a_dnat_published_service_bypasses_an_input_only_ban(hosts, workdir, f2b, banaction):
+    start(f2b, banaction=banaction)
+    hosts.server.run(["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "25", "-j", "DNAT",
+                      "--to-destination", "198.51.100.30:25"])
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    code, _, found = run_doctor(hosts, workdir)
+    assert code == doctor.CRITICAL and "DNAT" in found["dnat-bypass"]["evidence"]
+
+
+def test_prom_file_and_root_check(hosts, workdir, f2b, tmp_path):
+    start(f2b)
+    prom = tmp_path / "f2bext.prom"
+    assert lab.f2bext_cmd(hosts.server, workdir, "doctor", "--prom", str(prom)).returncode == 0
+    text = prom.read_text()
+    assert "f2bext_doctor_status 0" in text and 'f2bext_jail_banned{jail="postfix"} 0' in text
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".f2bext-doctor-")]
+
+
+def test_doctor_without_fail2ban_is_unknown(hosts, workdir):
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor")
+    assert result.returncode == doctor.UNKNOWN and result.stdout.startswith("F2BEXT DOCTOR UNKNOWN - ")
+
+
+def test_notices_are_counted_per_jail_and_window(tmp_path):
+    log = tmp_path / "fail2ban.log"
+    now = time.time()
+    stamp = lambda age: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now - age))  # noqa: E731
+    log.write_text("\n".join([
+        f"{stamp(10)},123 fail2ban.actions        [99]: NOTICE  [postfix] 203.0.113.7 already banned",
+        f"{stamp(7200)},1 fail2ban.actions: WARNING [postfix] 2001:db8::7 already banned",
+        f"{stamp(100)},5 fail2ban.actions        [99]: NOTICE  [sshd] 198.51.100.9 already banned",
+        f"{stamp(200000)},5 fail2ban.actions        [99]: NOTICE  [sshd] 198.51.100.9 already banned",
+        f"{stamp(5)},5 fail2ban.actions        [99]: NOTICE  [sshd] Ban 198.51.100.9",
+    ]))
+    assert doctor.read_notices(str(log), now) == {"postfix": (1, 2), "sshd": (1, 1)}
+
+
+def test_action_kinds_are_recognised_by_name_or_ban_command():
+    assert doctor.action_kind("iptables-multiport", "") == "iptables"
+    assert doctor.action_kind("iptables-ipset-proto6-allports", "") == "iptables-ipset"
+    assert doctor.action_kind("nftables", "") == "nftables"
+    assert doctor.action_kind("f2bext-ipset", "") == "f2bext-ipset"
+    assert doctor.action_kind("custom", "<nftables> add element <table_family> <table> <addr_set> { <ip> }") == "nftables"
+    assert doctor.action_kind("sendmail-whois", "printf %%b ...") == ""

@@ -135,6 +135,8 @@ def run(argv: Sequence[str]) -> int:
         nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
         backend = get_backend(backend_name)
         if cmd == "ban":
+            from .guard import refuse_own
+            refuse_own(nets)
             backend.ban(spec, nets, _held(backend, spec))
             state.save(backend.name, spec)
             if spec.kill:

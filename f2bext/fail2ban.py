@@ -13,9 +13,10 @@ from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
 from . import state
-from .addr import Network, parse_target
+from .addr import Network, parse_target, to_text
 from .backends import Backend, get_backend
 from .errors import InputError, KernelError
+from .guard import refuse_own
 from .sessions import KillReport, kill_sessions
 from .spec import JailSpec
 
@@ -115,10 +116,23 @@ class EnforcingAction(ActionBase):
             self._preloaded.discard(ip)  # start() loaded it with the others, in one transaction
             return
         net = parse_target(ip)
+        self._refuse_lockout(net)
         with self._lock:
             self.backend.ban(self.spec, [net], self.held)
         if not aInfo["restored"]:  # a restart restores bans, not sessions worth cutting
             self._kill(net)
+
+    def _refuse_lockout(self, net: Network) -> None:
+        """The host's own addresses and the jail's ignoreip are never banned, even when asked directly
+        (`fail2ban-client set JAIL banip` skips fail2ban's own ignore checks)."""
+        if self._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
+            log.warning("[%s] f2bext refuses to ban %s: it is in the jail's ignoreip", self._jail.name, to_text(net))
+            raise InputError(f"{to_text(net)} is in ignoreip of jail {self._jail.name}")
+        try:
+            refuse_own([net])
+        except InputError as e:
+            log.warning("[%s] f2bext %s", self._jail.name, e)
+            raise
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)

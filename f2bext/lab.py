@@ -46,7 +46,7 @@ def build_hosts(tag: str = "") -> Hosts:
         switch.run(["ip", "link", "set", "br0", "up"])
         hosts = {}
         plan = {
-            "srv": [f"{SERVER4}/24", "203.0.113.1/24", f"{SERVER6}/64"],
+            "srv": [f"{SERVER4}/24", f"{SERVER6}/64"],
             "att": [f"{ATTACKER4}/24", f"{ATTACKER_NET_PEER4}/24", f"{ATTACKER6}/64"],
             "by": [f"{BYSTANDER4}/24", f"{BYSTANDER6}/64"],
         }
@@ -57,9 +57,10 @@ def build_hosts(tag: str = "") -> Hosts:
             for cidr in addrs:
                 ns.add_address("eth0", cidr)
             hosts[role] = ns
-        # The attacker and bystander reach the server's other subnet through it.
+        # Two subnets on one wire, reached on-link: the server holds no address in the attacker's
+        # 203.0.113.0/24, so banning that whole network locks the server out of nothing.
         hosts["att"].run(["ip", "route", "add", "198.51.100.0/24", "dev", "eth0", "src", ATTACKER4])
-        hosts["by"].run(["ip", "route", "add", "203.0.113.0/24", "dev", "eth0", "src", BYSTANDER4])
+        hosts["srv"].run(["ip", "route", "add", "203.0.113.0/24", "dev", "eth0", "src", SERVER4])
         return Hosts(tag, switch, hosts["srv"], hosts["att"], hosts["by"])
     except BaseException:
         for ns in made:

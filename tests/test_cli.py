@@ -16,6 +16,9 @@ BAD_INPUT = [
     ["unban", "--jail", "postfix", "::/0"],
     ["ban", "--backend", "pf", "--jail", "postfix", "203.0.113.7"],
     ["kill", "not-an-address"],
+    ["ban", "--jail", "postfix", lab.SERVER4],  # the host's own address
+    ["ban", "--jail", "postfix", "198.51.100.0/24"],  # a network holding it
+    ["ban", "--jail", "postfix", "2001:db8::/64"],
     ["repair", "--jail", "nosuchjail"],
 ]
 

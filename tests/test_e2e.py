@@ -141,3 +141,16 @@ def test_conf_twin_bans_through_the_command(hosts, workdir, f2b, fw, reach):
     fail_logins(hosts, workdir, server=lab.SERVER6)
     f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER6, 465), "the IPv6 ban")
     assert not reach(hosts.attacker, lab.SERVER4, 465), "the earlier ban came back with the rebuild"
+
+
+def test_fail2ban_asked_directly_never_bans_ignoreip_or_the_hosts_own_addresses(hosts, f2b, fw, reach):
+    f2b.jails["postfix"]["ignoreip"] = f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.BYSTANDER4, lab.SERVER6, "198.51.100.0/24", lab.ATTACKER4)
+    f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the attacker's ban")
+    assert not fw.holds("postfix", lab.BYSTANDER4) and not fw.holds("postfix", lab.SERVER6)
+    assert reach(hosts.bystander, lab.SERVER4, 25)
+    log = read(os.path.join(f2b.workdir, "fail2ban.log"))
+    assert f"refuses to ban {lab.BYSTANDER4}: it is in the jail's ignoreip" in log
+    assert f"refusing to ban {lab.SERVER6}: it holds {lab.SERVER6}, an address of this host (eth0)" in log
+    assert "refusing to ban 198.51.100.0/24" in log

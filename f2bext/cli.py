@@ -123,7 +123,7 @@ def _report(findings: list[Finding], jails: Sequence[str], args: argparse.Namesp
 
 
 def _known_jails(jail: Optional[str]) -> list[state.JailState]:
-    return [state.load(jail)] if jail else state.load_all()
+    return state.load_all() if jail is None else [state.load(jail)]  # "" is a bad name, not "every jail"
 
 
 def run(argv: Sequence[str]) -> int:

@@ -186,7 +186,8 @@ class Fail2banLab:
             lines += [f"{k} = {v}" for k, v in opts.items()] + [""]
         with open(os.path.join(self.confdir, "jail.local"), "w") as f:
             f.write("\n".join(lines))
-        open(self.maillog, "a").close()
+        for log in (self.maillog, os.path.join(self.workdir, "fail2ban.log")):  # fail2ban refuses absent logpaths
+            open(log, "a").close()
 
     def start(self) -> None:
         self.write_config()

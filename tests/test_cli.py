@@ -20,6 +20,7 @@ BAD_INPUT = [
     ["ban", "--jail", "postfix", "198.51.100.0/24"],  # a network holding it
     ["ban", "--jail", "postfix", "2001:db8::/64"],
     ["repair", "--jail", "nosuchjail"],
+    ["verify", "--jail", ""],
 ]
 
 

@@ -1,0 +1,143 @@
+"""The leak jail end to end: a real fail2ban-server in the lab whose postfix jail bans without effect
+(the dummy action), so the attacker leaks; f2bext-leak reads fail2ban's log and stops it."""
+
+import configparser
+import os
+import subprocess
+import time
+
+import pytest
+from fail2ban.client.actionreader import ActionReader
+from fail2ban.server.action import CommandAction
+
+from f2bext import lab
+
+OTHER_PORT = 2525  # a service no jail names: only an allports ban refuses it
+
+
+def leak_jail(workdir):
+    """f2bext-leak enabled on the lab's fail2ban log (which must exist when the jail is read)."""
+    logpath = os.path.join(workdir, "fail2ban.log")
+    open(logpath, "a").close()
+    return {"enabled": "true", "logpath": logpath}
+
+
+def ineffective_postfix(workdir):
+    """The lab's postfix jail, banning through the dummy action: fail2ban believes, nothing holds."""
+    return dict(lab.DEFAULT_JAIL, action=f'dummy[target="{workdir}/dummy.bans"]')
+
+
+def fail_logins(ns, workdir, server=lab.SERVER4):
+    """One jail's worth of failures (maxretry 3) on submission."""
+    lab.tool(ns, workdir, "fail-logins", server, "587", lab.DEFAULT_JAIL["maxretry"], check=True)
+
+
+def log_lines(workdir, text):
+    with open(os.path.join(workdir, "fail2ban.log")) as f:
+        return [line for line in f if text in line]
+
+
+def leak_twice(ns, workdir, f2b, address, server=lab.SERVER4):
+    """Get `address` banned in postfix, then reach postfix again, twice, more than 3 s after the ban:
+    fail2ban logs two "already banned" notices (before 3 s it would log them at DEBUG)."""
+    fail_logins(ns, workdir, server)
+    f2b.wait(lambda: address in f2b.banned("postfix"), "the postfix ban")
+    time.sleep(4)
+    notice = f"[postfix] {address} already banned"
+    for count in (1, 2):
+        fail_logins(ns, workdir, server)
+        f2b.wait(lambda: len(log_lines(workdir, notice)) >= count, f"notice {count}: {notice}")
+
+
+@pytest.fixture
+def other_service(hosts, workdir):
+    """A listener on a port no jail names, beside the lab's SMTP listeners."""
+    proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log",
+                               os.path.join(workdir, "other.log"), "--ports", str(OTHER_PORT)],
+                              env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    yield OTHER_PORT
+    proc.kill()
+    proc.wait()
+
+
+def repair_command(capture: dict):
+    """The repair action's ban command as fail2ban builds it for a ticket with these filter captures."""
+    reader = ActionReader("f2bext-repair", "f2bext-leak", {}, basedir=lab.PROJECT_ROOT)
+    assert reader.read()
+    reader.getOptions({})
+    (_, _, _, _, opts), = [c for c in reader.convert() if c[0] == "multi-set"]
+    opts = dict(opts)
+    cmd = CommandAction.replaceTag(opts["actionban"], opts)
+    cmd = CommandAction.replaceDynamicTags(cmd, {"ip": lab.ATTACKER4, "F-*": capture})
+    # Escaped values come back as positional arguments of the shell, as fail2ban runs them.
+    return ["sh", "-c", cmd] if isinstance(cmd, str) else ["sh", "-c", *cmd]
+
+
+def leak_ignorecommand(address: str) -> str:
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(os.path.join(lab.PROJECT_ROOT, "jail.d", "f2bext-leak.conf"))
+    return CommandAction.replaceTag(conf.get("f2bext-leak", "ignorecommand"), {"ip": address})
+
+
+def test_leaking_address_is_banned_on_every_port_and_the_leak_stops(hosts, workdir, f2b, reach, other_service):
+    f2b.jails = {"postfix": ineffective_postfix(workdir), "f2bext-leak": leak_jail(workdir)}
+    f2b.start()
+    leak_twice(hosts.attacker, workdir, f2b, lab.ATTACKER4)
+    f2b.wait(lambda: lab.ATTACKER4 in f2b.banned("f2bext-leak"), "the leak jail's ban")
+    for port in (*lab.SMTP_PORTS, other_service):
+        f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, port), f"port {port} refused", timeout=5)
+    assert reach(hosts.bystander, lab.SERVER4, 25) and reach(hosts.bystander, lab.SERVER4, other_service)
+    assert lab.ATTACKER4 in hosts.server.nft("list", "set", "inet", "f2bext", "f2bext-leak-v4")
+    # The leak has stopped: the attacker gets no session, so fail2ban has nothing more to notice.
+    notices = len(log_lines(workdir, f"[postfix] {lab.ATTACKER4} already banned"))
+    assert lab.tool(hosts.attacker, workdir, "fail-logins", lab.SERVER4, "587", "3").returncode != 0
+    time.sleep(2)
+    assert len(log_lines(workdir, f"[postfix] {lab.ATTACKER4} already banned")) == notices
+    # Postfix is no f2bext jail: the repair step had nothing to do, and said nothing about it.
+    assert not [line for line in log_lines(workdir, "ERROR") if "f2bext" in line], f2b.log_tail()
+    assert not log_lines(workdir, f"[f2bext-leak] {lab.ATTACKER4} already banned"), "the leak jail fed on itself"
+
+
+def test_leak_jail_never_bans_the_hosts_own_address(hosts, workdir, f2b, reach):
+    f2b.jails = {"postfix": ineffective_postfix(workdir), "f2bext-leak": leak_jail(workdir)}
+    f2b.start()
+    # The server talking to its own postfix (a webmail, a monitoring check) with a wrong password.
+    leak_twice(hosts.server, workdir, f2b, lab.SERVER4)
+    f2b.wait(lambda: len(log_lines(workdir, f"[f2bext-leak] Ignore {lab.SERVER4} by command")) >= 2,
+             "the leak jail to ignore the host's own address")
+    assert f2b.banned("f2bext-leak") == []
+    assert reach(hosts.server, lab.SERVER4, 25) and reach(hosts.bystander, lab.SERVER4, 25)
+
+
+def test_leak_jail_ignorecommand_matches_exactly_the_hosts_own_addresses(hosts):
+    for address, own in ((lab.SERVER4, True), (lab.SERVER6, True), ("203.0.113.1", True), ("127.0.0.1", True),
+                         (lab.ATTACKER4, False), (lab.ATTACKER6, False), (lab.BYSTANDER4, False),
+                         ("198.51.100.2", False), ("2001:db8::2", False)):
+        result = hosts.server.run(["sh", "-c", leak_ignorecommand(address)], check=False)
+        assert result.returncode == (0 if own else 1), f"{address}: exit {result.returncode} {result.stderr}"
+
+
+def test_repair_action_rebuilds_the_jail_an_address_leaked_from(hosts, workdir, f2b, reach):
+    f2b.jails["postfix"]["banaction"] = "f2bext-nftables"  # the .conf twin: no watchdog to heal it first
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 587), "the ban")
+    hosts.server.nft("delete", "chain", "inet", "f2bext", "postfix-input")
+    assert reach(hosts.attacker, lab.SERVER4, 587), "the ban should leak without its chain"
+    result = hosts.server.run(repair_command({"jail": "postfix"}), check=False, env=lab.lab_env(workdir))
+    assert result.returncode == 0, result.stderr
+    for port in lab.SMTP_PORTS:
+        assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable after the repair"
+    assert reach(hosts.bystander, lab.SERVER4, 587)
+
+
+@pytest.mark.parametrize("capture", [{"jail": "postfix"}, {"jail": "nginx.http_auth"}, {},
+                                     {"jail": "x; touch INJECTED"}])
+def test_repair_action_ends_quietly_for_a_jail_f2bext_does_not_enforce(workdir, capture):
+    """No state for the jail (a stock action), a name f2bext refuses, no captured name, or a hostile one:
+    exit 0, so fail2ban neither logs an error nor runs the command a second time."""
+    result = subprocess.run(repair_command(capture), capture_output=True, text=True, cwd=workdir,
+                            env=lab.lab_env(workdir), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert not os.path.exists(os.path.join(workdir, "INJECTED"))

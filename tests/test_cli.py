@@ -46,7 +46,7 @@ def test_command_line_ban_verify_repair_cycle(hosts, workdir, backend, fw):
         return lab.f2bext_cmd(hosts.server, workdir, *args, variant=fw.variant)
 
     assert run("ban", "--backend", backend_name(backend), "--jail", "postfix", "--port", "smtp,submission",
-               lab.ATTACKER4, "198.51.100.0/28").returncode == 0
+               lab.ATTACKER4, "203.0.113.64/28").returncode == 0
     assert run("verify").returncode == 0
     fw.unhook("postfix")
     broken = run("verify", "--jail", "postfix")

@@ -111,7 +111,7 @@ def test_leak_jail_never_bans_the_hosts_own_address(hosts, workdir, f2b, reach):
 
 
 def test_leak_jail_ignorecommand_matches_exactly_the_hosts_own_addresses(hosts):
-    for address, own in ((lab.SERVER4, True), (lab.SERVER6, True), ("203.0.113.1", True), ("127.0.0.1", True),
+    for address, own in ((lab.SERVER4, True), (lab.SERVER6, True), ("127.0.0.1", True),
                          (lab.ATTACKER4, False), (lab.ATTACKER6, False), (lab.BYSTANDER4, False),
                          ("198.51.100.2", False), ("2001:db8::2", False)):
         result = hosts.server.run(["sh", "-c", leak_ignorecommand(address)], check=False)

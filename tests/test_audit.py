@@ -7,14 +7,16 @@ from f2bext.backends import ipset
 from f2bext.spec import JailSpec
 
 POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
-OURS = ('-A INPUT -p tcp -m multiport --dports 25,465,587 -m set --match-set f2bext-postfix src '
-        '-m comment --comment "f2bext:postfix" -j REJECT --reject-with icmp-port-unreachable')
-SETS = {"f2bext-postfix": ("hash:net", "inet"), "f2bext6-postfix": ("hash:net", "inet6")}
+OURS_LOCAL = ('-A INPUT -p tcp -m multiport --dports 25,465,587 -m set --match-set f2bext-postfix src '
+              '-m comment --comment "f2bext:postfix" -j REJECT --reject-with icmp-port-unreachable')
+OURS = OURS_LOCAL + "\n" + OURS_LOCAL.replace("f2bext-postfix src", "f2bxr-postfix src")  # local and shared sets
+SETS = {"f2bext-postfix": ("hash:net", "inet"), "f2bext6-postfix": ("hash:net", "inet6"),
+        "f2bxr-postfix": ("hash:net", "inet"), "f2bxr6-postfix": ("hash:net", "inet6")}
 
 
 def save(*rules, policy="ACCEPT", extra_chains=()):
     lines = ["*filter", f":INPUT {policy} [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
-    lines += [f":{c} - [0:0]" for c in extra_chains] + list(rules) + ["COMMIT"]
+    lines += [f":{c} - [0:0]" for c in extra_chains] + "\n".join(rules).splitlines() + ["COMMIT"]
     return audit.parse_save("\n".join(lines))
 
 
@@ -32,7 +34,7 @@ def test_the_seeds_accepts_above_our_rule_shadow_it():
         "-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT", OURS), SETS)
     assert [(f.code, f.severity) for f in found] == [("shadowed-held-sessions", "broken"), ("shadowed", "broken")]
     assert found[1].evidence == "-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT"
-    assert "rule 2" in found[1].message and "rule 3" in found[1].message
+    assert "rule 2" in found[1].message and "f2bext's rule 3" in found[1].message
 
 
 def test_rules_for_other_ports_loopback_or_other_protocols_do_not_shadow():
@@ -65,8 +67,9 @@ def test_return_from_input_shadows_only_under_an_accept_policy():
 
 def test_missing_jump_altered_rule_and_wrong_set_are_broken():
     assert codes() == ["jump-missing"]
-    assert codes(OURS.replace("-A INPUT -p tcp", "-A INPUT -i eth0 -p tcp")) == ["rule-altered"]
-    assert sorted(f.code for f in ipset.check_jail(POSTFIX, 4, save(OURS), {})) == ["set-missing"]
+    assert codes(OURS.replace("-A INPUT -p tcp", "-A INPUT -i eth0 -p tcp", 1)) == ["rule-altered"]
+    assert codes(OURS_LOCAL) == ["rule-altered"], "the shared set's rule is missing"
+    assert sorted(f.code for f in ipset.check_jail(POSTFIX, 4, save(OURS), {})) == ["set-missing", "set-missing"]
     wrong = dict(SETS, **{"f2bext-postfix": ("hash:ip", "inet6")})
     assert [f.code for f in ipset.check_jail(POSTFIX, 4, save(OURS), wrong)] == ["set-altered"]
 
@@ -77,14 +80,14 @@ def test_built_rules_are_what_the_check_expects():
                                             "protocol": "tcp,udp", "blocktype": "drop"})):
         for family in (4, 6):
             lines = [f"-A {ipset.CHAINS[h]} " + " ".join(args) for h in spec.hooks for args in ipset.rule_args(spec, family)]
-            assert ipset.check_jail(spec, family, save(*lines), {ipset.set_name(spec.jail, 4): ("hash:net", "inet"),
-                                                                  ipset.set_name(spec.jail, 6): ("hash:net", "inet6")}) == []
+            sets = {name: ("hash:net", "inet" if f == 4 else "inet6") for f in (4, 6) for name in ipset.set_names(spec.jail, f)}
+            assert ipset.check_jail(spec, family, save(*lines), sets) == []
 
 
 def test_many_ports_are_split_within_multiports_limit():
     spec = JailSpec.from_params("m", {"port": ",".join(str(p) for p in range(1000, 1040, 2))})
     chunks = [args[args.index("--dports") + 1] for args in ipset.rule_args(spec, 4)]
-    assert len(chunks) == 2 and all(len(c.split(",")) <= 15 for c in chunks)
+    assert len(chunks) == 4 and all(len(c.split(",")) <= 15 for c in chunks)  # two per set
 
 
 def test_restore_moves_our_rules_to_the_head_in_one_transaction():
@@ -93,13 +96,15 @@ def test_restore_moves_our_rules_to_the_head_in_one_transaction():
     lines = text.splitlines()
     assert lines[0] == "*filter" and lines[-1] == "COMMIT"
     assert lines[1].startswith("-D INPUT -p tcp -m multiport --dports 25,465,587 -m set")
-    assert lines[2].startswith("-I INPUT 1 -p tcp -m multiport --dports 25,465,587 -m set --match-set f2bext-postfix")
+    assert lines[3].startswith("-I INPUT 1 -p tcp -m multiport --dports 25,465,587 -m set --match-set f2bxr-postfix")
+    assert lines[4].startswith("-I INPUT 1 -p tcp -m multiport --dports 25,465,587 -m set --match-set f2bext-postfix")
 
 
 def test_set_restore_creates_flushes_and_fills_both_families():
     text = ipset.build_set_restore("postfix", [ipaddress.ip_network("203.0.113.7/32"),
                                                ipaddress.ip_network("2001:db8::/64")], flush=True)
     assert "create f2bext6-postfix hash:net family inet6" in text and "flush f2bext-postfix" in text
+    assert "create f2bxr6-postfix hash:net family inet6" in text and "flush f2bxr-postfix" not in text
     assert "add f2bext-postfix 203.0.113.7 -exist" in text and "add f2bext6-postfix 2001:db8::/64 -exist" in text
 
 

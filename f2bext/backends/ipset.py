@@ -2,6 +2,8 @@
 as the kernel walks it, and the one class that runs iptables/ipset.
 
 Per jail J: ipsets `f2bext-J` (inet) and `f2bext6-J` (inet6), both hash:net so that CIDR bans work,
+and `f2bxr-J`/`f2bxr6-J` for the bans other servers shared (fleet sharing; apart, so that local unbans
+and flushes never disturb them; short names keep within ipset's 31 characters),
 and in each chain the jail hooks (INPUT, FORWARD) rules at the head of the chain:
   -p PROTO -m multiport --dports PORTS -m set --match-set f2bext-J src -m comment --comment f2bext:J -j REJECT
 An ACCEPT ahead of these would win, so every check reads the chain as iptables walks it (audit.py),
@@ -31,8 +33,15 @@ MAXELEM = 1048576  # fail2ban hosts with long bantimes collect hundreds of thous
 MULTIPORT_MAX = 15  # ports per multiport match (a range counts twice)
 
 
-def set_name(jail: str, family: int) -> str:
+def set_name(jail: str, family: int, remote: bool = False) -> str:
+    if remote:
+        return f"f2bxr-{jail}" if family == 4 else f"f2bxr6-{jail}"
     return f"f2bext-{jail}" if family == 4 else f"f2bext6-{jail}"
+
+
+def set_names(jail: str, family: int) -> tuple[str, str]:
+    """The jail's local and shared set of one family."""
+    return set_name(jail, family), set_name(jail, family, remote=True)
 
 
 def comment(jail: str) -> str:
@@ -60,22 +69,22 @@ def rule_args(spec: JailSpec, family: int) -> list[list[str]]:
         target = ["-j", "DROP"]
     else:
         target = ["-j", "REJECT", "--reject-with", "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"]
-    match = ["-m", "set", "--match-set", set_name(spec.jail, family), "src",
-             "-m", "comment", "--comment", comment(spec.jail)]
     rules = []
-    for proto in spec.protocols or (None,):
-        head = ["-p", proto] if proto else []
-        if spec.ports:
-            for chunk in _port_chunks(spec.ports):
-                rules.append(head + ["-m", "multiport", "--dports", format_ports(chunk)] + match + target)
-        else:
-            rules.append(head + match + target)
+    for name in set_names(spec.jail, family):
+        match = ["-m", "set", "--match-set", name, "src", "-m", "comment", "--comment", comment(spec.jail)]
+        for proto in spec.protocols or (None,):
+            head = ["-p", proto] if proto else []
+            if spec.ports:
+                for chunk in _port_chunks(spec.ports):
+                    rules.append(head + ["-m", "multiport", "--dports", format_ports(chunk)] + match + target)
+            else:
+                rules.append(head + match + target)
     return rules
 
 
 def _is_ours(jail: str, family: int):
     def check(rule: audit.Rule) -> bool:
-        return rule.comment == comment(jail) or any(s == set_name(jail, family) for s, _ in rule.match_sets)
+        return rule.comment == comment(jail) or any(s in set_names(jail, family) for s, _ in rule.match_sets)
     return check
 
 
@@ -109,17 +118,23 @@ def build_rules_removal(jail: str, family: int, table: audit.Table) -> str:
     return "\n".join(["*filter", *deletes, "COMMIT", ""]) if deletes else ""
 
 
-def build_set_restore(jail: str, nets: Iterable[Network], flush: bool) -> str:
-    """ipset restore input: both sets created if absent, optionally emptied, then filled."""
+def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
+                      remote: Optional[Iterable[Network]] = None) -> str:
+    """ipset restore input: the jail's sets created if absent; the local ones optionally emptied, then
+    filled; the shared ones replaced only when `remote` is given."""
     lines = []
     for family in FAMILIES:
-        name = set_name(jail, family)
-        lines.append(f"create {name} hash:net family {'inet' if family == 4 else 'inet6'} "
-                     f"hashsize 1024 maxelem {MAXELEM} -exist")
+        for name in set_names(jail, family):
+            lines.append(f"create {name} hash:net family {'inet' if family == 4 else 'inet6'} "
+                         f"hashsize 1024 maxelem {MAXELEM} -exist")
         if flush:
-            lines.append(f"flush {name}")
+            lines.append(f"flush {set_name(jail, family)}")
+        if remote is not None:
+            lines.append(f"flush {set_name(jail, family, remote=True)}")
     for net in nets:
         lines.append(f"add {set_name(jail, net.version)} {to_text(net)} -exist")
+    for net in remote or ():
+        lines.append(f"add {set_name(jail, net.version, remote=True)} {to_text(net)} -exist")
     return "\n".join(lines) + "\n"
 
 
@@ -147,17 +162,17 @@ def check_jail(spec: JailSpec, family: int, table: audit.Table, sets: dict[str, 
     """What keeps the jail's bans from holding in one family: missing or wrong sets, missing, altered
     or shadowed rules (each shadow quoted with its position)."""
     tool = "iptables" if family == 4 else "ip6tables"
-    name = set_name(spec.jail, family)
     want = ("hash:net", "inet" if family == 4 else "inet6")
     findings = []
 
     def add(severity: str, code: str, message: str, evidence: str = "") -> None:
         findings.append(Finding(spec.jail, severity, code, message, evidence))
 
-    if name not in sets:
-        add(BROKEN, "set-missing", f"ipset {name} is missing")
-    elif sets[name] != want:
-        add(BROKEN, "set-altered", f"ipset {name} is {' '.join(sets[name])}, not {' '.join(want)}")
+    for name in set_names(spec.jail, family):
+        if name not in sets:
+            add(BROKEN, "set-missing", f"ipset {name} is missing")
+        elif sets[name] != want:
+            add(BROKEN, "set-altered", f"ipset {name} is {' '.join(sets[name])}, not {' '.join(want)}")
     ours = _is_ours(spec.jail, family)
     for hook in spec.hooks:
         chain = CHAINS[hook]
@@ -251,6 +266,7 @@ class IpsetBackend:
 
     def __init__(self, xt: Optional[Xtables] = None) -> None:
         self.xt = xt or Xtables()
+        self._remote: dict[str, set[Network]] = {}  # what this process put in each jail's shared sets
 
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         self.xt.restore_sets(build_set_restore(spec.jail, held, flush=False))
@@ -286,13 +302,32 @@ class IpsetBackend:
         held = list(held)
         sets = self.xt.set_headers()
         for family in FAMILIES:
-            name = set_name(spec.jail, family)
-            if name in sets and sets[name] != ("hash:net", "inet" if family == 4 else "inet6"):
-                # A set of the wrong type cannot be changed in place: unhook it, then replace it.
-                self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
-                self.xt.destroy_set(name)
-        self.xt.restore_sets(build_set_restore(spec.jail, held, flush=True))
+            for name in set_names(spec.jail, family):
+                if name in sets and sets[name] != ("hash:net", "inet" if family == 4 else "inet6"):
+                    # A set of the wrong type cannot be changed in place: unhook it, then replace it.
+                    self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
+                    self.xt.destroy_set(name)
+        # Shared sets survive iptables reloads; refill them only with what this process knows.
+        self.xt.restore_sets(build_set_restore(spec.jail, held, flush=True, remote=self._remote.get(spec.jail)))
         self._place_rules(spec, only_if_broken=False)
+
+    def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
+        self._remote[spec.jail] = set(nets)
+        self.xt.restore_sets(build_set_restore(spec.jail, (), flush=False, remote=nets))
+        if any(f.severity == BROKEN for f in self.verify([spec])):
+            self.repair(spec, held())
+
+    def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
+        current = self._remote.setdefault(spec.jail, set())
+        if op == "add":
+            current.update(nets)
+        else:
+            current.difference_update(nets)
+        try:
+            for net in nets:
+                self.xt.change("add" if op == "add" else "del", set_name(spec.jail, net.version, remote=True), net)
+        except KernelError:
+            self.repair(spec, held())
 
     def _place_rules(self, spec: JailSpec, only_if_broken: bool) -> None:
         for family in FAMILIES:
@@ -317,9 +352,11 @@ class IpsetBackend:
             self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
         sets = self.xt.set_headers()
         for family in FAMILIES:
-            if set_name(spec.jail, family) in sets:
-                self.xt.destroy_set(set_name(spec.jail, family))
+            for name in set_names(spec.jail, family):
+                if name in sets:
+                    self.xt.destroy_set(name)
 
-    def banned(self, spec: JailSpec) -> list[Network]:
+    def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
         sets = self.xt.set_headers()
-        return [n for f in FAMILIES if set_name(spec.jail, f) in sets for n in self.xt.members(set_name(spec.jail, f))]
+        names = [set_name(spec.jail, f, remote) for f in FAMILIES]
+        return [n for name in names if name in sets for n in self.xt.members(name)]

@@ -5,6 +5,8 @@ Layout, all in table `inet f2bext`, per jail J:
   sets J-v4, J-v6      single addresses (hash sets: adding to a 100k interval set costs ~0.5 s in
                        libnftables 1.0.6, a hash set ~0.25 ms)
   sets J-net4, J-net6  CIDR bans (small interval sets, kept as the collapsed union of the jail's networks)
+  sets J-rv4, J-rv6, J-rnet4, J-rnet6  the same for bans other servers shared (fleet sharing), apart so
+                       that the local fail2ban's unbans, flushes and rebuilds never disturb them
   chain J-input / J-forward  a base chain per hook at priority -10, one rule per set.
 An accept in another base chain ends only that chain, so a drop here holds whatever else accepts.
 """
@@ -28,8 +30,12 @@ PRIORITY = -10
 RULE_COMMENT = "f2bext"
 CHUNK = 1000  # elements per command, as firewalld does, to stay clear of netlink buffer limits
 
+LOCAL_KINDS = ("v4", "net4", "v6", "net6")
+REMOTE_KINDS = ("rv4", "rnet4", "rv6", "rnet6")
 SET_KINDS = {"v4": ("ipv4_addr", False), "net4": ("ipv4_addr", True),
-             "v6": ("ipv6_addr", False), "net6": ("ipv6_addr", True)}
+             "v6": ("ipv6_addr", False), "net6": ("ipv6_addr", True),
+             "rv4": ("ipv4_addr", False), "rnet4": ("ipv4_addr", True),
+             "rv6": ("ipv6_addr", False), "rnet6": ("ipv6_addr", True)}
 _SADDR = {"ipv4_addr": "ip", "ipv6_addr": "ip6"}
 
 Command = dict[str, Any]
@@ -48,10 +54,9 @@ def jail_of(name: str) -> str:
     return name.rsplit("-", 1)[0]
 
 
-def set_kind(net: Network) -> str:
-    if net.version == 4:
-        return "v4" if is_single(net) else "net4"
-    return "v6" if is_single(net) else "net6"
+def set_kind(net: Network, remote: bool = False) -> str:
+    kind = ("v" if is_single(net) else "net") + str(net.version)
+    return "r" + kind if remote else kind
 
 
 # ---- builders ---------------------------------------------------------------------------------
@@ -107,11 +112,11 @@ def build_structure(spec: JailSpec) -> list[Command]:
     return cmds
 
 
-def build_elements(op: str, jail: str, nets: Iterable[Network]) -> list[Command]:
+def build_elements(op: str, jail: str, nets: Iterable[Network], remote: bool = False) -> list[Command]:
     """`add` or `delete` element commands, grouped by set and chunked."""
     by_set: dict[str, list[Any]] = {}
     for net in nets:
-        by_set.setdefault(set_name(jail, set_kind(net)), []).append(_element(net))
+        by_set.setdefault(set_name(jail, set_kind(net, remote)), []).append(_element(net))
     cmds = []
     for name, elems in by_set.items():
         for i in range(0, len(elems), CHUNK):
@@ -119,15 +124,25 @@ def build_elements(op: str, jail: str, nets: Iterable[Network]) -> list[Command]
     return cmds
 
 
-def build_network_sets(jail: str, networks: Iterable[Network], versions: Iterable[int]) -> list[Command]:
+def build_network_sets(jail: str, networks: Iterable[Network], versions: Iterable[int],
+                       remote: bool = False) -> list[Command]:
     """Rewrite the interval sets of the given IP versions as the collapsed union of `networks`.
 
     Interval sets refuse overlapping elements, so they always hold disjoint, merged prefixes.
     """
     versions = set(versions)
-    cmds: list[Command] = [{"flush": _obj("set", name=set_name(jail, "net4" if v == 4 else "net6"))}
-                           for v in sorted(versions)]
-    return cmds + build_elements("add", jail, [n for n in collapsed_networks(networks) if n.version in versions])
+    prefix = "r" if remote else ""
+    cmds: list[Command] = [{"flush": _obj("set", name=set_name(jail, f"{prefix}net{v}"))} for v in sorted(versions)]
+    return cmds + build_elements("add", jail, [n for n in collapsed_networks(networks) if n.version in versions],
+                                 remote)
+
+
+def build_remote(jail: str, nets: Iterable[Network]) -> list[Command]:
+    """Replace the jail's remote sets with exactly `nets`, in one transaction."""
+    nets = list(nets)
+    return ([{"flush": _obj("set", name=set_name(jail, k))} for k in REMOTE_KINDS]
+            + build_elements("add", jail, [n for n in nets if is_single(n)], remote=True)
+            + build_elements("add", jail, collapsed_networks(nets), remote=True))
 
 
 def build_teardown(jail: str, observed: "Observed") -> list[Command]:
@@ -142,12 +157,16 @@ def build_teardown(jail: str, observed: "Observed") -> list[Command]:
     return cmds
 
 
-def build_rebuild(spec: JailSpec, observed: "Observed", held: Iterable[Network]) -> list[Command]:
-    """One transaction: drop what the jail has, build it anew, load every held address."""
-    held = list(held)
+def build_rebuild(spec: JailSpec, observed: "Observed", held: Iterable[Network],
+                  remote: Iterable[Network] = ()) -> list[Command]:
+    """One transaction: drop what the jail has, build it anew, load every held address (and the
+    bans other servers shared)."""
+    held, remote = list(held), list(remote)
     return (build_teardown(spec.jail, observed) + build_structure(spec)
             + build_elements("add", spec.jail, [n for n in held if is_single(n)])
-            + build_elements("add", spec.jail, collapsed_networks(held)))
+            + build_elements("add", spec.jail, collapsed_networks(held))
+            + build_elements("add", spec.jail, [n for n in remote if is_single(n)], remote=True)
+            + build_elements("add", spec.jail, collapsed_networks(remote), remote=True))
 
 
 def collapsed_networks(held: Iterable[Network]) -> list[Network]:
@@ -362,6 +381,7 @@ class NftBackend:
 
     def __init__(self, nft: Optional[Nft] = None) -> None:
         self.nft = nft or Nft()
+        self._remote: dict[str, set[Network]] = {}  # what this process put in each jail's remote sets
 
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         held = list(held)
@@ -422,15 +442,49 @@ class NftBackend:
 
     def _rebuild(self, spec: JailSpec, seen: Observed, held: Iterable[Network]) -> None:
         held = list(held)
+        # Shared bans this process knows of; otherwise (the command line) whatever the kernel still holds.
+        remote = self._remote.get(spec.jail)
+        if remote is None:
+            remote = [n for k in REMOTE_KINDS if set_name(spec.jail, k) in seen.sets
+                      for n in self.nft.elements(set_name(spec.jail, k))]
         try:
-            self.nft.apply(build_rebuild(spec, seen, held), f"rebuild jail {spec.jail}")
+            self.nft.apply(build_rebuild(spec, seen, held, remote), f"rebuild jail {spec.jail}")
         except KernelError:
             # The ruleset moved between our look and our commit: look again, once.
-            self.nft.apply(build_rebuild(spec, self.nft.ruleset(), held), f"rebuild jail {spec.jail}")
+            self.nft.apply(build_rebuild(spec, self.nft.ruleset(), held, remote), f"rebuild jail {spec.jail}")
+
+    def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
+        self._remote[spec.jail] = set(nets)
+        try:
+            self.nft.apply(build_remote(spec.jail, nets), f"load shared bans of jail {spec.jail}")
+        except KernelError:
+            self.repair(spec, held())
+
+    def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
+        """Add or delete shared bans one event at a time (absent ones are not an error)."""
+        current = self._remote.setdefault(spec.jail, set())
+        if op == "add":
+            current.update(nets)
+        else:
+            current.difference_update(nets)
+        networks = [n for n in nets if not is_single(n)]
+        for net in (n for n in nets if is_single(n)):
+            try:
+                self.nft.apply(build_elements(op, spec.jail, [net], remote=True), f"{op} a shared ban")
+            except KernelError:
+                # A failed add, or a failed delete in a broken jail: the rebuild holds `current`.
+                if op == "add":
+                    self.repair(spec, held())
+                    return
+                if self._heal(spec, held):
+                    return
+        if networks:
+            self.nft.apply(build_network_sets(spec.jail, current, {n.version for n in networks}, remote=True),
+                           f"{op} shared network bans of jail {spec.jail}")
 
     def flush(self, spec: JailSpec) -> None:
         seen = self.nft.ruleset()
-        names = [set_name(spec.jail, k) for k in SET_KINDS if set_name(spec.jail, k) in seen.sets]
+        names = [set_name(spec.jail, k) for k in LOCAL_KINDS if set_name(spec.jail, k) in seen.sets]
         self.nft.apply([{"flush": _obj("set", name=n)} for n in names], f"flush jail {spec.jail}")
 
     def stop(self, spec: JailSpec) -> None:
@@ -442,10 +496,10 @@ class NftBackend:
             cmds = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
         self.nft.apply(cmds, f"remove jail {spec.jail}")
 
-    def banned(self, spec: JailSpec) -> list[Network]:
+    def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
         seen = self.nft.ruleset()
         out: list[Network] = []
-        for kind in SET_KINDS:
+        for kind in REMOTE_KINDS if remote else LOCAL_KINDS:
             if set_name(spec.jail, kind) in seen.sets:
                 out += self.nft.elements(set_name(spec.jail, kind))
         return out

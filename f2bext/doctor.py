@@ -284,7 +284,8 @@ def _stock_name(jail: JailInfo, action: ActionInfo) -> str:
 def enforced_members(jail: JailInfo, action: ActionInfo, k: KernelInfo) -> list[str]:
     """The addresses the kernel holds for this action."""
     if action.kind == "f2bext-nftables":
-        return _nft_elements(k.nft, nft_backend.TABLE, [nft_backend.set_name(jail.name, s) for s in nft_backend.SET_KINDS])
+        # Shared bans from other servers (the remote sets) are not fail2ban's here: not counted.
+        return _nft_elements(k.nft, nft_backend.TABLE, [nft_backend.set_name(jail.name, s) for s in nft_backend.LOCAL_KINDS])
     if action.kind == "nftables":
         name = _stock_name(jail, action)
         return _nft_elements(k.nft, "f2b-table", [f"addr-set-{name}", f"addr6-set-{name}"])

@@ -3,10 +3,12 @@ watchdog that puts a jail back within a second or two when someone flushes the r
 
 from __future__ import annotations
 
+import math
 import queue
+import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
@@ -18,6 +20,7 @@ from .backends import Backend, get_backend
 from .errors import InputError, KernelError
 from .guard import refuse_own
 from .sessions import KillReport, kill_sessions
+from .share import FLEET_JAIL, SCOPES, BanEvent, Fleet, check_origin, check_url, redact
 from .spec import JailSpec
 
 log = getLogger("fail2ban.f2bext")
@@ -48,11 +51,18 @@ class EnforcingAction(ActionBase):
         self._lock = threading.RLock()
         self._problems_said: set[str] = set()
         self._preloaded: set[str] = set()
+        self._share = share_options(params)
         self.spec = JailSpec.from_params(jail.name, params)
         self.backend = shared_backend(self.backend_name)
+        self._fleet: Optional[Fleet] = None
 
     # fail2ban reads banEpoch from every action of a jail once any action repaired itself.
     banEpoch = 0
+
+    @property
+    def share(self) -> str:
+        """What `fail2ban-client get JAIL action ACT share` shows: the Redis URL, password redacted."""
+        return redact(self._share["share"]) if self._share else ""
 
     def held(self) -> list[Network]:
         """Every address fail2ban holds banned in this jail, as the kernel should hold them."""
@@ -97,10 +107,15 @@ class EnforcingAction(ActionBase):
             self.backend.start(self.spec, held)
             state.save(self.backend.name, self.spec)
         watchdog.watch(self)
+        if self._share:
+            self._fleet = fleets.join(self, self._share)
         log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
 
     def stop(self) -> None:
         watchdog.forget(self)
+        if self._fleet:
+            fleets.leave(self)
+            self._fleet = None
         with self._lock:
             self.backend.stop(self.spec)
             state.forget(self.spec.jail)
@@ -121,6 +136,7 @@ class EnforcingAction(ActionBase):
             self.backend.ban(self.spec, [net], self.held)
         if not aInfo["restored"]:  # a restart restores bans, not sessions worth cutting
             self._kill(net)
+            self._publish("ban", net, aInfo)
 
     def _refuse_lockout(self, net: Network) -> None:
         """The host's own addresses and the jail's ignoreip are never banned, even when asked directly
@@ -141,13 +157,41 @@ class EnforcingAction(ActionBase):
         net = parse_target(str(aInfo["ip"]))
         with self._lock:
             self.backend.unban(self.spec, [net], self.held)
+        self._publish("unban", net, aInfo)
+
+    def _publish(self, op: str, net: Network, aInfo: Any) -> None:
+        if self._fleet is None or to_text(net) in fleets.unbanning:
+            return
+        bantime = int(aInfo["bantime"])
+        expires = math.inf if bantime < 0 else float(aInfo["time"]) + bantime
+        if op == "unban" and expires <= MyTime.time() + 1:
+            return  # it expired: every server holds the same expiry, and may hold bans of its own
+        bantime = bantime if op == "ban" else 0
+        self._fleet.publish(BanEvent(op, self.spec.jail, to_text(net), bantime, expires, self._fleet.origin,
+                                     f"{aInfo['failures']} failures" if op == "ban" else "unban"))
+
+    def fleet_unban(self, ip: str) -> str:
+        """Lift a ban everywhere: `fail2ban-client set JAIL action ACT fleet_unban '{"ip": "ADDR"}'`."""
+        net = parse_target(ip)
+        if self._fleet is None:
+            raise InputError(f"jail {self.spec.jail} does not share its bans")
+        self._fleet.remote.get(self.spec.jail, {}).pop(to_text(net), None)
+        self._fleet.publish(BanEvent("unban", self.spec.jail, to_text(net), 0, 0.0, self._fleet.origin, "fleet_unban"))
+        fleets.apply(self._fleet, self.spec.jail, "delete", [net])
+        return f"unbanned {to_text(net)} on every server sharing jail {self.spec.jail}"
 
     def clearAllParams(self) -> None:
         """fail2ban calls this before reload(); our parameters are replaced whole by reload()."""
 
     def reload(self, **params: Any) -> None:
         """New parameters from `fail2ban-client reload`: keep every ban, rebuild if the spec changed."""
+        share = share_options(params)
         spec = JailSpec.from_params(self._jail.name, params)
+        if share != self._share:
+            if self._fleet:
+                fleets.leave(self)
+            self._share = share
+            self._fleet = fleets.join(self, share) if share else None
         with self._lock:
             if spec != self.spec:
                 self.spec = spec
@@ -251,6 +295,112 @@ class SessionKiller:
             action.report_kill(net, kill_sessions([net], spec.protocols, spec.ports, spec.kill))
 
 
+def share_options(params: dict[str, Any]) -> dict[str, str]:
+    """Take the sharing options out of an action's parameters, validated."""
+    opts = {k: str(params.pop(k)) for k in ("share", "share_scope", "share_origin") if k in params}
+    if not opts.get("share"):
+        if opts:
+            raise InputError("share_scope and share_origin need share = redis://...")
+        return {}
+    check_url(opts["share"])
+    if opts.setdefault("share_scope", "jail") not in SCOPES:
+        raise InputError(f"share_scope must be jail or all, not {opts['share_scope'][:20]!r}")
+    check_origin(opts.setdefault("share_origin", socket.gethostname()))
+    return opts
+
+
+class Fleets:
+    """The Fleet of each Redis URL in this process, and the jails sharing through it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fleets: dict[str, Fleet] = {}
+        self._members: dict[str, dict[str, EnforcingAction]] = {}
+        self._fleet_jails: set[str] = set()  # URLs whose share_scope = all jail exists in the kernel
+        self.unbanning: set[str] = set()  # addresses a peer's unban is lifting here: not published again
+
+    def join(self, action: EnforcingAction, opts: dict[str, str]) -> Fleet:
+        url = opts["share"]
+        with self._lock:
+            members = self._members.setdefault(url, {})
+            members[action.spec.jail] = action
+            fleet = self._fleets.get(url)
+            if fleet is None:
+                fleet = Fleet(url, opts["share_origin"], state.state_dir(),
+                              apply=lambda jail, op, nets: self.apply(self._fleets[url], jail, op, nets),
+                              jails=lambda: set(members), scope_all=opts["share_scope"] == "all",
+                              allowed=lambda jail, net: self._refusal(members, jail, net))
+                self._fleets[url] = fleet
+                fleet.start()
+                log.info("f2bext share: jail %s shares its bans through %s", action.spec.jail, fleet.url)
+        return fleet
+
+    def leave(self, action: EnforcingAction) -> None:
+        with self._lock:
+            for url, members in list(self._members.items()):
+                if members.get(action.spec.jail) is action:
+                    del members[action.spec.jail]
+                if not members:
+                    fleet = self._fleets.pop(url, None)
+                    del self._members[url]
+                    if fleet:
+                        fleet.stop()
+                    if url in self._fleet_jails:
+                        self._fleet_jails.discard(url)
+                        action.backend.stop(fleet_spec())
+
+    def _refusal(self, members: dict[str, EnforcingAction], jail: str, net: Network) -> Optional[str]:
+        """Why a peer's ban must not be applied here: this host's own address, or an ignoreip."""
+        try:
+            refuse_own([net])
+        except InputError:
+            return "it is one of this host's addresses"
+        for action in ([members[jail]] if jail in members else members.values()):
+            if action._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
+                return f"it is in ignoreip of jail {action.spec.jail}"
+        return None
+
+    def apply(self, fleet: Fleet, jail: str, op: str, nets: list[Network]) -> None:
+        """Put the others' bans into the jail's remote sets ("replace" loads them all in one go)."""
+        url = next((u for u, f in self._fleets.items() if f is fleet), None)
+        members = self._members.get(url, {}) if url else {}
+        if jail in members:
+            action = members[jail]
+            spec, held = action.spec, action.held
+        elif jail == FLEET_JAIL and members:
+            action = next(iter(members.values()))
+            spec, held = fleet_spec(), (lambda: [])
+            if url not in self._fleet_jails:
+                action.backend.start(spec, [])
+                self._fleet_jails.add(url)
+        else:
+            return
+        with action._lock:
+            if op == "replace":
+                action.backend.set_remote(spec, nets, held)
+            else:
+                action.backend.change_remote(spec, "add" if op == "add" else "delete", nets, held)
+        if op == "add" and spec.kill:
+            for net in nets:
+                killer.submit(action, net, spec)
+        if op == "delete" and jail in members:
+            # An unban anywhere lifts the ban here too, the local fail2ban's own included.
+            for net in nets:
+                ip = to_text(net)
+                if ip in action._jail.actions.getBanList():
+                    self.unbanning.add(ip)
+                    try:
+                        action._jail.actions.removeBannedIP(ip, db=True, ifexists=True)
+                    finally:
+                        self.unbanning.discard(ip)
+
+
+def fleet_spec() -> JailSpec:
+    """share_scope = all: bans for jails this server does not run hold on every port and protocol."""
+    return JailSpec.from_params(FLEET_JAIL, {"type": "allports", "protocol": "all"})
+
+
 watchdog = Watchdog()
+fleets = Fleets()
 killer = SessionKiller()
 

@@ -68,6 +68,18 @@ def build_hosts(tag: str = "") -> Hosts:
         raise
 
 
+def add_server(hosts: Hosts, role: str, address4: str, address6: str) -> Netns:
+    """One more server on the lab's wire (the fleet tests run three), reaching the attacker on-link."""
+    ns = Netns.create(role, hosts.tag)
+    hosts.extra.append(ns)
+    wire(ns, "eth0", hosts.switch, f"{role}0")
+    hosts.switch.run(["ip", "link", "set", f"{role}0", "master", "br0"])
+    for cidr in (f"{address4}/24", f"{address6}/64"):
+        ns.add_address("eth0", cidr)
+    ns.run(["ip", "route", "add", "203.0.113.0/24", "dev", "eth0", "src", address4])
+    return ns
+
+
 @contextlib.contextmanager
 def hosts_up(tag: str = "") -> Iterator[Hosts]:
     hosts = build_hosts(tag)
@@ -155,8 +167,9 @@ class Fail2banLab:
     from Debian's /etc/fail2ban plus our action.d/filter.d files and the lab's jail.local."""
 
     def __init__(self, hosts: Hosts, workdir: str, jails: Optional[dict[str, dict[str, str]]] = None,
-                 backend: str = "nftables") -> None:
+                 backend: str = "nftables", ns: Optional[Netns] = None) -> None:
         self.hosts = hosts
+        self.ns = ns or hosts.server
         self.workdir = workdir
         self.banaction, self.variant = BACKENDS[backend]
         self.confdir = os.path.join(workdir, "etc")
@@ -191,11 +204,11 @@ class Fail2banLab:
 
     def start(self) -> None:
         self.write_config()
-        self.smtp = self.hosts.server.popen([PYTHON, "-m", "f2bext.labtools", "serve", "--log", self.maillog,
+        self.smtp = self.ns.popen([PYTHON, "-m", "f2bext.labtools", "serve", "--log", self.maillog,
                                              "--ports", ",".join(map(str, SMTP_PORTS))],
                                             env=lab_env(self.workdir, self.variant), stdout=subprocess.PIPE, text=True)
         assert self.smtp.stdout is not None and self.smtp.stdout.readline().strip() == "ready"
-        self.server = self.hosts.server.popen(["fail2ban-server", "-f", "-x", "-c", self.confdir],
+        self.server = self.ns.popen(["fail2ban-server", "-f", "-x", "-c", self.confdir],
                                               env=lab_env(self.workdir, self.variant), stdout=subprocess.DEVNULL,
                                               stderr=open(os.path.join(self.workdir, "fail2ban.stderr"), "w"))
         deadline = time.time() + 30

@@ -1,0 +1,199 @@
+"""One ban, every server: three servers, each with its own real fail2ban-server, sharing through a
+real redis-server (password, unix socket), with real traffic from the attacker."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from f2bext import lab
+
+PASSWORD = "s3cret-fleet"
+SERVERS = {"a": (lab.SERVER4, lab.SERVER6), "b": ("198.51.100.2", "2001:db8::2"), "c": ("198.51.100.3", "2001:db8::3")}
+
+
+class Redis:
+    """A redis-server of the test's own, on a unix socket, persisting so a restart keeps its data."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.sock = os.path.join(folder, "redis.sock")
+        self.url = f"unix://:{PASSWORD}@{self.sock}"
+        with open(os.path.join(folder, "redis.conf"), "w") as f:
+            f.write(f"port 0\nunixsocket {self.sock}\nunixsocketperm 700\nrequirepass {PASSWORD}\n"
+                    f"dir {folder}\nappendonly yes\nappendfsync always\nsave \"\"\ndaemonize no\n")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", os.path.join(self.folder, "redis.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.Fail2banLab.wait(lambda: self.cli("PING").strip() == "PONG", "redis-server")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+    def cli(self, *args):
+        return subprocess.run(["redis-cli", "-s", self.sock, "--no-auth-warning", "-a", PASSWORD, *args],
+                              capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = Redis(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+def share_jail(url, origin, **extra):
+    jail = {k: v for k, v in lab.DEFAULT_JAIL.items() if k != "banaction"}
+    jail["action"] = f'f2bext-nftables.py[port="smtp,ssmtp,submission", share="{url}", share_origin="{origin}"]'
+    jail.update(extra)
+    return jail
+
+
+@pytest.fixture
+def fleet(hosts, tmp_path, redis):
+    namespaces = {"a": hosts.server}
+    for name in ("b", "c"):
+        namespaces[name] = lab.add_server(hosts, f"srv{name}", *SERVERS[name])
+    labs = {}
+    for name, ns in namespaces.items():
+        workdir = tmp_path / name
+        workdir.mkdir()
+        extra = {"ignoreip": f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"} if name == "b" else {}
+        labs[name] = lab.Fail2banLab(hosts, str(workdir), jails={"postfix": share_jail(redis.url, name, **extra)},
+                                     ns=ns)
+    for server in labs.values():
+        server.start()
+    yield labs
+    for server in labs.values():
+        server.stop()
+
+
+def enforced(server, remote_only=False):
+    """Every address the server's kernel holds for the jail (its own bans and the shared ones)."""
+    kinds = ("rv4", "rv6") if remote_only else ("v4", "v6", "rv4", "rv6")
+    out = set()
+    for kind in kinds:
+        listing = server.ns.run(["nft", "-j", "list", "set", "inet", "f2bext", f"postfix-{kind}"], check=False).stdout
+        for item in json.loads(listing or '{"nftables": []}')["nftables"]:
+            out.update(str(e) for e in item.get("set", {}).get("elem", []))
+    return out
+
+
+def fail_logins(hosts, server):
+    lab.tool(hosts.attacker, server.workdir, "fail-logins", SERVERS[name_of(server)][0], "587", "4", check=True)
+
+
+def name_of(server):
+    return os.path.basename(server.workdir)
+
+
+def refused(hosts, server, port=25):
+    return lab.tool(hosts.attacker, server.workdir, "probe", SERVERS[name_of(server)][0], str(port)).returncode != 0
+
+
+def test_a_ban_on_one_server_holds_on_every_server_within_a_second(hosts, fleet):
+    a, b, c = fleet["a"], fleet["b"], fleet["c"]
+    held = os.path.join(b.workdir, "held")
+    hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", SERVERS["b"][0], "25", held],
+                         env=lab.lab_env(b.workdir))
+    lab.Fail2banLab.wait(lambda: os.path.exists(held), "a session held on b")
+    fail_logins(hosts, a)
+    a.wait(lambda: lab.ATTACKER4 in enforced(a), "the ban on a", step=0.01)
+    banned_at = time.time()
+    for other in (b, c):
+        other.wait(lambda: lab.ATTACKER4 in enforced(other, remote_only=True), "the shared ban", step=0.01)
+    assert time.time() - banned_at < 1.0
+    assert refused(hosts, b) and refused(hosts, c, 465)
+    b.wait(lambda: open(held).read() != "open", "the held session on b to end", timeout=5)
+    assert lab.tool(hosts.bystander, b.workdir, "probe", SERVERS["b"][0], "25").returncode == 0
+    # fail2ban on b and c holds nothing itself: the shared ban lives in their remote sets
+    assert b.banned("postfix") == [] and c.banned("postfix") == []
+    assert PASSWORD not in b.client("get", "postfix", "action", "f2bext-nftables", "share").stdout
+    for server in fleet.values():
+        assert PASSWORD not in open(os.path.join(server.workdir, "fail2ban.log")).read()
+
+
+def test_an_unban_on_any_server_lifts_it_everywhere(hosts, fleet):
+    a, b, c = fleet["a"], fleet["b"], fleet["c"]
+    a.client("set", "postfix", "banip", lab.ATTACKER4)
+    for other in (b, c):
+        other.wait(lambda: lab.ATTACKER4 in enforced(other), "the shared ban")
+    out = b.client("set", "postfix", "action", "f2bext-nftables", "fleet_unban", json.dumps({"ip": lab.ATTACKER4}))
+    assert "unbanned 203.0.113.7 on every server" in out.stdout
+    for server in (a, b, c):
+        server.wait(lambda: lab.ATTACKER4 not in enforced(server), "the unban everywhere")
+    a.wait(lambda: a.banned("postfix") == [], "a's fail2ban to drop its own ban")
+    assert not refused(hosts, a) and not refused(hosts, c)
+
+
+def test_a_server_that_was_down_converges_to_exactly_the_present(hosts, fleet, redis):
+    a, c = fleet["a"], fleet["c"]
+    c.stop()
+    a.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6, "203.0.113.64/26")
+    a.client("set", "postfix", "unbanip", lab.ATTACKER6)
+    time.sleep(0.5)
+    c.start()
+    c.wait(lambda: enforced(c, remote_only=True) == {lab.ATTACKER4}, "c to load the present")
+    assert "203.0.113.64/26" in c.ns.nft("list", "set", "inet", "f2bext", "postfix-rnet4")
+    assert refused(hosts, c)
+
+
+def test_bans_made_while_redis_is_down_arrive_when_it_returns(hosts, fleet, redis):
+    a, b, c = fleet["a"], fleet["b"], fleet["c"]
+    redis.stop()
+    started = time.time()
+    a.client("set", "postfix", "banip", lab.ATTACKER4)
+    assert time.time() - started < 1.0, "a's ban path does not wait for Redis"
+    assert lab.ATTACKER4 in enforced(a) and refused(hosts, a)
+    time.sleep(1.5)
+    redis.start()
+    for other in (b, c):
+        other.wait(lambda: lab.ATTACKER4 in enforced(other), "the queued ban to arrive", timeout=15)
+    assert "queuing on disk" in open(os.path.join(a.workdir, "fail2ban.log")).read()
+
+
+def test_crafted_entries_are_refused_by_every_follower(hosts, fleet, redis):
+    a, b, c = fleet["a"], fleet["b"], fleet["c"]
+    def xadd(**fields):
+        args = [x for kv in fields.items() for x in kv]
+        redis.cli("XADD", "f2bext:events", "*", *args)
+    common = {"op": "ban", "jail": "postfix", "bantime": "600", "expires": str(time.time() + 600), "origin": "evil"}
+    xadd(**dict(common, address="203.0.113.300"))
+    xadd(**dict(common, address="$(touch /tmp/f2bext-pwned)"))
+    xadd(**dict(common, jail="post;fix", address="203.0.113.9"))
+    xadd(**dict(common, address="203.0.113.10", bantime="999999999999"))
+    xadd(**dict(common, address="127.0.0.1"))
+    xadd(**dict(common, address=lab.BYSTANDER4))  # in b's ignoreip
+    xadd(**dict(common, address=SERVERS["c"][0]))  # c's own address
+    xadd(**dict(common, address="203.0.113.11"))  # a fine one, as a marker that everything before was read
+    for server in fleet.values():
+        server.wait(lambda: "203.0.113.11" in enforced(server), "the marker ban")
+    assert not os.path.exists("/tmp/f2bext-pwned")
+    for server in fleet.values():
+        got = enforced(server)
+        assert not got & {"203.0.113.10", "203.0.113.9", "127.0.0.1"}
+        log = open(os.path.join(server.workdir, "fail2ban.log")).read()
+        assert "skipping event" in log and "Traceback" not in log
+    assert lab.BYSTANDER4 not in enforced(b) and lab.BYSTANDER4 in enforced(a)
+    assert SERVERS["c"][0] not in enforced(c)
+    assert "in ignoreip of jail postfix" in open(os.path.join(b.workdir, "fail2ban.log")).read()
+    assert "one of this host's addresses" in open(os.path.join(c.workdir, "fail2ban.log")).read()
+
+
+def test_every_server_ends_with_exactly_the_union_of_current_bans(hosts, fleet):
+    a, b, c = fleet["a"], fleet["b"], fleet["c"]
+    a.client("set", "postfix", "banip", lab.ATTACKER4, "203.0.113.20")
+    b.client("set", "postfix", "banip", lab.ATTACKER6, "203.0.113.21")
+    c.client("set", "postfix", "banip", "203.0.113.22")
+    c.client("set", "postfix", "unbanip", "203.0.113.22")
+    union = {lab.ATTACKER4, "203.0.113.20", lab.ATTACKER6, "203.0.113.21"}
+    for server in fleet.values():
+        server.wait(lambda: enforced(server) == union, f"{name_of(server)} to hold exactly the union")

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import Callable, Optional, Sequence
 
 from . import state
-from .addr import Network, parse_target, parse_targets
+from .addr import Network, parse_target, parse_targets, to_text
 from .backends import BACKENDS, Finding, get_backend
 from .backends.base import BROKEN
 from .errors import InputError, KernelError
@@ -101,6 +101,22 @@ def _fail2ban_banned(jail: str) -> list[Network]:
         return []
 
 
+def _fleet_unban(jail: str, nets: list[Network]) -> list[str]:
+    """When the jail shares its bans, lift them on every server, through the running fail2ban."""
+    from .f2bsocket import Fail2banSocket
+    done = []
+    try:
+        with Fail2banSocket(timeout=5.0) as f2b:
+            for act in f2b.send(["get", jail, "actions"]):
+                if str(act).startswith("f2bext") and f2b.send(["get", jail, "action", act, "share"]):
+                    for net in nets:
+                        done.append(f2b.send(["set", jail, "action", act, "fleet_unban",
+                                              json.dumps({"ip": to_text(net)})]))
+    except OSError:
+        pass  # no fail2ban here, or the jail does not share: the local unban is all there is
+    return done
+
+
 def _held(backend, spec: JailSpec) -> Callable[[], list[Network]]:
     def held() -> list[Network]:
         return sorted(set(backend.banned(spec)) | set(_fail2ban_banned(spec.jail)), key=str)
@@ -146,6 +162,8 @@ def run(argv: Sequence[str]) -> int:
         elif cmd == "unban":
             gone = set(nets)
             backend.unban(spec, nets, lambda: [n for n in _held(backend, spec)() if n not in gone])
+            for line in _fleet_unban(spec.jail, nets):
+                print(line)
         elif cmd == "start":
             backend.start(spec, _fail2ban_banned(spec.jail))
             state.save(backend.name, spec)

@@ -126,8 +126,8 @@ def test_an_unban_on_any_server_lifts_it_everywhere(hosts, fleet):
     a.client("set", "postfix", "banip", lab.ATTACKER4)
     for other in (b, c):
         other.wait(lambda: lab.ATTACKER4 in enforced(other), "the shared ban")
-    out = b.client("set", "postfix", "action", "f2bext-nftables", "fleet_unban", json.dumps({"ip": lab.ATTACKER4}))
-    assert "unbanned 203.0.113.7 on every server" in out.stdout
+    out = lab.f2bext_cmd(b.ns, b.workdir, "unban", "--jail", "postfix", lab.ATTACKER4)
+    assert out.returncode == 0 and "unbanned 203.0.113.7 on every server" in out.stdout
     for server in (a, b, c):
         server.wait(lambda: lab.ATTACKER4 not in enforced(server), "the unban everywhere")
     a.wait(lambda: a.banned("postfix") == [], "a's fail2ban to drop its own ban")

@@ -33,7 +33,7 @@ RPMFLAGS    ?= $(if $(shell rpm --eval '%{?pyproject_wheel}' 2>/dev/null),,--nod
 
 # Debian packages the project needs (fail2ban is not on PyPI; the bindings must match the system).
 DEBS = fail2ban nftables python3-nftables python3-pyroute2 conntrack iproute2 iptables ipset \
-       python3-pytest python3-hypothesis netbase procps redis-server python3-redis
+       python3-pytest python3-hypothesis netbase procps redis-server python3-redis openssl
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

@@ -197,3 +197,45 @@ def test_every_server_ends_with_exactly_the_union_of_current_bans(hosts, fleet):
     union = {lab.ATTACKER4, "203.0.113.20", lab.ATTACKER6, "203.0.113.21"}
     for server in fleet.values():
         server.wait(lambda: enforced(server) == union, f"{name_of(server)} to hold exactly the union")
+
+
+def make_tls_certificates(folder, address):
+    """A throwaway CA and a server certificate for `address`."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=f2bext test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", f"/CN={address}")
+    with open(os.path.join(folder, "ext"), "w") as f:
+        f.write(f"subjectAltName=IP:{address}\n")
+    openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "redis.pem", "-days", "2", "-extfile", "ext")
+
+
+def test_sharing_over_tls_between_two_servers(hosts, tmp_path):
+    folder = str(tmp_path)
+    make_tls_certificates(folder, lab.SERVER4)
+    redis_tls = hosts.server.popen(["redis-server", "--port", "0", "--tls-port", "6380", "--bind", lab.SERVER4,
+                                    "--tls-cert-file", f"{folder}/redis.pem", "--tls-key-file", f"{folder}/redis.key",
+                                    "--tls-ca-cert-file", f"{folder}/ca.pem", "--tls-auth-clients", "no",
+                                    "--requirepass", PASSWORD, "--save", "", "--dir", folder],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"rediss://:{PASSWORD}@{lab.SERVER4}:6380/0?ssl_ca_certs={folder}/ca.pem"
+    b_ns = lab.add_server(hosts, "srvb", *SERVERS["b"])
+    servers = []
+    try:
+        for name, ns in (("a", hosts.server), ("b", b_ns)):
+            os.mkdir(os.path.join(folder, name))
+            servers.append(lab.Fail2banLab(hosts, os.path.join(folder, name), jails={"postfix": share_jail(url, name)},
+                                           ns=ns))
+            servers[-1].start()
+        a, b = servers
+        a.client("set", "postfix", "banip", lab.ATTACKER4)
+        b.wait(lambda: lab.ATTACKER4 in enforced(b, remote_only=True), "the ban shared over TLS")
+        assert refused(hosts, b)
+        assert PASSWORD not in b.client("get", "postfix", "action", "f2bext-nftables", "share").stdout
+    finally:
+        for server in servers:
+            server.stop()
+        redis_tls.kill()
+        redis_tls.wait()

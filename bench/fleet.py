@@ -1,0 +1,173 @@
+"""Fleet sharing figures, in the namespace lab with real fail2ban-servers and a real redis-server:
+propagation latency A -> B at 100 bans/s, catch-up of 100,000 current bans on a fresh server, and
+Redis memory per 100,000 bans. Writes bench/out/fleet.json.
+
+    /usr/bin/python3 bench/fleet.py [--bans 500] [--catchup 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from f2bext import lab  # noqa: E402
+from f2bext.f2bsocket import Fail2banSocket  # noqa: E402
+from f2bext.share import CURRENT, STREAM, STREAM_MAXLEN  # noqa: E402
+
+PASSWORD = "bench-secret"
+
+
+def start_redis(folder: str) -> tuple[subprocess.Popen, str]:
+    sock = os.path.join(folder, "redis.sock")
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+                             "--requirepass", PASSWORD, "--save", "", "--dir", folder],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.Fail2banLab.wait(lambda: os.path.exists(sock), "redis-server")
+    time.sleep(0.2)
+    return proc, sock
+
+
+def redis_client(sock: str):
+    import redis
+    return redis.Redis(unix_socket_path=sock, password=PASSWORD)
+
+
+def share_jail(sock: str, origin: str) -> dict[str, str]:
+    jail = {k: v for k, v in lab.DEFAULT_JAIL.items() if k != "banaction"}
+    jail["action"] = (f'f2bext-nftables.py[port="smtp,ssmtp,submission", share="unix://:{PASSWORD}@{sock}", '
+                      f'share_origin="{origin}", kill="none"]')
+    jail["bantime"] = "1d"
+    return jail
+
+
+def addresses(n: int, base: str = "100.64.0.0") -> list[str]:
+    """Ban-list entries only: these addresses never carry traffic."""
+    start = int(ipaddress.IPv4Address(base))
+    return [str(ipaddress.IPv4Address(start + i)) for i in range(n)]
+
+
+def propagation(hosts: lab.Hosts, a: lab.Fail2banLab, b: lab.Fail2banLab, count: int, rate: float) -> list[float]:
+    """Seconds from A's ban (its action done) to B's kernel holding it, read from `nft monitor` on B."""
+    seen: dict[str, float] = {}
+    monitor = b.ns.popen(["nft", "monitor", "elements"], stdout=subprocess.PIPE, text=True)
+
+    def read() -> None:
+        for line in monitor.stdout:
+            stamp = time.time()
+            if "postfix-rv4" in line:
+                for token in line.replace("{", " ").replace("}", " ").replace(",", " ").split():
+                    if token.count(".") == 3:
+                        seen.setdefault(token, stamp)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    sent: dict[str, float] = {}
+    with Fail2banSocket(os.path.join(a.workdir, "fail2ban.sock")) as f2b:
+        for i, ip in enumerate(addresses(count, "100.65.0.0")):
+            due = start + i / rate if i else time.time()
+            if i == 0:
+                start = due
+            time.sleep(max(0.0, due - time.time()))
+            f2b.send(["set", "postfix", "banip", ip])
+            sent[ip] = time.time()
+    lab.Fail2banLab.wait(lambda: len(seen) >= count, "every ban on b", timeout=30)
+    monitor.kill()
+    return [seen[ip] - sent[ip] for ip in sent if ip in seen]
+
+
+def fill_redis(sock: str, count: int) -> int:
+    """`count` current bans written as a publisher would; returns Redis' memory growth in bytes."""
+    r = redis_client(sock)
+    before = r.info("memory")["used_memory"]
+    expires = time.time() + 86400
+    pipe = r.pipeline(transaction=False)
+    for i, ip in enumerate(addresses(count)):
+        fields = {"op": "ban", "jail": "postfix", "address": ip, "bantime": "86400", "expires": str(expires),
+                  "origin": "bench", "reason": "5 failures"}
+        pipe.xadd(STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.zadd(CURRENT, {f"postfix {ip}": expires})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    return r.info("memory")["used_memory"] - before
+
+
+def catch_up(hosts: lab.Hosts, folder: str, sock: str, count: int) -> float:
+    """Seconds from a fresh server's fail2ban-server start until its kernel holds every current ban."""
+    ns = lab.add_server(hosts, "srvc", "198.51.100.3", "2001:db8::3")
+    workdir = os.path.join(folder, "c")
+    os.mkdir(workdir)
+    c = lab.Fail2banLab(hosts, workdir, jails={"postfix": share_jail(sock, "c")}, ns=ns)
+
+    def held() -> int:
+        out = ns.run(["nft", "-j", "list", "set", "inet", "f2bext", "postfix-rv4"], check=False).stdout
+        return sum(len(i.get("set", {}).get("elem", [])) for i in json.loads(out or '{"nftables": []}')["nftables"])
+    started = time.time()
+    try:
+        c.start()
+        c.wait(lambda: held() >= count, f"{count} shared bans on c", timeout=120, step=0.25)
+        return time.time() - started
+    finally:
+        c.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bans", type=int, default=500, help="bans for the latency run (at --rate per second)")
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--catchup", type=int, default=100_000)
+    args = parser.parse_args()
+    out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="f2bext-fleet-") as folder, lab.hosts_up() as hosts:
+        redis_proc, sock = start_redis(folder)
+        servers = []
+        try:
+            b_ns = lab.add_server(hosts, "srvb", "198.51.100.2", "2001:db8::2")
+            for name, ns in (("a", hosts.server), ("b", b_ns)):
+                os.mkdir(os.path.join(folder, name))
+                servers.append(lab.Fail2banLab(hosts, os.path.join(folder, name), jails={"postfix": share_jail(sock, name)},
+                                               ns=ns))
+                servers[-1].start()
+            latencies = sorted(propagation(hosts, servers[0], servers[1], args.bans, args.rate))
+            for server in servers:
+                server.stop()
+            redis_client(sock).flushall()
+            memory = fill_redis(sock, args.catchup)
+            catchup = catch_up(hosts, folder, sock, args.catchup)
+        finally:
+            for server in servers:
+                server.stop()
+            redis_proc.kill()
+            redis_proc.wait()
+    result = {
+        "propagation_bans": len(latencies), "rate_per_s": args.rate,
+        "propagation_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "propagation_p99_ms": round(latencies[min(len(latencies) - 1, math.ceil(len(latencies) * 0.99) - 1)] * 1000, 1),
+        "catchup_bans": args.catchup, "catchup_s": round(catchup, 2),
+        "redis_bytes_per_100k_bans": round(memory * 100_000 / args.catchup),
+    }
+    with open(os.path.join(out_dir, "fleet.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"fleet: propagation A->B at {args.rate:.0f} bans/s: p50 {result['propagation_p50_ms']} ms, "
+          f"p99 {result['propagation_p99_ms']} ms ({len(latencies)} bans)")
+    print(f"fleet: catch-up of {args.catchup} current bans on a fresh server: {result['catchup_s']} s "
+          f"(fail2ban-server start to every ban in the kernel)")
+    print(f"fleet: Redis memory for 100,000 bans (stream + current set): "
+          f"{result['redis_bytes_per_100k_bans'] / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

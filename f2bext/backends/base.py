@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from ..addr import Network
 from ..spec import JailSpec
@@ -24,6 +24,29 @@ class Finding:
     code: str
     message: str
     evidence: str = ""
+
+
+class SharedBans:
+    """The bans other servers shared that this process put in each jail's remote sets, so that a
+    rebuild puts them back."""
+
+    def __init__(self) -> None:
+        self._by_jail: dict[str, set[Network]] = {}
+
+    def replace(self, jail: str, nets: Iterable[Network]) -> None:
+        self._by_jail[jail] = set(nets)
+
+    def change(self, jail: str, op: str, nets: Iterable[Network]) -> set[Network]:
+        current = self._by_jail.setdefault(jail, set())
+        if op == "add":
+            current.update(nets)
+        else:
+            current.difference_update(nets)
+        return current
+
+    def get(self, jail: str) -> Optional[set[Network]]:
+        """None when this process never loaded the jail's shared bans (the command line)."""
+        return self._by_jail.get(jail)
 
 
 class Backend(Protocol):
@@ -50,5 +73,12 @@ class Backend(Protocol):
     def stop(self, spec: JailSpec) -> None:
         """Remove the jail's objects, and ours entirely once no jail is left."""
 
-    def banned(self, spec: JailSpec) -> list[Network]:
-        """The addresses the kernel holds for the jail (reads every element: not for hot paths)."""
+    def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
+        """Replace the jail's shared bans (from other servers) with exactly `nets`, in one go."""
+
+    def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
+        """Add ("add") or remove ("delete") shared bans; absent ones are not an error."""
+
+    def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
+        """The addresses the kernel holds for the jail, its own or the shared ones (reads every
+        element: not for hot paths)."""

@@ -25,7 +25,7 @@ from .. import audit
 from ..addr import Network, to_text
 from ..errors import KernelError
 from ..spec import JailSpec, PortRange, format_ports
-from .base import BROKEN, WARNING, Finding, Held
+from .base import BROKEN, WARNING, Finding, Held, SharedBans
 
 FAMILIES = (4, 6)
 CHAINS = {"input": "INPUT", "forward": "FORWARD"}
@@ -266,7 +266,7 @@ class IpsetBackend:
 
     def __init__(self, xt: Optional[Xtables] = None) -> None:
         self.xt = xt or Xtables()
-        self._remote: dict[str, set[Network]] = {}  # what this process put in each jail's shared sets
+        self._remote = SharedBans()
 
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         self.xt.restore_sets(build_set_restore(spec.jail, held, flush=False))
@@ -312,17 +312,13 @@ class IpsetBackend:
         self._place_rules(spec, only_if_broken=False)
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
-        self._remote[spec.jail] = set(nets)
+        self._remote.replace(spec.jail, nets)
         self.xt.restore_sets(build_set_restore(spec.jail, (), flush=False, remote=nets))
         if any(f.severity == BROKEN for f in self.verify([spec])):
             self.repair(spec, held())
 
     def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
-        current = self._remote.setdefault(spec.jail, set())
-        if op == "add":
-            current.update(nets)
-        else:
-            current.difference_update(nets)
+        self._remote.change(spec.jail, op, nets)
         try:
             for net in nets:
                 self.xt.change("add" if op == "add" else "del", set_name(spec.jail, net.version, remote=True), net)

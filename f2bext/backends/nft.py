@@ -16,13 +16,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from ..addr import Network, is_single
 from ..errors import KernelError
 from ..spec import JailSpec, PortRange
-from .base import BROKEN, Finding, Held
+from .base import BROKEN, Finding, Held, SharedBans
 
 FAMILY = "inet"
 TABLE = "f2bext"
@@ -198,14 +198,9 @@ class Observed:
     """Our table as the kernel holds it: sets and chains by name, rules per chain."""
 
     table: bool = False
-    sets: dict[str, dict[str, Any]] = None  # type: ignore[assignment]
-    chains: dict[str, dict[str, Any]] = None  # type: ignore[assignment]
-    rules: dict[str, list[dict[str, Any]]] = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.sets = self.sets or {}
-        self.chains = self.chains or {}
-        self.rules = self.rules or {}
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def parse_ruleset(listing: dict[str, Any]) -> Observed:
@@ -381,7 +376,7 @@ class NftBackend:
 
     def __init__(self, nft: Optional[Nft] = None) -> None:
         self.nft = nft or Nft()
-        self._remote: dict[str, set[Network]] = {}  # what this process put in each jail's remote sets
+        self._remote = SharedBans()
 
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         held = list(held)
@@ -454,7 +449,7 @@ class NftBackend:
             self.nft.apply(build_rebuild(spec, self.nft.ruleset(), held, remote), f"rebuild jail {spec.jail}")
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
-        self._remote[spec.jail] = set(nets)
+        self._remote.replace(spec.jail, nets)
         try:
             self.nft.apply(build_remote(spec.jail, nets), f"load shared bans of jail {spec.jail}")
         except KernelError:
@@ -462,11 +457,7 @@ class NftBackend:
 
     def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
         """Add or delete shared bans one event at a time (absent ones are not an error)."""
-        current = self._remote.setdefault(spec.jail, set())
-        if op == "add":
-            current.update(nets)
-        else:
-            current.difference_update(nets)
+        current = self._remote.change(spec.jail, op, nets)
         networks = [n for n in nets if not is_single(n)]
         for net in (n for n in nets if is_single(n)):
             try:

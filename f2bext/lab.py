@@ -169,7 +169,7 @@ class Fail2banLab:
     def __init__(self, hosts: Hosts, workdir: str, jails: Optional[dict[str, dict[str, str]]] = None,
                  backend: str = "nftables", ns: Optional[Netns] = None) -> None:
         self.hosts = hosts
-        self.ns = ns or hosts.server
+        self.ns = ns or (hosts.server if hosts else None)  # no hosts: only write_config() is wanted
         self.workdir = workdir
         self.banaction, self.variant = BACKENDS[backend]
         self.confdir = os.path.join(workdir, "etc")

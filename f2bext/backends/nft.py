@@ -29,6 +29,8 @@ TABLE = "f2bext"
 PRIORITY = -10
 RULE_COMMENT = "f2bext"
 CHUNK = 1000  # elements per command, as firewalld does, to stay clear of netlink buffer limits
+LOAD_BATCH = 10_000  # elements per transaction when a jail is filled at start: libnftables holds
+                     # about 450 bytes per element of a batch, 45 MB for 100,000 in one
 
 LOCAL_KINDS = ("v4", "net4", "v6", "net6")
 REMOTE_KINDS = ("rv4", "rnet4", "rv6", "rnet6")
@@ -117,11 +119,33 @@ def build_elements(op: str, jail: str, nets: Iterable[Network], remote: bool = F
     by_set: dict[str, list[Any]] = {}
     for net in nets:
         by_set.setdefault(set_name(jail, set_kind(net, remote)), []).append(_element(net))
+    return _chunked(op, by_set)
+
+
+def _chunked(op: str, by_set: dict[str, list[Any]]) -> list[Command]:
     cmds = []
     for name, elems in by_set.items():
         for i in range(0, len(elems), CHUNK):
             cmds.append({op: _obj("element", name=name, elem=elems[i:i + CHUNK])})
     return cmds
+
+
+def build_load(jail: str, nets: Iterable[Network]) -> list[list[Command]]:
+    """Fill a jail's sets with `nets` (flushed first) in transactions of LOAD_BATCH elements, reading
+    `nets` once: only element text is kept, so a generator of 100,000 addresses stays small."""
+    singles: dict[str, list[Any]] = {}
+    networks: list[Network] = []
+    for net in nets:
+        if is_single(net):
+            singles.setdefault(set_name(jail, set_kind(net)), []).append(_element(net))
+        else:
+            networks.append(net)
+    batches: list[list[Command]] = [[{"flush": _obj("set", name=set_name(jail, k))} for k in LOCAL_KINDS]
+                                    + build_elements("add", jail, collapsed_networks(networks))]
+    for name, elems in singles.items():
+        for i in range(0, len(elems), LOAD_BATCH):
+            batches.append(_chunked("add", {name: elems[i:i + LOAD_BATCH]}))
+    return batches
 
 
 def build_network_sets(jail: str, networks: Iterable[Network], versions: Iterable[int],
@@ -379,13 +403,11 @@ class NftBackend:
         self._remote = SharedBans()
 
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
-        held = list(held)
         seen = self.nft.ruleset()
         if check_jail(spec, seen):
-            self._rebuild(spec, seen, held)
-        else:
-            self.nft.apply(build_elements("add", spec.jail, [n for n in held if is_single(n)])
-                           + build_network_sets(spec.jail, held, (4, 6)), f"load bans of jail {spec.jail}")
+            self._rebuild(spec, seen, ())
+        for batch in build_load(spec.jail, held):
+            self.nft.apply(batch, f"load bans of jail {spec.jail}")
 
     def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         def everything() -> list[Network]:

@@ -4,6 +4,7 @@ actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad i
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -91,14 +92,36 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec]:
 
 
 def _fail2ban_banned(jail: str) -> list[Network]:
-    """The jail's banned list from a running fail2ban-server, if one answers on its socket."""
+    """The jail's banned list from a running fail2ban-server, if one answers on its socket, less what
+    f2bext refuses to ban (this host's addresses, the jail's ignoreip)."""
     from .f2bsocket import Fail2banSocket
     try:
         # Short timeout: when fail2ban runs us from its socket thread (`set JAIL banip`) it cannot answer.
         with Fail2banSocket(timeout=3.0) as f2b:
-            return [parse_target(ip) for ip in f2b.send(["get", jail, "banip"])]
+            banned = [parse_target(ip) for ip in f2b.send(["get", jail, "banip"])]
+            ignored = [str(i) for i in f2b.send(["get", jail, "ignoreip"])]
     except (OSError, InputError, ValueError):
         return []
+    ignore = []
+    for text in ignored:
+        try:
+            ignore.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            continue
+    return [net for net in _without_own(banned) if not any(i.version == net.version and i.overlaps(net) for i in ignore)]
+
+
+def _without_own(nets: list[Network]) -> list[Network]:
+    """Bans fail2ban holds but f2bext refused (this host's addresses) stay out of every rebuild."""
+    from .guard import refuse_own
+    out = []
+    for net in nets:
+        try:
+            refuse_own([net])
+        except InputError:
+            continue
+        out.append(net)
+    return out
 
 
 def _fleet_unban(jail: str, nets: list[Network]) -> list[str]:
@@ -161,7 +184,8 @@ def run(argv: Sequence[str]) -> int:
                     log.warning("%s", problem)
         elif cmd == "unban":
             gone = set(nets)
-            backend.unban(spec, nets, lambda: [n for n in _held(backend, spec)() if n not in gone])
+            if os.path.exists(os.path.join(state.state_dir(), "jails", f"{spec.jail}.json")):
+                backend.unban(spec, nets, lambda: [n for n in _held(backend, spec)() if n not in gone])
             for line in _fleet_unban(spec.jail, nets):
                 print(line)
         elif cmd == "start":
@@ -236,7 +260,7 @@ def render_fixes(snap, findings) -> str:
     for jail in sorted({d.jail for d in findings if d.owned}):
         entry = state.load(jail)
         backend = get_backend(entry.backend)
-        held = [parse_target(ip) for j in snap.jails if j.name == jail for ip in j.banned]
+        held = _without_own([parse_target(ip) for j in snap.jails if j.name == jail for ip in j.banned])
         backend.repair(entry.spec, held)
         done.append(f"repaired jail {jail} ({entry.backend}, {len(held)} bans)")
         if any(d.jail == jail and d.code == "sessions-alive" for d in findings):

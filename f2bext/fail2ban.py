@@ -52,6 +52,8 @@ class EnforcingAction(ActionBase):
         self._lock = threading.RLock()
         self._problems_said: set[str] = set()
         self._preloaded: set[str] = set()
+        self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
+        self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
         self._share = share_options(params)
         self.spec = JailSpec.from_params(jail.name, params)
         self.backend = shared_backend(self.backend_name)
@@ -66,16 +68,24 @@ class EnforcingAction(ActionBase):
         return redact(self._share["share"]) if self._share else ""
 
     def _parsed(self, ips: Iterable[str]) -> Iterator[Network]:
+        """Restored bans, minus any f2bext must refuse (the database may hold one banned before)."""
         for ip in ips:
             try:
-                yield parse_target(ip)
+                net = parse_target(ip)
+                refuse_own([net])
             except InputError as e:
-                log.warning("[%s] f2bext skips %s", self._jail.name, e)
+                log.warning("[%s] f2bext does not restore a ban: %s", self._jail.name, e)
+                self._refused.add(ip)
+                self._preloaded.discard(ip)
+                continue
+            yield net
 
     def held(self) -> list[Network]:
         """Every address fail2ban holds banned in this jail, as the kernel should hold them."""
         nets = []
         for ip in self._jail.actions.getBanList():
+            if str(ip) in self._refused:  # never loaded back by a rebuild or a restart
+                continue
             try:
                 nets.append(parse_target(str(ip)))
             except InputError as e:
@@ -115,12 +125,12 @@ class EnforcingAction(ActionBase):
         return out
 
     def start(self) -> None:
+        watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
         with self._lock:
+            state.save(self.backend.name, self.spec)
             self._preloaded = set(self.restorable())
             # A generator: 100,000 parsed addresses held at once would cost fail2ban-server 50 MB.
-            self.backend.start(self.spec, itertools.chain(self.held(), self._parsed(self._preloaded)))
-            state.save(self.backend.name, self.spec)
-        watchdog.watch(self)
+            self.backend.start(self.spec, itertools.chain(self.held(), self._parsed(list(self._preloaded))))
         if self._share:
             self._fleet = fleets.join(self, self._share)
         log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
@@ -145,9 +155,14 @@ class EnforcingAction(ActionBase):
             self._preloaded.discard(ip)  # start() loaded it with the others, in one transaction
             return
         net = parse_target(ip)
-        self._refuse_lockout(net)
+        try:
+            self._refuse_lockout(net)
+        except InputError:
+            self._refused.add(ip)
+            raise
         with self._lock:
-            self.backend.ban(self.spec, [net], self.held)
+            for why in self.backend.ban(self.spec, [net], self.held):
+                log.warning("[%s] f2bext: %s (found at the ban of %s); repaired", self._jail.name, why, ip)
         if not aInfo["restored"]:  # a restart restores bans, not sessions worth cutting
             self._kill(net)
             self._publish("ban", net, aInfo)
@@ -168,6 +183,7 @@ class EnforcingAction(ActionBase):
         self.ban(aInfo)
 
     def unban(self, aInfo: Any) -> None:
+        self._refused.discard(str(aInfo["ip"]))
         net = parse_target(str(aInfo["ip"]))
         with self._lock:
             self.backend.unban(self.spec, [net], self.held)
@@ -229,6 +245,22 @@ class EnforcingAction(ActionBase):
             self.backend.repair(self.spec, self.held())
         return True
 
+    def resync(self) -> None:
+        """Repair a jail whose sets hold another number of bans than fail2ban does, two rounds in a row:
+        a restore of saved sets brings back lifted bans that no structural check can see."""
+        count = getattr(self.backend, "entries", None)  # only where the kernel keeps a count (ipset)
+        if count is None:
+            return
+        with self._lock:
+            expected = self._jail.actions.banManager.size() - len(self._refused)
+            found = count(self.spec)
+            self._miscounts = self._miscounts + 1 if found != expected else 0
+            if self._miscounts >= 2:
+                log.warning("[%s] f2bext: the kernel holds %d bans, fail2ban %d (saved sets restored?); "
+                            "repairing", self._jail.name, found, expected)
+                self.backend.repair(self.spec, self.held())
+                self._miscounts = 0
+
     def _kill(self, net: Network) -> None:
         if self.spec.kill:
             killer.submit(self, net, self.spec)
@@ -283,6 +315,8 @@ class Watchdog:
                     for action in mine:
                         if action.spec.jail in broken:
                             action.heal("watchdog")
+                        else:
+                            action.resync()
                 except (KernelError, InputError) as e:
                     log.error("f2bext watchdog: %s", e)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 from .errors import InputError
 
@@ -29,7 +29,7 @@ PARAMETERS = ("port", "protocol", "type", "blocktype", "hooks", "chain", "kill",
 
 def parse_jail(text: object) -> str:
     name = str(text)
-    if not JAIL_NAME.match(name):
+    if not JAIL_NAME.fullmatch(name):
         raise InputError(
             f"jail name {name[:40]!r} must be 1-23 letters, digits, '-' or '_', starting with a letter or digit")
     return name
@@ -53,19 +53,26 @@ def parse_protocols(text: str) -> tuple[str, ...]:
 
 
 def _port_number(token: str, protocols: tuple[str, ...]) -> int:
-    if token.isdigit():
-        value = int(token)
-        if value > 65535:
+    if token.isascii() and token.isdigit():
+        if len(token) > 5 or int(token) > 65535:
             raise InputError(f"port {token[:10]} is out of range 0-65535")
-        return value
-    if not _SERVICE_NAME.match(token):
+        return int(token)
+    if not _SERVICE_NAME.fullmatch(token):
         raise InputError(f"not a port number or service name: {token[:40]!r}")
+    port = _service(token, protocols)
+    if port is not None:
+        return port
+    raise InputError(f"unknown service name {token!r} (not in /etc/services for {'/'.join(protocols or PROTOCOLS)})")
+
+
+def _service(name: str, protocols: tuple[str, ...]) -> Optional[int]:
+    """The port /etc/services gives a name for any of the protocols, or None."""
     for proto in protocols or PROTOCOLS:
         try:
-            return socket.getservbyname(token, proto)
+            return socket.getservbyname(name, proto)
         except OSError:
             continue
-    raise InputError(f"unknown service name {token!r} (not in /etc/services for {'/'.join(protocols or PROTOCOLS)})")
+    return None
 
 
 def parse_ports(text: str, protocols: tuple[str, ...] = ("tcp",)) -> tuple[PortRange, ...]:
@@ -75,6 +82,10 @@ def parse_ports(text: str, protocols: tuple[str, ...] = ("tcp",)) -> tuple[PortR
         raise InputError("port list is empty")
     ranges = []
     for token in tokens:
+        whole = _service(token, protocols) if "-" in token and _SERVICE_NAME.fullmatch(token) else None
+        if whole is not None:  # a name with a dash (http-alt, ftp-data), not a range
+            ranges.append((whole, whole))
+            continue
         match = _PORT_TOKEN.match(token)
         if not match:
             raise InputError(f"not a port or port range: {token[:40]!r}")

@@ -55,8 +55,9 @@ class Backend(Protocol):
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         """Create the jail's objects (or rebuild them) holding every address in `held`."""
 
-    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
-        """Add addresses, then check the jail and rebuild it with `held()` if anything is off."""
+    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[str]:
+        """Add addresses, then check the jail and rebuild it with `held()` if anything is off;
+        returns what was off (empty when nothing was)."""
 
     def unban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         """Remove addresses (absent ones are not an error); `held()` excludes them."""

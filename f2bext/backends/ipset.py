@@ -140,6 +140,23 @@ def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
 
 # ---- checks -----------------------------------------------------------------------------------
 
+def parse_set_limits(text: str) -> dict[str, tuple[int, int]]:
+    """`ipset list -t` output -> {set name: (maxelem, number of entries)}."""
+    out: dict[str, tuple[int, int]] = {}
+    name, maxelem = "", 0
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "Name":
+            name = value
+        elif key == "Header":
+            words = value.split()
+            maxelem = int(words[words.index("maxelem") + 1]) if "maxelem" in words else 0
+        elif key == "Number of entries" and name:
+            out[name] = (maxelem, int(value))
+    return out
+
+
 def parse_set_headers(text: str) -> dict[str, tuple[str, str]]:
     """`ipset list -t` output -> {set name: (type, family)}."""
     sets: dict[str, tuple[str, str]] = {}
@@ -229,7 +246,12 @@ class Xtables:
             self._run([self._tool(family, "-restore"), "-w", "--noflush"], "change rules", text)
 
     def set_headers(self) -> dict[str, tuple[str, str]]:
-        return parse_set_headers(self._run(["ipset", "list", "-t"], "list ipsets"))
+        return self.sets()[0]
+
+    def sets(self) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, int]]]:
+        """Every set's (type, family) and (maxelem, entries), from one `ipset list -t`."""
+        text = self._run(["ipset", "list", "-t"], "list ipsets")
+        return parse_set_headers(text), parse_set_limits(text)
 
     def restore_sets(self, text: str) -> None:
         self._run(["ipset", "restore", "-exist"], "load ipsets", text)
@@ -272,15 +294,17 @@ class IpsetBackend:
         self.xt.restore_sets(build_set_restore(spec.jail, held, flush=False))
         self._place_rules(spec, only_if_broken=True)
 
-    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
+    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[str]:
         try:
             for net in nets:
                 self.xt.change("add", set_name(spec.jail, net.version), net)
-        except KernelError:
+        except KernelError as e:
             self.repair(spec, list(held()) + list(nets))
-            return
-        if any(f.severity == BROKEN for f in self.verify([spec])):
+            return [str(e)]
+        broken = [f.message for f in self.verify([spec]) if f.severity == BROKEN]
+        if broken:
             self.repair(spec, list(held()) + list(nets))
+        return broken
 
     def unban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         try:
@@ -290,8 +314,14 @@ class IpsetBackend:
             self.repair(spec, held())
 
     def verify(self, specs: Sequence[JailSpec]) -> list[Finding]:
-        sets = self.xt.set_headers()
+        sets, limits = self.xt.sets()
         findings = []
+        for spec in specs:
+            for family in FAMILIES:
+                name = set_name(spec.jail, family)
+                if name in limits and limits[name][0] < MAXELEM:
+                    findings.append(Finding(spec.jail, BROKEN, "set-altered", f"ipset {name} holds at most "
+                                            f"{limits[name][0]} entries, not {MAXELEM}"))
         for family in FAMILIES:
             table = self.xt.table(family)
             for spec in specs:
@@ -308,7 +338,22 @@ class IpsetBackend:
                     self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
                     self.xt.destroy_set(name)
         # Shared sets survive iptables reloads; refill them only with what this process knows.
-        self.xt.restore_sets(build_set_restore(spec.jail, held, flush=True, remote=self._remote.get(spec.jail)))
+        # Each existing local set is filled apart and swapped in: the bans hold throughout, and a set
+        # someone made too small (maxelem) is replaced.
+        present, remote = self.xt.set_headers(), self._remote.get(spec.jail)
+        lines = []
+        for family in FAMILIES:
+            kind = f"hash:net family {'inet' if family == 4 else 'inet6'} hashsize 1024 maxelem {MAXELEM}"
+            shared = set_name(spec.jail, family, remote=True)
+            lines += [f"create {shared} {kind} -exist"] + ([f"flush {shared}"] if remote is not None else [])
+            lines += [f"add {shared} {to_text(n)} -exist" for n in remote or () if n.version == family]
+            name, tmp = set_name(spec.jail, family), f"f2bxt{'' if family == 4 else '6'}-{spec.jail}"
+            if name not in present:
+                lines.append(f"create {name} {kind}")
+            lines += [f"create {tmp} {kind} -exist", f"flush {tmp}"]
+            lines += [f"add {tmp} {to_text(n)} -exist" for n in held if n.version == family]
+            lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
+        self.xt.restore_sets("\n".join(lines) + "\n")
         self._place_rules(spec, only_if_broken=False)
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
@@ -351,6 +396,11 @@ class IpsetBackend:
             for name in set_names(spec.jail, family):
                 if name in sets:
                     self.xt.destroy_set(name)
+
+    def entries(self, spec: JailSpec) -> int:
+        """How many bans the jail's local sets hold (a count the kernel keeps: cheap)."""
+        limits = self.xt.sets()[1]
+        return sum(limits.get(set_name(spec.jail, f), (0, 0))[1] for f in FAMILIES)
 
     def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
         sets = self.xt.set_headers()

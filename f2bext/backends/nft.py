@@ -222,6 +222,7 @@ class Observed:
     """Our table as the kernel holds it: sets and chains by name, rules per chain."""
 
     table: bool = False
+    handle: Optional[int] = None
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     chains: dict[str, dict[str, Any]] = field(default_factory=dict)
     rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -236,6 +237,7 @@ def parse_ruleset(listing: dict[str, Any]) -> Observed:
             continue
         if kind == "table" and body.get("name") == TABLE:
             seen.table = True
+            seen.handle = body.get("handle")
         elif body.get("table") != TABLE:
             continue
         elif kind == "set":
@@ -382,7 +384,13 @@ class Nft:
         return parse_ruleset(self._list("list ruleset", terse=True))
 
     def elements(self, name: str) -> list[Network]:
-        return parse_elements(self._list(f"list set {FAMILY} {TABLE} {name}", terse=False))
+        # As JSON: nft's command language cannot name a set whose name starts with a digit (jail "0day").
+        with self._lock:
+            self._ctx.set_terse_output(False)
+            rc, out, err = self._ctx.json_cmd({"nftables": [{"list": _obj("set", name=name)}]})
+        if rc != 0:
+            raise KernelError(f"nftables refused to list set {name}", err)
+        return parse_elements(out or {})
 
     def _list(self, command: str, terse: bool) -> dict[str, Any]:
         with self._lock:
@@ -401,6 +409,22 @@ class NftBackend:
     def __init__(self, nft: Optional[Nft] = None) -> None:
         self.nft = nft or Nft()
         self._remote = SharedBans()
+        self._handles: dict[str, Optional[int]] = {}  # our table's handle when each jail was last built
+
+    def _replaced(self, spec: JailSpec, seen: Observed) -> list[Finding]:
+        """A table that looks right but is not the one we built: a ruleset saved earlier and restored,
+        whose sets hold bans lifted since and miss bans made since."""
+        known = self._handles.get(spec.jail)
+        if known is None or not seen.table or seen.handle == known:
+            return []
+        return [Finding(spec.jail, BROKEN, "table-replaced", f"table {FAMILY} {TABLE} was replaced (a ruleset "
+                        "restore?): its sets no longer hold what fail2ban holds")]
+
+    def _built(self, spec: JailSpec) -> None:
+        self._handles[spec.jail] = self.nft.ruleset().handle
+
+    def _check(self, spec: JailSpec, seen: Observed) -> list[Finding]:
+        return check_jail(spec, seen) + self._replaced(spec, seen)
 
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         seen = self.nft.ruleset()
@@ -408,8 +432,9 @@ class NftBackend:
             self._rebuild(spec, seen, ())
         for batch in build_load(spec.jail, held):
             self.nft.apply(batch, f"load bans of jail {spec.jail}")
+        self._built(spec)
 
-    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
+    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[str]:
         def everything() -> list[Network]:
             return list(held()) + list(nets)
         networks = [n for n in nets if not is_single(n)]
@@ -418,10 +443,14 @@ class NftBackend:
             cmds += build_network_sets(spec.jail, everything(), {n.version for n in networks})
         try:
             self.nft.apply(cmds, f"ban in jail {spec.jail}")
-        except KernelError:
+        except KernelError as e:
             self.repair(spec, everything())
-            return
-        self._heal(spec, everything)
+            return [str(e)]
+        seen = self.nft.ruleset()
+        findings = self._check(spec, seen)
+        if findings:
+            self._rebuild(spec, seen, everything())
+        return [f.message for f in findings]
 
     def unban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         singles = [n for n in nets if is_single(n)]
@@ -445,14 +474,14 @@ class NftBackend:
     def _heal(self, spec: JailSpec, held: Held) -> bool:
         """Rebuild the jail if its structure is broken; True when it was."""
         seen = self.nft.ruleset()
-        if not check_jail(spec, seen):
+        if not self._check(spec, seen):
             return False
         self._rebuild(spec, seen, held())
         return True
 
     def verify(self, specs: Sequence[JailSpec]) -> list[Finding]:
         seen = self.nft.ruleset()
-        return [f for spec in specs for f in check_jail(spec, seen)]
+        return [f for spec in specs for f in self._check(spec, seen)]
 
     def repair(self, spec: JailSpec, held: Iterable[Network]) -> None:
         self._rebuild(spec, self.nft.ruleset(), held)
@@ -469,6 +498,7 @@ class NftBackend:
         except KernelError:
             # The ruleset moved between our look and our commit: look again, once.
             self.nft.apply(build_rebuild(spec, self.nft.ruleset(), held, remote), f"rebuild jail {spec.jail}")
+        self._built(spec)
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         self._remote.replace(spec.jail, nets)

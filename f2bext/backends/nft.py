@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
@@ -384,7 +385,20 @@ class Nft:
         return parse_ruleset(self._list("list ruleset", terse=True))
 
     def elements(self, name: str) -> list[Network]:
-        # As JSON: nft's command language cannot name a set whose name starts with a digit (jail "0day").
+        """The set's elements. A dump taken while the kernel still resizes a large hash set (right
+        after a big load) can repeat some elements and skip others: such a listing is read again."""
+        for attempt in range(10):
+            nets = self._elements_once(name)
+            if len(set(nets)) == len(nets):
+                return nets
+            time.sleep(0.1 * (attempt + 1))
+        raise KernelError(f"the kernel gave no consistent listing of set {name}")
+
+    def _elements_once(self, name: str) -> list[Network]:
+        if name[0].isalpha():
+            return parse_elements(self._list(f"list set {FAMILY} {TABLE} {name}", terse=False))
+        # nft's command language cannot name a set that starts with a digit (jail "0day"), even quoted;
+        # a JSON command can, but libnftables 1.0.6 cuts its output short past ~250,000 elements.
         with self._lock:
             self._ctx.set_terse_output(False)
             rc, out, err = self._ctx.json_cmd({"nftables": [{"list": _obj("set", name=name)}]})

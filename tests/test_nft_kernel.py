@@ -118,3 +118,24 @@ def test_jails_banning_at_once_lose_nothing(hosts):
         assert errors == []
         for spec in specs:
             assert set(backend.banned(spec)) == expected[spec.jail]
+
+
+def test_a_ban_right_after_someone_elses_change_still_checks_and_repairs(hosts, smtp, reach):
+    with hosts.server.entered():
+        backend = NftBackend()
+        backend.start(POSTFIX, [])
+        assert backend.verify([POSTFIX]) == []  # the jail checked out at this generation
+        backend.ban(POSTFIX, [net("203.0.113.50")], nothing)  # only our own change since: no listing needed
+        hosts.server.nft("insert", "rule", "inet", "f2bext", "postfix-input", "tcp", "dport", "25", "accept")
+        reasons = backend.ban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("203.0.113.50")])
+        assert reasons and "differ" in reasons[0]
+        assert backend.verify([POSTFIX]) == []
+    assert not reach(hosts.attacker, lab.SERVER4, 25)
+
+
+def test_the_generation_moves_with_every_transaction_of_anyone(hosts):
+    with hosts.server.entered():
+        backend = NftBackend()
+        first = backend.nft.generation()
+        hosts.server.nft("add", "table", "inet", "someone_else")
+        assert backend.nft.generation() == first + 1

@@ -104,3 +104,10 @@ def test_object_names_map_back_to_their_jail():
     for jail in ("a", "a-net4", "postfix-sasl"):
         for kind in list(nft.SET_KINDS) + ["input", "forward"]:
             assert nft.jail_of(f"{jail}-{kind}") == jail
+
+
+def test_generation_is_read_from_the_kernels_reply():
+    import struct
+    reply = struct.pack("=LHHLLBBH", 36, (10 << 8) | 15, 0, 1, 0, 0, 0, 0)
+    reply += struct.pack("=HH", 8, 1) + struct.pack(">L", 1234) + struct.pack("=HH", 8, 2) + struct.pack(">L", 99)
+    assert nft.parse_generation(reply) == 1234

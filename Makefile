@@ -29,7 +29,7 @@ PKGENV       = env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PATH=/usr/sbin:/usr/bin:/
 # with no rpm database to hold its build dependencies.
 RPMFLAGS    ?= $(if $(shell rpm --eval '%{?pyproject_wheel}' 2>/dev/null),,--nodeps --load packaging/rpm-fallback.macros)
 
-.PHONY: deps test unit demo install uninstall clean
+.PHONY: deps test unit demo bench install uninstall clean
 
 # Debian packages the project needs (fail2ban is not on PyPI; the bindings must match the system).
 DEBS = fail2ban nftables python3-nftables python3-pyroute2 conntrack iproute2 iptables ipset \
@@ -50,6 +50,15 @@ unit:
 
 demo: deps
 	$(PYTHON) -m f2bext demo
+
+# Side by side with fail2ban's stock actions, in namespaces, real fail2ban-server (about 12 minutes
+# on 2 cores); writes bench/out/ (results.json, tables.md, restore.png, fleet.json).
+BENCH_DEBS = python3-matplotlib
+bench: deps
+	@dpkg-query -W -f='$${Status}\n' $(BENCH_DEBS) 2>/dev/null | grep -q '^install ok installed' || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_DEBS))
+	$(PYTHON) bench/run.py
+	$(PYTHON) bench/fleet.py
 
 install: man
 	rm -rf $(DESTDIR)$(PYLIBDIR)/f2bext

@@ -3,7 +3,6 @@ watchdog that puts a jail back within a second or two when someone flushes the r
 
 from __future__ import annotations
 
-import itertools
 import math
 import queue
 import socket
@@ -27,6 +26,7 @@ from .spec import JailSpec
 log = getLogger("fail2ban.f2bext")
 
 WATCH_INTERVAL = 1.0  # seconds; keeps the self-heal delay under two seconds
+PRELOAD_GRACE = 60.0  # seconds after start in which fail2ban works through the bans start() preloaded
 
 _backends: dict[str, Backend] = {}
 _backends_lock = threading.Lock()
@@ -52,6 +52,7 @@ class EnforcingAction(ActionBase):
         self._lock = threading.RLock()
         self._problems_said: set[str] = set()
         self._preloaded: set[str] = set()
+        self._preload_deadline = 0.0
         self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
         self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
         self._share = share_options(params)
@@ -80,12 +81,18 @@ class EnforcingAction(ActionBase):
                 continue
             yield net
 
+    def held_text(self) -> set[str]:
+        """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the
+        bans start() loaded that fail2ban has not worked through yet (a rebuild must keep them)."""
+        if self._preloaded and MyTime.time() > self._preload_deadline:
+            self._preloaded = set()  # fail2ban restored long since: whatever is left it did not restore
+        pending = set(self._preloaded)  # before the banned list: an address moves from one to the other
+        return (pending | {str(ip) for ip in self._jail.actions.getBanList()}) - self._refused
+
     def held(self) -> list[Network]:
-        """Every address fail2ban holds banned in this jail, as the kernel should hold them."""
+        """held_text(), parsed."""
         nets = []
-        for ip in self._jail.actions.getBanList():
-            if str(ip) in self._refused:  # never loaded back by a rebuild or a restart
-                continue
+        for ip in self.held_text():
             try:
                 nets.append(parse_target(str(ip)))
             except InputError as e:
@@ -128,9 +135,12 @@ class EnforcingAction(ActionBase):
         watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
         with self._lock:
             state.save(self.backend.name, self.spec)
-            self._preloaded = set(self.restorable())
+            self._preloaded = set()
+            restoring = set(self.restorable())
+            everything = self.held_text() | restoring
+            self._preloaded, self._preload_deadline = restoring, MyTime.time() + PRELOAD_GRACE
             # A generator: 100,000 parsed addresses held at once would cost fail2ban-server 50 MB.
-            self.backend.start(self.spec, itertools.chain(self.held(), self._parsed(list(self._preloaded))))
+            self.backend.start(self.spec, self._parsed(everything))
         if self._share:
             self._fleet = fleets.join(self, self._share)
         log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
@@ -252,7 +262,7 @@ class EnforcingAction(ActionBase):
         if count is None:
             return
         with self._lock:
-            expected = self._jail.actions.banManager.size() - len(self._refused)
+            expected = len(self.held_text())
             found = count(self.spec)
             self._miscounts = self._miscounts + 1 if found != expected else 0
             if self._miscounts >= 2:

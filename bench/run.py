@@ -1,0 +1,184 @@
+#!/usr/bin/python3
+"""f2bext benchmark: restore at start, per-ban action time, verify/repair, session kill and memory,
+f2bext's actions against fail2ban's stock ones, side by side on this machine, each in a namespace of
+its own with a real fail2ban-server or fail2ban's own action objects.
+
+    sudo /usr/bin/python3 bench/run.py            # the whole run, about 10 minutes on 2 cores
+    sudo /usr/bin/python3 bench/run.py --quick    # short caps, a smoke test of the harness
+
+Writes bench/out/results.json, bench/out/restore.png and bench/out/tables.md, and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path[:0] = [BENCH, ROOT]
+
+import dbgen  # noqa: E402
+import report  # noqa: E402
+import restore  # noqa: E402
+from f2bext import lab  # noqa: E402
+from f2bext.netns import Netns  # noqa: E402
+from report import BASELINE, OURS_CONF, OURS_PY, SIZES, STOCK, TWENTY_K  # noqa: E402
+
+OTHER_RULES = 1_000  # unrelated iptables rules, as on a host running Docker or firewalld
+
+
+def restore_plan(quick: bool) -> list[tuple[str, int, float]]:
+    """(action, N, cap in seconds). Fork-per-ban actions are capped and extrapolated: at N=100,000
+    they would need hours; the caps keep the whole run under 15 minutes on 2 cores."""
+    plan = []
+    for n in SIZES:
+        plan.append((BASELINE, n, 60.0))
+        for action in OURS_PY:
+            plan.append((action, n, 60.0))
+        for action in STOCK:
+            plan.append((action, n, (15.0 if quick else {1_000: 45.0, 10_000: 60.0, 100_000: 40.0}[n])))
+        for action in OURS_CONF:
+            plan.append((action, n, 10.0 if quick else 20.0))
+    plan.append((OURS_PY[0], TWENTY_K, 60.0))
+    return plan
+
+
+def machine() -> dict:
+    def version(argv: list[str]) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    with open("/etc/debian_version") as f:
+        debian = f.read().strip()
+    from fail2ban.version import version as f2b_version
+    return {"debian": debian, "kernel": platform.release(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory_gib": round(mem_kib / 2**20, 1), "python": platform.python_version(),
+            "fail2ban": f2b_version, "nft": version(["nft", "--version"]), "iptables": version(["iptables", "-V"]),
+            "ipset": version(["ipset", "version"]), "conntrack": version(["conntrack", "--version"]),
+            "nf_conntrack_buckets": version(["sysctl", "-n", "net.netfilter.nf_conntrack_buckets"])}
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def in_namespace(role: str, argv: list[str], workdir: str, action: str = "", timeout: float = 300) -> dict:
+    """Run one of the bench's children in a fresh namespace; its JSON answer."""
+    ns = Netns.create(role)
+    try:
+        env = lab.lab_env(workdir)
+        env["PYTHONPATH"] = os.pathsep.join([BENCH, env.get("PYTHONPATH", ROOT)])
+        if action:  # the lab's configuration directory, with the jail on this action
+            restore.BenchLab(ns, workdir, action).write_config()
+        done = ns.run([lab.PYTHON, *argv], check=False, timeout=timeout, env=env)
+    finally:
+        ns.delete()
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.path.join(BENCH, "out"))
+    p.add_argument("--quick", action="store_true", help="short caps and few samples: checks the harness only")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces, firewalls, conntrack)", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    work = os.path.join(args.out, "work")
+    subprocess.run(["rm", "-rf", work])
+    began = time.monotonic()
+    results: dict = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                     "machine": machine(), "quick": args.quick, "loadavg": {"start": loadavg()},
+                     "restore": [], "action_time": [], "kill": None}
+
+    say("building fail2ban databases ...")
+    dbs = {}
+    for n in sorted({n for _, n, _ in restore_plan(args.quick)}):
+        dbs[n] = os.path.join(args.out, "db", f"{n}.sqlite3")
+        os.makedirs(os.path.dirname(dbs[n]), exist_ok=True)
+        dbgen.build(dbs[n], n)
+
+    phase = time.monotonic()
+    say("1. restore at start")
+    for action, n, cap in restore_plan(args.quick):
+        try:
+            run = restore.run(action, n, dbs[n], os.path.join(work, f"restore-{action}-{n}"), cap)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            say(f"   {action:24} N={n:>7,}: failed: {e}")
+            results["restore"].append({"action": action, "n": n, "cap": cap, "series": [], "error": str(e)})
+            continue
+        results["restore"].append(run.to_json())
+        done = f"{run.enforced_s:.2f} s" if run.enforced_s is not None else f"capped at {cap:.0f} s"
+        say(f"   {action:24} N={n:>7,}: {done:>16}, {run.series[-1][1]:>7,} enforced, "
+            f"fail2ban caught up {run.fail2ban_s if run.fail2ban_s is not None else '-'} s, "
+            f"VmHWM {run.vmhwm_kib and run.vmhwm_kib // 1024} MiB{'  ' + run.errors[0] if run.errors else ''}")
+
+    results["phase_s"] = {"restore": round(time.monotonic() - phase)}
+    phase = time.monotonic()
+    say("2./3. per-ban action time; verify and repair")
+    cases = [(a, p, 0) for a in OURS_PY + STOCK + OURS_CONF for p in (0, 100_000)]
+    cases += [(a, 100_000, OTHER_RULES) for a in OURS_PY]
+    for action, preload, other in cases:
+        py = action in OURS_PY
+        workdir = os.path.join(work, f"act-{action}-{preload}-{other}")
+        argv = [os.path.join(BENCH, "actiontime.py"), "--confdir", os.path.join(workdir, "etc"),
+                "--preload", str(preload), "--samples", str(300 if py else 100),
+                "--budget", str(2.0 if args.quick else 6.0), "--other-rules", str(other)]
+        if preload:
+            argv.append("--verify")
+        label = f"{action:24} {preload:>7,} banned" + (f", {other:,} other rules" if other else "")
+        try:
+            out = in_namespace("act", argv, workdir, action)
+        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+            say(f"   {label}: failed: {e}")
+            results["action_time"].append({"action": action, "preload": preload, "other_rules": other, "error": str(e)})
+            continue
+        results["action_time"].append(out)
+        say(f"   {label}: ban p50 {out['ban']['p50_ms']:.3f} ms, p99 {out['ban']['p99_ms']:.3f} ms"
+            + (f"; verify p50 {out['verify']['p50_ms']:.3f} ms" if "verify" in out else ""))
+
+    results["phase_s"]["action_time"] = round(time.monotonic() - phase)
+    phase = time.monotonic()
+    say("4. session kill")
+    try:
+        results["kill"] = in_namespace("kill", [os.path.join(BENCH, "killbench.py")], os.path.join(work, "kill"))
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+        say(f"   failed: {e}")
+    for v in (4, 6) if results["kill"] else ():
+        k = results["kill"][f"ipv{v}"]
+        say(f"   IPv{v}: p50 {k['p50_ms']:.1f} ms, max {k['max_ms']:.1f} ms, cut {k['cut'][0]} entries")
+
+    results["phase_s"]["kill"] = round(time.monotonic() - phase)
+    results["loadavg"]["end"] = loadavg()
+    results["total_s"] = round(time.monotonic() - began, 1)
+    report.finish(results, args.out)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "tables.md")) as f:
+        say("\n" + f.read())
+    say(f"total {results['total_s'] / 60:.1f} min; wrote {args.out}/results.json, restore.png, tables.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -140,39 +140,34 @@ def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
 
 # ---- checks -----------------------------------------------------------------------------------
 
-def parse_set_limits(text: str) -> dict[str, tuple[int, int]]:
-    """`ipset list -t` output -> {set name: (maxelem, number of entries)}."""
-    out: dict[str, tuple[int, int]] = {}
-    name, maxelem = "", 0
+def parse_sets(text: str) -> dict[str, tuple[str, str, int, int]]:
+    """`ipset list -t` output -> {set name: (type, family, maxelem, number of entries)}."""
+    sets: dict[str, tuple[str, str, int, int]] = {}
+    name, kind, words = "", "", []
     for line in text.splitlines():
         key, _, value = line.partition(":")
         value = value.strip()
         if key == "Name":
-            name = value
+            name, kind, words = value, "", []
+        elif key == "Type":
+            kind = value
         elif key == "Header":
             words = value.split()
-            maxelem = int(words[words.index("maxelem") + 1]) if "maxelem" in words else 0
         elif key == "Number of entries" and name:
-            out[name] = (maxelem, int(value))
-    return out
+            def word_after(w: str) -> str:
+                return words[words.index(w) + 1] if w in words else ""
+            sets[name] = (kind, word_after("family"), int(word_after("maxelem") or 0), int(value))
+    return sets
 
 
 def parse_set_headers(text: str) -> dict[str, tuple[str, str]]:
-    """`ipset list -t` output -> {set name: (type, family)}."""
-    sets: dict[str, tuple[str, str]] = {}
-    name = kind = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if key == "Name":
-            name = value
-        elif key == "Type":
-            kind = value
-        elif key == "Header" and name:
-            words = value.split()
-            family = words[words.index("family") + 1] if "family" in words else ""
-            sets[name] = (kind, family)
-    return sets
+    """{set name: (type, family)}."""
+    return {name: (kind, family) for name, (kind, family, _, _) in parse_sets(text).items()}
+
+
+def parse_set_limits(text: str) -> dict[str, tuple[int, int]]:
+    """{set name: (maxelem, number of entries)}."""
+    return {name: (maxelem, entries) for name, (_, _, maxelem, entries) in parse_sets(text).items()}
 
 
 def check_jail(spec: JailSpec, family: int, table: audit.Table, sets: dict[str, tuple[str, str]]) -> list[Finding]:

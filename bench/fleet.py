@@ -74,11 +74,9 @@ def propagation(hosts: lab.Hosts, a: lab.Fail2banLab, b: lab.Fail2banLab, count:
     time.sleep(0.5)
     sent: dict[str, float] = {}
     with Fail2banSocket(os.path.join(a.workdir, "fail2ban.sock")) as f2b:
+        start = time.time()
         for i, ip in enumerate(addresses(count, "100.65.0.0")):
-            due = start + i / rate if i else time.time()
-            if i == 0:
-                start = due
-            time.sleep(max(0.0, due - time.time()))
+            time.sleep(max(0.0, start + i / rate - time.time()))
             f2b.send(["set", "postfix", "banip", ip])
             sent[ip] = time.time()
     lab.Fail2banLab.wait(lambda: len(seen) >= count, "every ban on b", timeout=30)

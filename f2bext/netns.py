@@ -71,7 +71,7 @@ class Netns:
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
         """Move the calling thread into the namespace; sockets opened meanwhile stay in it."""
-        with open(f"/proc/thread-self/ns/net") as home, open(f"/run/netns/{self.name}") as target:
+        with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{self.name}") as target:
             self._setns(target.fileno())
             try:
                 yield

@@ -1,10 +1,7 @@
 """The nftables backend on a real kernel, in namespaces, with real traffic."""
 
 import ipaddress
-import subprocess
 import threading
-
-import pytest
 
 from f2bext import lab
 from f2bext.backends.nft import NftBackend

@@ -111,7 +111,7 @@ class EnforcingAction(ActionBase):
             return []
         increment = jail._banExtra.get("increment")
         forbantime = None if increment else jail.actions.getBanTime()
-        cap = jail.getMaxBanTime() if increment else None  # as getCurrentBans(correctBanTime=...) caps
+        cap = jail.getMaxBanTime()  # restoreCurrentBans has getCurrentBans cap ban times at the jail's maximum
         now = MyTime.time()
         query = "SELECT ip, timeofban, bantime FROM bips WHERE jail=? AND (timeofban + bantime > ? OR bantime <= -1)"
         args: list[Any] = [jail.name, now]

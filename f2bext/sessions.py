@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
+from . import netlink
 from .addr import Network, is_single
+from .netlink import NETLINK_NETFILTER, NETLINK_SOCK_DIAG, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from .spec import PROTOCOL_NUMBERS, PortRange
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -98,75 +99,6 @@ def diag_targets(nets: Sequence[Network]) -> list[tuple[int, Network]]:
 
 # --- netlink ------------------------------------------------------------------------------------------
 
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
-NLA_F_NESTED = 0x8000
-_NLMSG = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
-_RECV_SIZE = 1 << 17
-
-
-def _nlmsg(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
-    return _NLMSG.pack(_NLMSG.size + len(payload), msg_type, flags, seq, 0) + payload
-
-
-def parse_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(type, seq, payload) of each netlink message in one datagram."""
-    offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, msg_type, _, seq, _ = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size:
-            return
-        yield msg_type, seq, data[offset + _NLMSG.size:offset + length]
-        offset += (length + 3) & ~3
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    return _NLA.pack(_NLA.size + len(data), kind) + data + bytes(-len(data) % 4)
-
-
-def _nest(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
-
-
-def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type, start, end) of each netlink attribute's payload within data[start:end]."""
-    while start + _NLA.size <= end:
-        length, kind = _NLA.unpack_from(data, start)
-        if length < _NLA.size:
-            return
-        yield kind & 0x3FFF, start + _NLA.size, start + length  # without the nested and byte order flags
-        start += (length + 3) & ~3
-
-
-class _Netlink:
-    """A minimal netlink client: one request at a time, answers read to the end."""
-
-    def __init__(self, protocol: int) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-        self.sock.settimeout(10)  # a wedged kernel must not hang the kill
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _ask(self, make: Callable[[int], bytes]) -> Iterator[bytes]:
-        """Send one request; yield the payloads answering it until its end, raising OSError on an error."""
-        self.seq += 1
-        self.sock.send(make(self.seq))
-        while True:
-            for msg_type, seq, payload in parse_messages(self.sock.recv(_RECV_SIZE)):
-                if seq != self.seq:
-                    continue
-                if msg_type in (NLMSG_ERROR, NLMSG_DONE):
-                    code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
-                    if code > 0:
-                        raise OSError(code, os.strerror(code))
-                    return
-                yield payload
-
-
 def _why(e: OSError) -> str:
     return e.strerror or str(e)  # a timeout has no errno
 
@@ -177,7 +109,6 @@ def _family_name(family: int) -> str:
 
 # --- conntrack (ctnetlink) ----------------------------------------------------------------------------
 
-NETLINK_NETFILTER = 12
 IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0x101, 0x102  # NFNL_SUBSYS_CTNETLINK << 8 | message
 CTA_TUPLE_ORIG, CTA_ID, CTA_ZONE, CTA_FILTER = 1, 12, 18, 25
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -185,7 +116,6 @@ CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_FILTER_ORIG_FLAGS = 1
 FILTER_IP_SRC, FILTER_IP_DST, FILTER_PROTO_NUM, FILTER_PROTO_DST_PORT = 1 << 0, 1 << 1, 1 << 3, 1 << 5
-_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version 0, resource id 0
 
 
 # Up to this many ports, conntrack dumps are narrowed in the kernel one port at a time. Each such dump
@@ -255,7 +185,7 @@ def _ip_attrs(src: Optional[Address], dst: Optional[Address]) -> bytes:
     out = b""
     for addr, v4, v6 in ((src, CTA_IP_V4_SRC, CTA_IP_V6_SRC), (dst, CTA_IP_V4_DST, CTA_IP_V6_DST)):
         if addr is not None:
-            out += _attr(v4 if addr.version == 4 else v6, addr.packed)
+            out += netlink.attr(v4 if addr.version == 4 else v6, addr.packed)
     return out
 
 
@@ -263,40 +193,40 @@ def pack_ct_dump_request(seq: int, wanted: CtFilter) -> bytes:
     """IPCTNL_MSG_CT_GET dump of `wanted.family`'s entries, filtered in the kernel by CTA_FILTER."""
     family, saddr, daddr, proto, dport = wanted
     ip_part = _ip_attrs(saddr and ipaddress.ip_address(saddr), daddr and ipaddress.ip_address(daddr))
-    proto_part = b"" if proto is None else _attr(CTA_PROTO_NUM, bytes([proto]))
-    proto_part += b"" if dport is None else _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
+    proto_part = b"" if proto is None else netlink.attr(CTA_PROTO_NUM, bytes([proto]))
+    proto_part += b"" if dport is None else netlink.attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
     flags = ((FILTER_IP_SRC if saddr else 0) | (FILTER_IP_DST if daddr else 0)
              | (0 if proto is None else FILTER_PROTO_NUM) | (0 if dport is None else FILTER_PROTO_DST_PORT))
     attrs = b""
     if flags:  # without any, the family in the header is the filter
-        tuple_part = (_nest(CTA_TUPLE_IP, ip_part) if ip_part else b"") + \
-            (_nest(CTA_TUPLE_PROTO, proto_part) if proto_part else b"")
-        attrs = _nest(CTA_TUPLE_ORIG, tuple_part) + \
-            _nest(CTA_FILTER, _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
-    return _nlmsg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, _NFGEN.pack(family, 0, 0) + attrs)
+        tuple_part = (netlink.nest(CTA_TUPLE_IP, ip_part) if ip_part else b"") + \
+            (netlink.nest(CTA_TUPLE_PROTO, proto_part) if proto_part else b"")
+        attrs = netlink.nest(CTA_TUPLE_ORIG, tuple_part) + \
+            netlink.nest(CTA_FILTER, netlink.attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
+    return netlink.message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, netlink.NFGEN.pack(family, 0, 0) + attrs)
 
 
 def pack_tuple(flow: CtTuple) -> bytes:
     """CTA_TUPLE_ORIG naming `flow`: the kernel finds an entry by it in either direction."""
-    proto = [_attr(CTA_PROTO_NUM, bytes([flow.protocol]))]
+    proto = [netlink.attr(CTA_PROTO_NUM, bytes([flow.protocol]))]
     if flow.sport is not None and flow.dport is not None:
-        proto += [_attr(CTA_PROTO_SRC_PORT, struct.pack("!H", flow.sport)),
-                  _attr(CTA_PROTO_DST_PORT, struct.pack("!H", flow.dport))]
-    return _nest(CTA_TUPLE_ORIG, _nest(CTA_TUPLE_IP, _ip_attrs(flow.src, flow.dst)), _nest(CTA_TUPLE_PROTO, *proto))
+        proto += [netlink.attr(CTA_PROTO_SRC_PORT, struct.pack("!H", flow.sport)),
+                  netlink.attr(CTA_PROTO_DST_PORT, struct.pack("!H", flow.dport))]
+    return netlink.nest(CTA_TUPLE_ORIG, netlink.nest(CTA_TUPLE_IP, _ip_attrs(flow.src, flow.dst)), netlink.nest(CTA_TUPLE_PROTO, *proto))
 
 
 def pack_ct_delete(seq: int, family: int, attrs: bytes) -> bytes:
-    return _nlmsg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, _NFGEN.pack(family, 0, 0) + attrs)
+    return netlink.message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, netlink.NFGEN.pack(family, 0, 0) + attrs)
 
 
 def parse_ct_orig(payload: bytes) -> Optional[CtTuple]:
     """The original tuple of a dumped entry (an nfgenmsg and its attributes); None if it has none."""
-    for kind, start, end in _attrs(payload, _NFGEN.size, len(payload)):
+    for kind, start, end in netlink.attrs(payload, netlink.NFGEN.size, len(payload)):
         if kind != CTA_TUPLE_ORIG:
             continue
         found: dict[tuple[int, int], bytes] = {}  # (CTA_TUPLE_IP or _PROTO, field) -> value
-        for part, p_start, p_end in _attrs(payload, start, end):
-            for field, f_start, f_end in _attrs(payload, p_start, p_end):
+        for part, p_start, p_end in netlink.attrs(payload, start, end):
+            for field, f_start, f_end in netlink.attrs(payload, p_start, p_end):
                 found[(part, field)] = payload[f_start:f_end]
         src = found.get((CTA_TUPLE_IP, CTA_IP_V4_SRC)) or found.get((CTA_TUPLE_IP, CTA_IP_V6_SRC))
         dst = found.get((CTA_TUPLE_IP, CTA_IP_V4_DST)) or found.get((CTA_TUPLE_IP, CTA_IP_V6_DST))
@@ -312,23 +242,23 @@ def parse_ct_orig(payload: bytes) -> Optional[CtTuple]:
 def parse_ct_handle(payload: bytes) -> bytes:
     """A dumped entry's CTA_TUPLE_ORIG, CTA_ID and CTA_ZONE, verbatim: sent back, they delete exactly
     that entry (the id makes the kernel refuse a newer flow that reuses the tuple)."""
-    return b"".join(payload[start - _NLA.size:end] + bytes(-end % 4)
-                    for kind, start, end in _attrs(payload, _NFGEN.size, len(payload))
+    return b"".join(payload[start - netlink.ATTR.size:end] + bytes(-end % 4)
+                    for kind, start, end in netlink.attrs(payload, netlink.NFGEN.size, len(payload))
                     if kind in (CTA_TUPLE_ORIG, CTA_ID, CTA_ZONE))
 
 
-class _Conntrack(_Netlink):
+class _Conntrack(netlink.Socket):
     def __init__(self) -> None:
         super().__init__(NETLINK_NETFILTER)
 
     def dump(self, wanted: CtFilter) -> Iterator[bytes]:
         """The dumped entries' payloads; read them to the end before the next request."""
-        return self._ask(lambda seq: pack_ct_dump_request(seq, wanted))
+        return self.ask(lambda seq: pack_ct_dump_request(seq, wanted))
 
     def delete(self, family: int, attrs: bytes) -> bool:
         """Delete the entry `attrs` name; False when there is none."""
         try:
-            for _ in self._ask(lambda seq: pack_ct_delete(seq, family, attrs)):
+            for _ in self.ask(lambda seq: pack_ct_delete(seq, family, attrs)):
                 pass
         except OSError as e:
             if e.errno == errno.ENOENT:
@@ -368,7 +298,6 @@ def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[
 
 # --- sockets (NETLINK_SOCK_DIAG) --------------------------------------------------------------------
 
-NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
 INET_DIAG_REQ_BYTECODE = 1
@@ -413,8 +342,8 @@ def diag_bytecode(net: Network, ports: Ports) -> bytes:
 
 def pack_dump_request(seq: int, family: int, protocol: int, states: int, bytecode: bytes) -> bytes:
     """SOCK_DIAG_BY_FAMILY dump of `protocol` sockets in `states`, filtered by `bytecode`."""
-    request = _REQ.pack(family, protocol, 0, states) + bytes(_SOCKID_LEN) + _attr(INET_DIAG_REQ_BYTECODE, bytecode)
-    return _nlmsg(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, request)
+    request = _REQ.pack(family, protocol, 0, states) + bytes(_SOCKID_LEN) + netlink.attr(INET_DIAG_REQ_BYTECODE, bytecode)
+    return netlink.message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, request)
 
 
 @dataclass(frozen=True)
@@ -433,7 +362,7 @@ class DiagSocket:
 
 def pack_destroy_request(seq: int, sock: DiagSocket) -> bytes:
     request = _REQ.pack(sock.family, sock.protocol, 0, 1 << sock.state) + sock.sockid
-    return _nlmsg(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq, request)
+    return netlink.message(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq, request)
 
 
 def parse_diag_msg(protocol: int, payload: bytes) -> DiagSocket:
@@ -445,16 +374,16 @@ def parse_diag_msg(protocol: int, payload: bytes) -> DiagSocket:
                       ipaddress.ip_address(dst[:width]), dport, payload[4:4 + _SOCKID_LEN])
 
 
-class _SockDiag(_Netlink):
+class _SockDiag(netlink.Socket):
     def __init__(self) -> None:
         super().__init__(NETLINK_SOCK_DIAG)
 
     def dump(self, family: int, protocol: int, states: int, bytecode: bytes) -> list[DiagSocket]:
         return [parse_diag_msg(protocol, p)
-                for p in self._ask(lambda seq: pack_dump_request(seq, family, protocol, states, bytecode))]
+                for p in self.ask(lambda seq: pack_dump_request(seq, family, protocol, states, bytecode))]
 
     def destroy(self, sock: DiagSocket) -> None:
-        for _ in self._ask(lambda seq: pack_destroy_request(seq, sock)):
+        for _ in self.ask(lambda seq: pack_destroy_request(seq, sock)):
             pass
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from f2bext import netlink
 from f2bext.backends import nft
 from f2bext.spec import JailSpec
 
@@ -108,6 +109,6 @@ def test_object_names_map_back_to_their_jail():
 
 def test_generation_is_read_from_the_kernels_reply():
     import struct
-    reply = struct.pack("=LHHLLBBH", 36, (10 << 8) | 15, 0, 1, 0, 0, 0, 0)
-    reply += struct.pack("=HH", 8, 1) + struct.pack(">L", 1234) + struct.pack("=HH", 8, 2) + struct.pack(">L", 99)
-    assert nft.parse_generation(reply) == 1234
+    payload = struct.pack("=BBH", 0, 0, 0)
+    payload += struct.pack("=HH", 8, 1) + struct.pack(">L", 1234) + struct.pack("=HH", 8, 2) + struct.pack(">L", 99)
+    assert netlink.parse_generation(payload) == 1234

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
+from .. import netlink
 from ..addr import Network, is_single
 from ..errors import KernelError
 from ..spec import JailSpec, PortRange
@@ -365,24 +364,6 @@ def parse_elements(listing: dict[str, Any]) -> list[Network]:
 
 # ---- the kernel -------------------------------------------------------------------------------
 
-_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
-_NETLINK_NETFILTER = 12
-
-
-def parse_generation(reply: bytes) -> int:
-    """NFTA_GEN_ID from an NFT_MSG_NEWGEN reply (nlmsghdr, nfgenmsg, then attributes)."""
-    length, kind = struct.unpack_from("=LH", reply)
-    if kind == 2:  # NLMSG_ERROR
-        raise OSError(-struct.unpack_from("=i", reply, 16)[0], "nftables refused GETGEN")
-    offset = 20
-    while offset + 4 <= length:
-        alen, atype = struct.unpack_from("=HH", reply, offset)
-        if atype & 0x3FFF == 1:  # NFTA_GEN_ID, big-endian u32
-            return struct.unpack_from(">L", reply, offset + 4)[0]
-        offset += (alen + 3) & ~3
-    raise OSError("no generation id in the kernel's reply")
-
-
 class Nft:
     """The one place that talks to libnftables: JSON commands in one transaction, terse listings;
     and the ruleset generation, read over netlink, which moves with every transaction of anyone's."""
@@ -392,16 +373,10 @@ class Nft:
         self._ctx = nftables.Nftables()
         self._ctx.set_json_output(True)
         self._lock = threading.Lock()
-        self._gen_sock: Optional[socket.socket] = None
-        self._seq = 0
+        self._generation = netlink.Generation()
 
     def generation(self) -> int:
-        with self._lock:
-            if self._gen_sock is None:
-                self._gen_sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-            self._seq += 1
-            self._gen_sock.send(struct.pack("=LHHLLBBH", 20, _GETGEN, 1, self._seq, 0, 0, 0, 0))
-            return parse_generation(self._gen_sock.recv(4096))
+        return self._generation.read()
 
     def apply(self, cmds: list[Command], what: str) -> None:
         if not cmds:

@@ -1,0 +1,124 @@
+"""The iptables + ipset backend's kernel layer on a real kernel, in namespaces: ipset over netlink,
+the rules fingerprint, and the checks it spares."""
+
+import ipaddress
+import subprocess
+
+import pytest
+
+from f2bext import lab
+from f2bext.backends import ipset
+from f2bext.errors import KernelError
+from f2bext.spec import JailSpec
+
+POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
+VARIANTS = ["nft", "legacy"]
+
+
+def net(text):
+    return ipaddress.ip_network(text)
+
+
+def nothing():
+    return []
+
+
+def ipset_cli(ns, *args):
+    return ns.run(["ipset", *args]).stdout
+
+
+def test_netlink_set_headers_read_what_ipset_lists(hosts):
+    with hosts.server.entered():
+        xt = ipset.Xtables()
+        xt.restore_sets(ipset.build_set_restore("postfix", [net("192.0.2.0/24"), net("2001:db8::7/128")], flush=False))
+        hosts.server.run(["ipset", "create", "someone-else", "hash:ip", "maxelem", "100"])
+        types, limits = xt.sets()
+    listed = ipset.parse_sets(ipset_cli(hosts.server, "list", "-t"))
+    assert types == {name: (kind, family) for name, (kind, family, _, _) in listed.items()}
+    assert limits == {name: (maxelem, entries) for name, (_, _, maxelem, entries) in listed.items()}
+    assert limits["f2bext-postfix"] == (ipset.MAXELEM, 1) and limits["someone-else"] == (100, 0)
+
+
+def test_netlink_adds_and_deletes_are_idempotent_and_what_ipset_sees(hosts):
+    nets = [net("203.0.113.7/32"), net("198.51.100.0/24"), net("2001:db8::7/128"), net("2001:db8:1::/48")]
+    with hosts.server.entered():
+        xt = ipset.Xtables()
+        xt.restore_sets(ipset.build_set_restore("postfix", [], flush=False))
+        for n in nets + nets:
+            xt.change("add", ipset.set_name("postfix", n.version), n)
+        for _ in range(2):
+            xt.change("del", "f2bext-postfix", net("203.0.113.7/32"))
+            xt.change("del", "f2bext6-postfix", net("2001:db8:ffff::1/128"))  # never added
+    assert ipset_cli(hosts.server, "list", "f2bext-postfix").split("Members:")[1].split() == ["198.51.100.0/24"]
+    assert sorted(ipset_cli(hosts.server, "list", "f2bext6-postfix").split("Members:")[1].split()) == \
+        ["2001:db8:1::/48", "2001:db8::7"]
+
+
+def test_netlink_refusals_say_what_the_kernel_refused(hosts):
+    hosts.server.run(["ipset", "create", "tiny", "hash:net", "maxelem", "1"])
+    with hosts.server.entered():
+        xt = ipset.Xtables()
+        xt.change("add", "tiny", net("203.0.113.1/32"))
+        with pytest.raises(KernelError, match="no such set"):
+            xt.change("add", "nosuch", net("203.0.113.2/32"))
+        with pytest.raises(KernelError, match="full"):
+            xt.change("add", "tiny", net("203.0.113.2/32"))
+        with pytest.raises(KernelError, match="refused to add 2001:db8::2 in tiny"):
+            xt.change("add", "tiny", net("2001:db8::2/128"))
+    assert ipset_cli(hosts.server, "list", "tiny").split("Members:")[1].split() == ["203.0.113.1"]
+
+
+def test_legacy_fingerprint_follows_rules_not_traffic(hosts, smtp, reach):
+    def rule(*args, family=4):
+        hosts.server.run([lab.iptables(family, "legacy"), *args])
+    rule("-A", "INPUT", "-p", "tcp", "--dport", "25", "-j", "ACCEPT")
+    rule("-A", "INPUT", "-p", "tcp", "--dport", "25", "-j", "ACCEPT", family=6)
+    with hosts.server.entered():
+        xt = ipset.Xtables("legacy")
+        before = xt.rules_fingerprint()
+    assert reach(hosts.attacker, lab.SERVER4, 25) and reach(hosts.attacker, lab.SERVER6, 25)
+    counted = hosts.server.run([lab.iptables(4, "legacy"), "-L", "INPUT", "-nvx"]).stdout
+    assert int(counted.splitlines()[2].split()[0]) > 0  # the traffic moved the counters
+    with hosts.server.entered():
+        assert xt.rules_fingerprint() == before
+        rule("-R", "INPUT", "1", "-p", "tcp", "--dport", "25", "-j", "DROP")
+        after_v4 = xt.rules_fingerprint()
+        assert after_v4 != before
+        rule("-I", "INPUT", "-s", "2001:db8::1", "-j", "ACCEPT", family=6)
+        assert xt.rules_fingerprint() != after_v4
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bans_fork_nothing_until_someone_else_changes_the_rules(hosts, smtp, reach, monkeypatch, variant):
+    with hosts.server.entered():
+        backend = ipset.IpsetBackend(ipset.Xtables(variant))
+        backend.start(POSTFIX, [])
+        assert backend.verify([POSTFIX]) == []  # the rules checked out at this fingerprint
+        forks = []
+        real_run = subprocess.run
+        monkeypatch.setattr(subprocess, "run", lambda argv, *a, **k: forks.append(argv) or real_run(argv, *a, **k))
+        assert backend.ban(POSTFIX, [net("203.0.113.50")], nothing) == []
+        assert backend.verify([POSTFIX]) == [] and forks == []
+        hosts.server.run([lab.iptables(4, variant), "-I", "INPUT", "-p", "tcp", "--dport", "25", "-j", "ACCEPT"])
+        reasons = backend.ban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("203.0.113.50")])
+        assert reasons and "before f2bext's rule" in reasons[0]
+        assert forks  # the change was seen, read and repaired
+        assert backend.verify([POSTFIX]) == []
+    assert not reach(hosts.attacker, lab.SERVER4, 25)
+    assert reach(hosts.bystander, lab.SERVER4, 25)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_destroyed_set_is_seen_at_the_next_ban_without_a_rule_change(hosts, variant):
+    with hosts.server.entered():
+        backend = ipset.IpsetBackend(ipset.Xtables(variant))
+        backend.start(POSTFIX, [net("203.0.113.50")])
+        assert backend.verify([POSTFIX]) == []
+        # Swapped for an empty, smaller look-alike: the rules still name it, so they do not change.
+        backend.xt.restore_sets("create f2bext-imposter hash:net family inet maxelem 10\n"
+                                "swap f2bext-imposter f2bext-postfix\n")
+        findings = backend.verify([POSTFIX])
+        assert [f.code for f in findings] == ["set-altered"]
+        backend.repair(POSTFIX, [net("203.0.113.50")])
+        assert backend.verify([POSTFIX]) == []
+        assert backend.banned(POSTFIX) == [net("203.0.113.50")]

@@ -38,6 +38,19 @@ def parse_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
         offset += (length + 3) & ~3
 
 
+def _ends(data: bytes, seq: int) -> bool:
+    """Whether the datagram holds the end of the answer to `seq`, or an error (headers only are read)."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, msg_type, _, msg_seq, _ = HEADER.unpack_from(data, offset)
+        if length < HEADER.size:
+            break
+        if msg_seq == seq and msg_type in (NLMSG_ERROR, NLMSG_DONE):
+            return True
+        offset += (length + 3) & ~3
+    return False
+
+
 def attr(kind: int, data: bytes) -> bytes:
     return ATTR.pack(ATTR.size + len(data), kind) + data + bytes(-len(data) % 4)
 
@@ -74,13 +87,20 @@ class Socket:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ask(self, make: Callable[[int], bytes]) -> Iterator[bytes]:
+    def ask(self, make: Callable[[int], bytes], needles: tuple[bytes, ...] = ()) -> Iterator[bytes]:
         """Send the request `make(seq)` builds; yield the payloads answering it until its end, raising
-        OSError with the kernel's (positive) error code when it refuses."""
+        OSError with the kernel's (positive) error code when it refuses.
+
+        With `needles`, a datagram that contains none of them yields nothing: a dump of a large table
+        mostly returns what the caller does not want, and one search of the datagram is far cheaper
+        than cutting it into messages."""
         self.seq += 1
         self.sock.send(make(self.seq))
         while True:
-            for msg_type, seq, payload in parse_messages(self.sock.recv(_RECV_SIZE)):
+            data = self.sock.recv(_RECV_SIZE)
+            if needles and not any(needle in data for needle in needles) and not _ends(data, self.seq):
+                continue
+            for msg_type, seq, payload in parse_messages(data):
                 if seq != self.seq:
                     continue
                 if msg_type in (NLMSG_ERROR, NLMSG_DONE):

@@ -11,8 +11,9 @@ import errno
 import ipaddress
 import socket
 import struct
+import threading
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 from . import netlink
 from .addr import Network, is_single
@@ -251,9 +252,10 @@ class _Conntrack(netlink.Socket):
     def __init__(self) -> None:
         super().__init__(NETLINK_NETFILTER)
 
-    def dump(self, wanted: CtFilter) -> Iterator[bytes]:
-        """The dumped entries' payloads; read them to the end before the next request."""
-        return self.ask(lambda seq: pack_ct_dump_request(seq, wanted))
+    def dump(self, wanted: CtFilter, needles: tuple[bytes, ...] = ()) -> Iterator[bytes]:
+        """The dumped entries' payloads (none from datagrams without any of `needles`); read them to
+        the end before the next request."""
+        return self.ask(lambda seq: pack_ct_dump_request(seq, wanted), needles)
 
     def delete(self, family: int, attrs: bytes) -> bool:
         """Delete the entry `attrs` name; False when there is none."""
@@ -267,17 +269,30 @@ class _Conntrack(netlink.Socket):
         return True
 
 
+def _on_own_socket(sweep: Callable[[_Conntrack, CtFilter], None], wanted: CtFilter, problems: list[str]) -> None:
+    try:
+        sock = _Conntrack()
+    except OSError as e:
+        problems.append(f"could not open a conntrack netlink socket: {_why(e)}")
+        return
+    try:
+        sweep(sock, wanted)
+    finally:
+        sock.close()
+
+
 def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports,
                       problems: list[str]) -> int:
     """Delete the entries in scope that the socket pass did not: forwarded and DNAT'd flows, half-open
     ones, unconnected UDP, and those of sockets that ended meanwhile."""
-    # Most dumped entries are others': one whose bytes do not even contain the whole bytes of a banned
-    # prefix cannot be in scope, and that test costs a twentieth of parsing the entry.
-    needles = {net.network_address.packed[:net.prefixlen // 8] for net in nets}
+    # Most dumped entries are others': a datagram, then an entry, whose bytes do not even contain the
+    # whole bytes of a banned prefix cannot be in scope, and that test costs little beside parsing.
+    needles = tuple({net.network_address.packed[:net.prefixlen // 8] for net in nets})
     doomed: dict[bytes, int] = {}  # handle -> family
-    for wanted in conntrack_filters(nets, protocols, ports):
+
+    def sweep(sock: _Conntrack, wanted: CtFilter) -> None:
         try:
-            for payload in ct.dump(wanted):
+            for payload in sock.dump(wanted, needles):
                 if not any(needle in payload for needle in needles):
                     continue
                 orig = parse_ct_orig(payload)
@@ -285,6 +300,18 @@ def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[
                     doomed[parse_ct_handle(payload)] = wanted.family
         except OSError as e:
             problems.append(f"could not read the {_family_name(wanted.family)} conntrack table: {_why(e)}")
+
+    filters = conntrack_filters(nets, protocols, ports)
+    if len(filters) == 1:
+        sweep(ct, filters[0])
+    else:
+        # Each dump walks the whole table in the kernel (~30 ms per 100,000 entries) and spends most
+        # of its time there, out of the GIL: on sockets of their own the walks run side by side.
+        threads = [threading.Thread(target=_on_own_socket, args=(sweep, wanted, problems)) for wanted in filters]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     # Every dump above has ended before the first delete: deleting while the kernel still walks the
     # table for a dump on this socket could skip or repeat entries.
     deleted = 0

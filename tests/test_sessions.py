@@ -358,7 +358,7 @@ def test_entries_without_a_socket_are_found_by_port_narrowed_dumps_for_ipv6_and_
     dumps: list[CtFilter] = []
     real_dump = sessions_mod._Conntrack.dump
     monkeypatch.setattr(sessions_mod._Conntrack, "dump",
-                        lambda ct, wanted: dumps.append(wanted) or real_dump(ct, wanted))
+                        lambda ct, wanted, needles=(): dumps.append(wanted) or real_dump(ct, wanted, needles))
 
     flows = [(ATT6, SRV6, 25), (ATT6, SRV6, 8080), (lab.BYSTANDER6, SRV6, 25),
              (ATT4B, SRV4, 587), (ATT4B, SRV4, 8080), (BY4, SRV4, 587)]

@@ -91,7 +91,7 @@ def hosts_up(tag: str = "") -> Iterator[Hosts]:
 
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYTHON = "/usr/bin/python3"  # Debian's interpreter: the one with fail2ban, nftables and pyroute2
+PYTHON = "/usr/bin/python3"  # Debian's interpreter: the one with fail2ban and nftables
 
 # The seed's firewall: held sessions and the mail ports accepted ahead of everything else.
 SEED_FIREWALL = [

@@ -122,3 +122,18 @@ def test_a_destroyed_set_is_seen_at_the_next_ban_without_a_rule_change(hosts, va
         backend.repair(POSTFIX, [net("203.0.113.50")])
         assert backend.verify([POSTFIX]) == []
         assert backend.banned(POSTFIX) == [net("203.0.113.50")]
+
+
+def test_a_ban_the_set_cannot_take_rebuilds_the_jail_with_it(hosts, smtp, reach):
+    with hosts.server.entered():
+        backend = ipset.IpsetBackend(ipset.Xtables())
+        backend.start(POSTFIX, [net("203.0.113.50")])
+        assert backend.verify([POSTFIX]) == []
+        # A full look-alike swapped in (no rule changes): the add itself is refused.
+        backend.xt.restore_sets("create f2bext-tiny hash:net family inet maxelem 1\nadd f2bext-tiny 192.0.2.1\n"
+                                "swap f2bext-tiny f2bext-postfix\n")
+        reasons = backend.ban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("203.0.113.50")])
+        assert reasons and "full" in reasons[0]
+        assert backend.verify([POSTFIX]) == []
+        assert set(backend.banned(POSTFIX)) == {net(lab.ATTACKER4), net("203.0.113.50")}
+    assert not reach(hosts.attacker, lab.SERVER4, 25)

@@ -329,6 +329,8 @@ class Watchdog:
                             action.resync()
                 except (KernelError, InputError) as e:
                     log.error("f2bext watchdog: %s", e)
+                except Exception:  # the watchdog is what keeps bans holding: it must not end here
+                    log.exception("f2bext watchdog: unexpected failure; trying again at the next round")
 
 
 class SessionKiller:

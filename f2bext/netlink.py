@@ -110,11 +110,6 @@ class Socket:
                     return
                 yield payload
 
-    def call(self, make: Callable[[int], bytes]) -> None:
-        """A request answered by an acknowledgement only."""
-        for _ in self.ask(make):
-            pass
-
 
 # --- the nf_tables ruleset generation ----------------------------------------------------------------
 # Every nf_tables transaction, anyone's, moves it: nft, iptables-nft, firewalld, Docker. Reading it is
@@ -147,6 +142,7 @@ class Generation:
         with self._lock:
             if self._sock is None:
                 self._sock = Socket(NETLINK_NETFILTER)
+            # One message answers GETGEN (no NLM_F_ACK asked): nothing is left unread.
             for payload in self._sock.ask(pack_getgen):
                 return parse_generation(payload)
         raise OSError("the kernel sent no generation")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import queue
 import struct
 import threading
 from dataclasses import dataclass
@@ -269,14 +270,26 @@ class _Conntrack(netlink.Socket):
         return True
 
 
-def _on_own_socket(sweep: Callable[[_Conntrack, CtFilter], None], wanted: CtFilter, problems: list[str]) -> None:
+SWEEPERS = 4  # conntrack walks at once: more only queue for the same cores
+
+
+def _sweeper(sweep: Callable[[_Conntrack, CtFilter], None], todo: "queue.SimpleQueue[CtFilter]",
+             problems: list[str]) -> None:
     try:
         sock = _Conntrack()
     except OSError as e:
         problems.append(f"could not open a conntrack netlink socket: {_why(e)}")
         return
     try:
-        sweep(sock, wanted)
+        while True:
+            try:
+                wanted = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                sweep(sock, wanted)
+            except Exception as e:  # a worker's failure must reach the report, not vanish with the thread
+                problems.append(f"could not sweep the conntrack table: {e}")
     finally:
         sock.close()
 
@@ -306,12 +319,16 @@ def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[
         sweep(ct, filters[0])
     else:
         # Each dump walks the whole table in the kernel (~30 ms per 100,000 entries) and spends most
-        # of its time there, out of the GIL: on sockets of their own the walks run side by side.
-        threads = [threading.Thread(target=_on_own_socket, args=(sweep, wanted, problems)) for wanted in filters]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        # of its time there, out of the GIL: a few workers, each on a socket of its own, walk side by side.
+        todo = queue.SimpleQueue()
+        for wanted in filters:
+            todo.put(wanted)
+        workers = [threading.Thread(target=_sweeper, args=(sweep, todo, problems), daemon=True)
+                   for _ in range(min(len(filters), SWEEPERS))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     # Every dump above has ended before the first delete: deleting while the kernel still walks the
     # table for a dump on this socket could skip or repeat entries.
     deleted = 0

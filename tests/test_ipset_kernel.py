@@ -109,7 +109,7 @@ def test_bans_fork_nothing_until_someone_else_changes_the_rules(hosts, smtp, rea
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_a_destroyed_set_is_seen_at_the_next_ban_without_a_rule_change(hosts, variant):
+def test_a_swapped_in_set_is_seen_without_a_rule_change(hosts, variant):
     with hosts.server.entered():
         backend = ipset.IpsetBackend(ipset.Xtables(variant))
         backend.start(POSTFIX, [net("203.0.113.50")])

@@ -16,7 +16,6 @@ import errno
 import ipaddress
 import os
 import shlex
-import shutil
 import socket
 import struct
 import subprocess
@@ -228,7 +227,7 @@ IPSET_ATTR_IPADDR_IPV4, IPSET_ATTR_IPADDR_IPV6 = 1, 2
 IPSET_FLAG_LIST_HEADER = 1 << 2
 NFPROTO_FAMILIES = {2: "inet", 10: "inet6"}
 IPSET_ERRORS = {4097: "protocol error", 4102: "the set is of another type", 4106: "the set is of another family",
-                4352: "the set is full (maxelem)"}
+                4109: "not an IPv4 address", 4110: "not an IPv6 address", 4352: "the set is full (maxelem)"}
 
 
 def _ipset_msg(cmd: int, flags: int, seq: int, body: bytes) -> bytes:
@@ -277,8 +276,10 @@ def parse_ipset_header(payload: bytes) -> Optional[tuple[str, tuple[str, str, in
                                       number(IPSET_ATTR_ELEMENTS))
 
 
-def ipset_error(code: int) -> str:
-    return IPSET_ERRORS.get(code) or ("no such set" if code == errno.ENOENT else os.strerror(code))
+def ipset_error(e: OSError) -> str:
+    if e.errno is None:
+        return str(e) or "no answer"  # a timeout
+    return IPSET_ERRORS.get(e.errno) or ("no such set" if e.errno == errno.ENOENT else os.strerror(e.errno))
 
 
 # ---- iptables-legacy's rules, fingerprinted (pure) ---------------------------------------------
@@ -309,7 +310,8 @@ def table_fingerprint(family: int, blob: bytes) -> bytes:
 # ---- the kernel -------------------------------------------------------------------------------
 
 class Xtables:
-    """The one place that runs iptables, ip6tables and ipset (argument lists, never a shell)."""
+    """The one place that runs iptables, ip6tables and ipset (argument lists, never a shell), and
+    that reads ipsets and the rules' fingerprint from the kernel directly."""
 
     def __init__(self, variant: Optional[str] = None) -> None:
         variant = os.environ.get("F2BEXT_IPTABLES", "") if variant is None else variant
@@ -348,7 +350,7 @@ class Xtables:
         try:
             found = dict(filter(None, map(parse_ipset_header, self._ipset_ask(pack_ipset_headers))))
         except OSError as e:
-            raise KernelError("cannot list ipsets", ipset_error(e.errno)) from None
+            raise KernelError("cannot list ipsets", ipset_error(e)) from None
         return ({n: (kind, family) for n, (kind, family, _, _) in found.items()},
                 {n: (maxelem, entries) for n, (_, _, maxelem, entries) in found.items()})
 
@@ -369,26 +371,38 @@ class Xtables:
             for _ in self._ipset_ask(lambda seq: pack_ipset_change(seq, op, name, net)):
                 pass
         except OSError as e:
-            raise KernelError(f"ipset refused to {op} {to_text(net)} in {name}", ipset_error(e.errno)) from None
+            raise KernelError(f"ipset refused to {op} {to_text(net)} in {name}", ipset_error(e)) from None
 
     def _ipset_ask(self, make: Callable[[int], bytes]) -> list[bytes]:
         with self._lock:
             if self._ipset is None:
                 self._ipset = netlink.Socket(netlink.NETLINK_NETFILTER)
-            return list(self._ipset.ask(make))
+            try:
+                return list(self._ipset.ask(make))
+            except OSError as e:
+                if e.errno is None or e.errno < 4096:  # not ipset's own refusal: the socket may be mid-answer
+                    self._ipset.close()
+                    self._ipset = None
+                raise
 
     def rules_fingerprint(self) -> object:
         """Changes whenever any iptables rule does (ipsets aside): the nf_tables generation for
         iptables-nft, the filter tables' rules themselves for iptables-legacy."""
         if self._generation is not None:
-            return self._generation.read()
+            try:
+                return self._generation.read()
+            except OSError as e:
+                raise KernelError("cannot read the nf_tables generation", str(e)) from None
         return tuple(_legacy_table(family) for family in FAMILIES)
 
-    @staticmethod
-    def _installed_variant() -> str:
-        """What plain `iptables` runs: Debian's alternatives point it at xtables-nft-multi or -legacy-multi."""
-        path = shutil.which("iptables") or ""
-        return "legacy" if "legacy" in os.path.basename(os.path.realpath(path)) else "nft"
+    def _installed_variant(self) -> str:
+        """What plain `iptables` runs, as `iptables -V` says; legacy when unsure, whose fingerprint
+        reads the rules themselves (the nf_tables generation would miss legacy changes)."""
+        try:
+            said = self._run(["iptables", "-V"], "tell its version")
+        except KernelError:
+            return "legacy"
+        return "nft" if "nf_tables" in said else "legacy"
 
 
 _libc = None
@@ -400,7 +414,11 @@ def _legacy_table(family: int) -> bytes:
     global _libc
     _libc = _libc or ctypes.CDLL(None, use_errno=True)
     level = socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6
-    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+    try:
+        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    except OSError as e:
+        raise KernelError("cannot read the iptables-legacy filter table", e.strerror or str(e)) from None
+    with sock:
         def get(opt: int, buf: bytes) -> bytes:
             data, size = ctypes.create_string_buffer(buf, len(buf)), ctypes.c_uint(len(buf))
             if _libc.getsockopt(sock.fileno(), level, opt, data, ctypes.byref(size)) != 0:
@@ -478,12 +496,15 @@ class IpsetBackend:
         stale = [spec for spec in specs if self._good.get(spec.jail) != fingerprint]
         if stale:
             tables = {family: self.xt.table(family) for family in FAMILIES}
+            # Rules read while they changed (a repair in another thread) must not stand for the
+            # fingerprint read before: a legacy fingerprint comes back when the same rules do.
+            steady = self.xt.rules_fingerprint() == fingerprint
             for spec in stale:
                 found = [f for family in FAMILIES for f in check_rules(spec, family, tables[family])]
                 if found:
                     self._good.pop(spec.jail, None)
                     findings += found
-                else:
+                elif steady:
                     self._good[spec.jail] = fingerprint
         return findings
 
@@ -557,7 +578,7 @@ class IpsetBackend:
                     self.xt.destroy_set(name)
 
     def entries(self, spec: JailSpec) -> int:
-        """How many bans the jail's local sets hold (a count the kernel keeps: cheap)."""
+        """How many bans the jail's local sets hold (the sets' headers: 0.5 ms at 100,000)."""
         limits = self.xt.sets()[1]
         return sum(limits.get(set_name(spec.jail, f), (0, 0))[1] for f in FAMILIES)
 

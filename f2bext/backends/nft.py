@@ -377,7 +377,10 @@ class Nft:
         self._generation = netlink.Generation()
 
     def generation(self) -> int:
-        return self._generation.read()
+        try:
+            return self._generation.read()
+        except OSError as e:
+            raise KernelError("cannot read the nf_tables generation", str(e)) from None
 
     def apply(self, cmds: list[Command], what: str) -> None:
         if not cmds:

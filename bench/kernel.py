@@ -14,25 +14,14 @@ import struct
 import subprocess
 from typing import Iterable, Optional, Sequence
 
-NETLINK_NETFILTER = 12
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
-NLA_F_NESTED = 0x8000
+from f2bext import netlink
+from f2bext.netlink import HEADER, NETLINK_NETFILTER, NLM_F_ACK, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+
 NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6 = 1, 2, 10
 NFT_MSG_GETRULE, NFT_MSG_GETSETELEM = (10 << 8) | 7, (10 << 8) | 13
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
-_NLMSG = struct.Struct("=IHHII")
-_NLA = struct.Struct("=HH")
-_NFGEN = struct.Struct("=BBH")
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    return _NLA.pack(_NLA.size + len(data), kind) + data + bytes(-len(data) % 4)
-
-
-def _nest(kind: int, *attrs: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+NLM_F_CREATE = 0x400
 
 
 def _strz(text: str) -> bytes:
@@ -56,55 +45,40 @@ class Netfilter:
         """Messages answering a dump (count_attr None), or the nested attributes of type
         count_attr's children summed over them; 0 when the object does not exist."""
         self.seq += 1
-        body = _NFGEN.pack(family, 0, 0) + attrs
-        self.sock.send(_NLMSG.pack(_NLMSG.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
+        self.sock.send(netlink.message(msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, netlink.NFGEN.pack(family, 0, 0) + attrs))
         total = 0
         while True:
             data = self.sock.recv(1 << 20)
             offset = 0
-            while offset + _NLMSG.size <= len(data):
-                length, kind, _, seq, _ = _NLMSG.unpack_from(data, offset)
-                if length < _NLMSG.size:
+            while offset + HEADER.size <= len(data):
+                length, kind, _, seq, _ = HEADER.unpack_from(data, offset)
+                if length < HEADER.size:
                     break
                 if seq == self.seq:
                     if kind == NLMSG_DONE:
                         return total
                     if kind == NLMSG_ERROR:
-                        code = struct.unpack_from("=i", data, offset + _NLMSG.size)[0]
+                        code = struct.unpack_from("=i", data, offset + HEADER.size)[0]
                         if code == 0:
                             return total
                         return 0  # ENOENT and the like: nothing there (yet)
                     if count_attr is None:
                         total += 1
                     else:
-                        total += _count_children(data, offset + _NLMSG.size + _NFGEN.size, offset + length, count_attr)
+                        total += _count_children(data, offset + HEADER.size + netlink.NFGEN.size, offset + length, count_attr)
                 offset += (length + 3) & ~3
 
     def set_elements(self, family: int, table: str, name: str) -> int:
-        attrs = _attr(NFTA_SET_ELEM_LIST_TABLE, _strz(table)) + _attr(NFTA_SET_ELEM_LIST_SET, _strz(name))
+        attrs = netlink.attr(NFTA_SET_ELEM_LIST_TABLE, _strz(table)) + netlink.attr(NFTA_SET_ELEM_LIST_SET, _strz(name))
         return self._dump(NFT_MSG_GETSETELEM, family, attrs, NFTA_SET_ELEM_LIST_ELEMENTS)
 
     def rules(self, family: int, table: str, chain: str) -> int:
-        attrs = _attr(NFTA_RULE_TABLE, _strz(table)) + _attr(NFTA_RULE_CHAIN, _strz(chain))
+        attrs = netlink.attr(NFTA_RULE_TABLE, _strz(table)) + netlink.attr(NFTA_RULE_CHAIN, _strz(chain))
         return self._dump(NFT_MSG_GETRULE, family, attrs, None)
 
 
 def _count_children(data: bytes, start: int, end: int, kind: int) -> int:
-    count = 0
-    while start + _NLA.size <= end:
-        length, k = _NLA.unpack_from(data, start)
-        if length < _NLA.size:
-            break
-        if k & 0x3FFF == kind:
-            inner, inner_end = start + _NLA.size, start + length
-            while inner + _NLA.size <= inner_end:
-                inner_len = _NLA.unpack_from(data, inner)[0]
-                if inner_len < _NLA.size:
-                    break
-                count += 1
-                inner += (inner_len + 3) & ~3
-        start += (length + 3) & ~3
-    return count
+    return sum(1 for k, s, e in netlink.attrs(data, start, end) if k == kind for _ in netlink.attrs(data, s, e))
 
 
 def ipset_entries(argv_prefix: Sequence[str], names: Iterable[str]) -> int:
@@ -132,22 +106,22 @@ IPS_CONFIRMED_SEEN_REPLY_ASSURED = (1 << 1) | (1 << 2) | (1 << 3)
 
 def _tuple(kind: int, src: ipaddress._BaseAddress, dst: ipaddress._BaseAddress, sport: int, dport: int) -> bytes:
     v4 = src.version == 4
-    ip = _attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, src.packed) + _attr(CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, dst.packed)
-    proto = (_attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_TCP])) + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
-             + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport)))
-    return _nest(kind, _nest(CTA_TUPLE_IP, ip), _nest(CTA_TUPLE_PROTO, proto))
+    ip = netlink.attr(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, src.packed) + netlink.attr(CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, dst.packed)
+    proto = (netlink.attr(CTA_PROTO_NUM, bytes([socket.IPPROTO_TCP])) + netlink.attr(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
+             + netlink.attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport)))
+    return netlink.nest(kind, netlink.nest(CTA_TUPLE_IP, ip), netlink.nest(CTA_TUPLE_PROTO, proto))
 
 
 def ct_new_message(seq: int, src: str, dst: str, sport: int, dport: int, timeout: int = 3600) -> bytes:
     """An established TCP flow src:sport -> dst:dport, as `conntrack -I` would create it."""
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    body = (_NFGEN.pack(NFPROTO_IPV4 if s.version == 4 else NFPROTO_IPV6, 0, 0)
+    body = (netlink.NFGEN.pack(NFPROTO_IPV4 if s.version == 4 else NFPROTO_IPV6, 0, 0)
             + _tuple(CTA_TUPLE_ORIG, s, d, sport, dport) + _tuple(CTA_TUPLE_REPLY, d, s, dport, sport)
-            + _attr(CTA_STATUS, struct.pack("!I", IPS_CONFIRMED_SEEN_REPLY_ASSURED))
-            + _attr(CTA_TIMEOUT, struct.pack("!I", timeout))
-            + _nest(CTA_PROTOINFO, _nest(CTA_PROTOINFO_TCP, _attr(CTA_PROTOINFO_TCP_STATE, bytes([TCP_CONNTRACK_ESTABLISHED])))))
+            + netlink.attr(CTA_STATUS, struct.pack("!I", IPS_CONFIRMED_SEEN_REPLY_ASSURED))
+            + netlink.attr(CTA_TIMEOUT, struct.pack("!I", timeout))
+            + netlink.nest(CTA_PROTOINFO, netlink.nest(CTA_PROTOINFO_TCP, netlink.attr(CTA_PROTOINFO_TCP_STATE, bytes([TCP_CONNTRACK_ESTABLISHED])))))
     flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-    return _NLMSG.pack(_NLMSG.size + len(body), IPCTNL_MSG_CT_NEW, flags, seq, 0) + body
+    return netlink.message(IPCTNL_MSG_CT_NEW, flags, seq, body)
 
 
 def ct_insert(flows: Sequence[tuple[str, str, int, int]], window: int = 256) -> int:
@@ -163,11 +137,11 @@ def ct_insert(flows: Sequence[tuple[str, str, int, int]], window: int = 256) -> 
                 while pending:
                     data = nl.sock.recv(1 << 16)
                     offset = 0
-                    while offset + _NLMSG.size <= len(data):
-                        length, kind = _NLMSG.unpack_from(data, offset)[:2]
+                    while offset + HEADER.size <= len(data):
+                        length, kind = HEADER.unpack_from(data, offset)[:2]
                         if kind == NLMSG_ERROR:
                             pending -= 1
-                            refused += struct.unpack_from("=i", data, offset + _NLMSG.size)[0] != 0
+                            refused += struct.unpack_from("=i", data, offset + HEADER.size)[0] != 0
                         offset += (length + 3) & ~3
     finally:
         nl.close()

@@ -13,6 +13,8 @@ import struct
 import threading
 from typing import Callable, Iterator
 
+from .errors import KernelError
+
 NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_NETFILTER = 0, 4, 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x300
@@ -139,10 +141,13 @@ class Generation:
         self._sock: Socket | None = None
 
     def read(self) -> int:
-        with self._lock:
-            if self._sock is None:
-                self._sock = Socket(NETLINK_NETFILTER)
-            # One message answers GETGEN (no NLM_F_ACK asked): nothing is left unread.
-            for payload in self._sock.ask(pack_getgen):
-                return parse_generation(payload)
-        raise OSError("the kernel sent no generation")
+        try:
+            with self._lock:
+                if self._sock is None:
+                    self._sock = Socket(NETLINK_NETFILTER)
+                # One message answers GETGEN (no NLM_F_ACK asked): nothing is left unread.
+                for payload in self._sock.ask(pack_getgen):
+                    return parse_generation(payload)
+            raise OSError("the kernel sent no generation")
+        except OSError as e:
+            raise KernelError("cannot read the nf_tables generation", str(e)) from None

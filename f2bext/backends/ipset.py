@@ -389,10 +389,7 @@ class Xtables:
         """Changes whenever any iptables rule does (ipsets aside): the nf_tables generation for
         iptables-nft, the filter tables' rules themselves for iptables-legacy."""
         if self._generation is not None:
-            try:
-                return self._generation.read()
-            except OSError as e:
-                raise KernelError("cannot read the nf_tables generation", str(e)) from None
+            return self._generation.read()
         return tuple(_legacy_table(family) for family in FAMILIES)
 
     def _installed_variant(self) -> str:

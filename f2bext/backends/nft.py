@@ -377,10 +377,7 @@ class Nft:
         self._generation = netlink.Generation()
 
     def generation(self) -> int:
-        try:
-            return self._generation.read()
-        except OSError as e:
-            raise KernelError("cannot read the nf_tables generation", str(e)) from None
+        return self._generation.read()
 
     def apply(self, cmds: list[Command], what: str) -> None:
         if not cmds:

@@ -29,11 +29,18 @@ PKGENV       = env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PATH=/usr/sbin:/usr/bin:/
 # with no rpm database to hold its build dependencies.
 RPMFLAGS    ?= $(if $(shell rpm --eval '%{?pyproject_wheel}' 2>/dev/null),,--nodeps --load packaging/rpm-fallback.macros)
 
-.PHONY: deps test unit demo bench install uninstall clean
+.PHONY: deps debs test unit demo bench install uninstall clean
 
 # Debian packages the project needs (fail2ban is not on PyPI; the bindings must match the system).
 DEBS = fail2ban nftables python3-nftables python3-pyroute2 conntrack iproute2 iptables ipset \
        python3-pytest python3-hypothesis netbase procps redis-server python3-redis openssl
+
+# What .ci/package builds and checks the packages with (the Debian 13 leg bakes these into its root).
+PKG_DEBS = build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian rpm make
+
+# The package lists, for CI's Debian 13 root.
+debs:
+	@echo $(DEBS) $(PKG_DEBS)
 
 deps:
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \

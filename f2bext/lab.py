@@ -195,7 +195,10 @@ class Fail2banLab:
         for name, opts in self.jails.items():
             lines.append(f"[{name}]")
             opts = dict(opts)
+            # Each jail says where it reads: a distribution's paths-*.conf may set a per-jail backend
+            # (Debian 13: postfix_backend = systemd) that wins over [DEFAULT].
             opts.setdefault("logpath", self.maillog)
+            opts.setdefault("backend", "polling")
             lines += [f"{k} = {v}" for k, v in opts.items()] + [""]
         with open(os.path.join(self.confdir, "jail.local"), "w") as f:
             f.write("\n".join(lines))

@@ -1,6 +1,7 @@
 """End to end, on every backend: a real fail2ban-server in the lab, jail.local naming our action,
 real traffic. The same tests run on nftables and on ipset with iptables-nft and iptables-legacy."""
 
+import json
 import os
 import time
 
@@ -154,3 +155,25 @@ def test_fail2ban_asked_directly_never_bans_ignoreip_or_the_hosts_own_addresses(
     assert f"refuses to ban {lab.BYSTANDER4}: it is in the jail's ignoreip" in log
     assert f"refusing to ban {lab.SERVER6}: it holds {lab.SERVER6}, an address of this host (eth0)" in log
     assert "refusing to ban 198.51.100.0/24" in log
+
+
+def test_action_loaded_as_fail2ban_1_1_1_loads_it_bans_and_holds(hosts, workdir, f2b, fw, reach):
+    """fail2ban 1.1.1 and later exec the action file in a bare module: no __file__, not in sys.modules."""
+    record = os.path.join(workdir, "loaded.jsonl")
+    os.environ["F2BEXT_LOADER_RECORD"] = record  # the lab hands its environment to fail2ban-server
+    try:
+        f2b.server_argv = [lab.PYTHON, os.path.join(os.path.dirname(__file__), "files",
+                                                    "fail2ban_server_bare_loader.py")]
+        f2b.start()
+    finally:
+        del os.environ["F2BEXT_LOADER_RECORD"]
+    loads = [json.loads(line) for line in read(record).splitlines()]
+    assert [os.path.basename(x["path"]) for x in loads] == [f2b.banaction]
+    assert not loads[0]["has_file"] and not loads[0]["in_sys_modules"]
+    fail_logins(hosts, workdir)
+    f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")
+    for port in lab.SMTP_PORTS:
+        assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable"
+    assert reach(hosts.bystander, lab.SERVER4, 25)
+    fw.wipe()  # the watchdog, started from the bare module, heals it
+    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 25), "the ban back after a wipe")

@@ -1,6 +1,7 @@
 """Our filters through fail2ban's own regex machinery (FilterReader, Filter.processLine), against the
 annotated samples in tests/files/logs, in fail2ban's `# failJSON:` convention (as its samplestestcase)."""
 
+import configparser
 import datetime
 import json
 import os
@@ -24,8 +25,19 @@ ANNOTATION = re.compile(r"^#+ ?(failJSON|filterOptions):(.+)$")
 STOCK_MISS = "stock miss:"
 
 OUR_FILTERS = sorted(n[:-5] for n in os.listdir(FILTERS) if n.startswith("f2bext-") and n.endswith(".conf"))
+
+
+def _extends_stock(name: str) -> bool:
+    """Whether our filter builds on the stock one of its name without the prefix (`before = X.conf`);
+    f2bext-recidive replaces the stock recidive instead."""
+    stock = name[len("f2bext-"):] + ".conf"
+    conf = configparser.ConfigParser(interpolation=None, strict=False)
+    conf.read(os.path.join(FILTERS, f"{name}.conf"))
+    return os.path.exists(f"/etc/fail2ban/filter.d/{stock}") and stock in conf.get("INCLUDES", "before", fallback="")
+
+
 # Our filters that extend a stock one of the same name without the prefix.
-EXTENDING = [n for n in OUR_FILTERS if os.path.exists(f"/etc/fail2ban/filter.d/{n[len('f2bext-'):]}.conf")]
+EXTENDING = [n for n in OUR_FILTERS if _extends_stock(n)]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from fail2ban.client.configreader import ConfigReader
 
 from f2bext import lab
 from f2bext.spec import JailSpec, parse_jail
@@ -103,7 +104,14 @@ def test_installing_our_drop_ins_changes_no_stock_jail(tmp_path, debian, enabled
     assert installed == debian, "our files, installed and not enabled, changed what fail2ban runs"
     stock = lambda stream: [c for c in stream if not (len(c) > 1 and str(c[1]).startswith("f2bext-"))]
     assert stock(enabled) == stock(debian), "enabling our jails changed a stock jail"
-    assert ["start", "sshd"] in debian and ("iptables-multiport", None) in actions(debian, "sshd")
+    assert ["start", "sshd"] in debian and (default_banaction(), None) in actions(debian, "sshd")
+
+
+def default_banaction() -> str:
+    """The installed fail2ban's default banaction (Debian 12: iptables-multiport, Debian 13: nftables)."""
+    reader = ConfigReader(basedir="/etc/fail2ban")
+    assert reader.read("jail")
+    return reader.get("DEFAULT", "banaction")
 
 
 def test_every_shipped_jail_is_disabled_and_named_apart_from_the_stock_jails():
@@ -145,6 +153,8 @@ def test_recidive_bans_every_port_and_does_not_count_its_own_bans(enabled):
     assert JailSpec.from_params("f2bext-recidive", ALLPORTS).allports
     failregex = option(enabled, "f2bext-recidive", "addfailregex")
     assert r"(?!f2bext-recidive\])" in failregex
+    # It reads fail2ban's own log as a file, whatever backend [DEFAULT] names.
+    assert ["add", "f2bext-recidive", "auto"] in enabled
 
 
 def test_leak_jail_escalates_to_an_allports_ban_and_a_repair(enabled):

@@ -5,7 +5,7 @@ Redis holds two keys (no protocol of ours, no daemon listening on the network):
   f2bext:bans    the current bans, a sorted set of "JAIL ADDRESS" scored by expiry (+inf: never),
                  so a server that joins or restarts loads the present in one read, not the history.
 Each server runs one Fleet per Redis URL inside fail2ban-server: a publisher thread (bans and unbans
-of the local fail2ban, queued on disk while Redis is away) and a follower thread (the others' bans,
+of the local fail2ban, on disk until Redis acknowledged them) and a follower thread (the others' bans,
 into each jail's remote sets, which local unbans and flushes never touch). A server never
 re-publishes what it received. Everything read from Redis is untrusted input.
 """
@@ -13,7 +13,6 @@ re-publishes what it received. Everything read from Redis is untrusted input.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -27,14 +26,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .addr import Network, parse_target, to_text
 from .errors import InputError
+from .fleetqueue import QUEUE_LIMIT, DiskQueue
 from .spec import parse_jail
 
 STREAM = "f2bext:events"
 CURRENT = "f2bext:bans"
 STREAM_MAXLEN = 100_000
 MAX_BANTIME = 10 * 365 * 86400  # a longer one from a peer is absurd: refused
-QUEUE_LIMIT = 10_000  # events kept on disk while Redis is unreachable; the oldest go first
 BATCH = 500
+STOP_WAIT = 6.0  # seconds a stop waits for the publisher to flush (a send times out after 5)
 ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SCOPES = ("jail", "all")
 FLEET_JAIL = "f2bext-fleet"  # share_scope = all: bans for jails this server does not run, on every port
@@ -104,63 +104,27 @@ class BanEvent:
                    fields.get("reason", "")[:200])
 
 
-class DiskQueue:
-    """Events not yet published, kept across Redis outages and restarts (JSON lines, bounded)."""
-
-    def __init__(self, path: str, limit: int = QUEUE_LIMIT) -> None:
-        self.path, self.limit = path, limit
-        self._lock = threading.Lock()
-
-    def extend(self, events: list[BanEvent]) -> None:
-        with self._lock:
-            kept = self._read() + [e.fields() for e in events]
-            self._write(kept[-self.limit:])
-
-    def take(self) -> list[BanEvent]:
-        with self._lock:
-            items = self._read()
-            self._write([])
-        now = time.time()
-        out = []
-        for item in items:
-            try:
-                out.append(BanEvent.parse(item, now))
-            except InputError:
-                continue
-        return out
-
-    def _read(self) -> list[dict[str, str]]:
-        try:
-            with open(self.path) as f:
-                return [json.loads(line) for line in f if line.strip()]
-        except (OSError, ValueError):
-            return []
-
-    def _write(self, items: list[dict[str, str]]) -> None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(i) + "\n" for i in items)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
-
-
 Apply = Callable[[str, str, list[Network]], None]  # (jail, "add"/"delete"/"replace", nets)
 
 
 class Fleet:
     """One Redis URL in one fail2ban-server: publishes this server's bans, follows the others'."""
 
-    def __init__(self, url: str, origin: str, state_dir: str, apply: Apply, jails: Callable[[], set[str]],
+    def __init__(self, url: str, origin: str, folder: str, apply: Apply, jails: Callable[[], set[str]],
                  scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None) -> None:
+        """folder: where the queue survives a reboot (state.lib_dir())."""
         self._url = check_url(url)
         self.origin = check_origin(origin)
         self.scope_all = scope_all
         self._apply, self._jails, self._allowed = apply, jails, allowed
         key = hashlib.sha256(url.encode()).hexdigest()[:12]
-        self.queue = DiskQueue(os.path.join(state_dir, f"share-{key}.queue"))
-        self.id_path = os.path.join(state_dir, f"share-{key}.last-id")
-        self._outbox: "queue.SimpleQueue[Optional[BanEvent]]" = queue.SimpleQueue()
+        self.queue = DiskQueue(os.path.join(folder, f"share-{key}.queue"))
+        self.id_path = os.path.join(folder, f"share-{key}.last-id")
+        # Bounded like the disk queue, the oldest dropped first: while the disk refuses writes and
+        # Redis is away, memory is all that is left, and it must not grow with every ban.
+        self._outbox: "queue.Queue[Optional[BanEvent]]" = queue.Queue(QUEUE_LIMIT)
+        self._unsaved: list[BanEvent] = []  # taken from the outbox, not on disk (it refused): newest last
+        self._lost = 0  # events dropped for those bounds, not yet logged
         self._stop = threading.Event()
         self._said: set[str] = set()
         self.remote: dict[str, dict[str, float]] = {}  # jail -> address -> expiry, as applied here
@@ -175,13 +139,28 @@ class Fleet:
         for t in self._threads:
             t.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = STOP_WAIT) -> None:
+        """Stop following; give the publisher up to `wait` seconds to send what is queued (what it
+        cannot send stays on disk for the next start)."""
         self._stop.set()
-        self._outbox.put(None)
+        self._offer(None)
+        self._threads[0].join(wait)
 
     def publish(self, event: BanEvent) -> None:
         """Never blocks: the publisher thread sends it, or keeps it on disk until Redis is back."""
-        self._outbox.put(event)
+        self._offer(event)
+
+    def _offer(self, item: Optional[BanEvent]) -> None:
+        while True:
+            try:
+                self._outbox.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self._outbox.get_nowait()
+                    self._lost += 1
+                except queue.Empty:
+                    pass
 
     def _client(self, **kw: Any):
         import redis  # Debian's python3-redis
@@ -197,43 +176,99 @@ class Fleet:
     # -- publishing -------------------------------------------------------------------------------
 
     def _publish_loop(self) -> None:
+        """Every event goes to disk first and leaves it once Redis acknowledged it. Survives any
+        error: a publisher that dies takes every later ban's sharing with it, silently."""
         import redis
         client, backoff = None, 0.2
-        while not self._stop.is_set():
-            batch = self._next_batch(timeout=1.0)
-            pending = self.queue.take() + batch
-            if not pending:
-                continue
+        while True:
+            stopping = self._stop.is_set()
             try:
-                client = client or self._client(socket_timeout=5)
-                self._send(client, pending)
-                if backoff > 0.2:
-                    log.info("f2bext share: %s reachable again, %d queued events sent", self.url, len(pending))
-                backoff = 0.2
-            except Exception as e:  # noqa: BLE001 - the publisher must outlive any error; Redis's are expected
-                self.queue.extend(pending)
-                if not isinstance(e, (redis.RedisError, OSError)):
-                    log.error("f2bext share: publishing failed: %s: %s", type(e).__name__, e)
-                self._say_once("pub-down", "f2bext share: cannot publish to %s (%s); queuing on disk", self.url,
-                               type(e).__name__)
+                self._take(wait=0.0 if stopping or self._unsaved or len(self.queue) else 1.0)
+                self._save()
+                if self._unsaved or len(self.queue):
+                    client = client or self._client(socket_timeout=5)
+                    sent = self._send_some(client)
+                    if backoff > 0.2:
+                        log.info("f2bext share: %s reachable again; sending %d queued events", self.url,
+                                 sent + len(self.queue) + len(self._unsaved))
+                    backoff = 0.2
+                    self._said.discard("pub-down")
+            except Exception as e:  # noqa: BLE001 - see the docstring; Redis's errors are expected
                 client = None
+                if isinstance(e, (redis.RedisError, OSError)):
+                    self._say_once("pub-down", "f2bext share: cannot publish to %s (%s); queuing on disk",
+                                   self.url, type(e).__name__)
+                elif f"pub-{type(e).__name__}" not in self._said:
+                    self._said.add(f"pub-{type(e).__name__}")
+                    log.exception("f2bext share: publishing to %s failed; trying again", self.url)
+                if stopping:
+                    return
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             else:
-                self._said.discard("pub-down")
+                if stopping:
+                    return
 
-    def _next_batch(self, timeout: float) -> list[BanEvent]:
-        out: list[BanEvent] = []
+    def _take(self, wait: float) -> None:
+        """Everything in the outbox, after the events not yet on disk (dropping the oldest beyond
+        QUEUE_LIMIT); waits up to `wait` seconds for the first."""
         try:
-            item = self._outbox.get(timeout=timeout)
-            while item is not None:
-                out.append(item)
-                if len(out) >= BATCH:
-                    break
+            item = self._outbox.get(timeout=wait) if wait else self._outbox.get_nowait()
+            while True:
+                if item is not None:
+                    self._unsaved.append(item)
                 item = self._outbox.get_nowait()
         except queue.Empty:
             pass
-        return out
+        excess = len(self._unsaved) - QUEUE_LIMIT
+        if excess > 0:
+            del self._unsaved[:excess]
+            self._lost += excess
+        if self._lost:
+            log.error("f2bext share: %d events to publish to %s dropped (the queue holds %d at most)",
+                      self._lost, self.url, QUEUE_LIMIT)
+            self._lost = 0
+
+    def _save(self) -> None:
+        """The events taken onto disk, in order after those already there (or all kept in memory)."""
+        if not self._unsaved:
+            return
+        try:
+            dropped = self.queue.append([e.fields() for e in self._unsaved])
+        except OSError as e:
+            self._say_once("queue-down", "f2bext share: cannot queue events in %s (%s); holding up to %d in "
+                           "memory until it can", self.queue.path, e, QUEUE_LIMIT)
+            return
+        self._unsaved = []
+        if "queue-down" in self._said:
+            self._said.discard("queue-down")
+            log.info("f2bext share: queuing in %s again", self.queue.path)
+        if dropped:
+            log.error("f2bext share: %d queued events for %s dropped, the oldest (the queue holds %d at most)",
+                      dropped, self.url, QUEUE_LIMIT)
+
+    def _send_some(self, client: Any) -> int:
+        """One batch, oldest first: from the disk queue, then (only once it is empty, so order holds)
+        the events the disk refused. Returns how many were sent."""
+        if len(self.queue):
+            start, count, items = self.queue.head(BATCH)
+            now, events = time.time(), []
+            for item in items:
+                try:
+                    events.append(BanEvent.parse(item, now))
+                except InputError:
+                    pass  # not one we wrote: never send it
+            if events:
+                self._send(client, events)
+            try:
+                self.queue.ack(start, count)
+            except OSError as e:  # the queue remembers what was acknowledged: nothing is sent twice
+                self._say_once("queue-down", "f2bext share: cannot update the queue in %s (%s)", self.queue.path, e)
+            return len(events)
+        events = self._unsaved[:BATCH]
+        self._send(client, events)
+        del self._unsaved[:len(events)]
+        return len(events)
 
     @staticmethod
     def _send(client: Any, events: list[BanEvent]) -> None:
@@ -341,7 +376,10 @@ class Fleet:
                 self._apply(jail, "delete", [parse_target(a) for a in gone])
 
     def _save_last(self, entry_id: bytes) -> None:
-        os.makedirs(os.path.dirname(self.id_path), exist_ok=True)
-        with open(self.id_path + ".tmp", "w") as f:
-            f.write(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
-        os.replace(self.id_path + ".tmp", self.id_path)
+        try:
+            os.makedirs(os.path.dirname(self.id_path), exist_ok=True)
+            with open(self.id_path + ".tmp", "w") as f:
+                f.write(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
+            os.replace(self.id_path + ".tmp", self.id_path)
+        except OSError:
+            pass  # a full disk must not stop the following: the position is only for the curious

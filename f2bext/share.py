@@ -7,17 +7,21 @@ Redis holds two keys (no protocol of ours, no daemon listening on the network):
 Each server runs one Fleet per Redis URL inside fail2ban-server: a publisher thread (bans and unbans
 of the local fail2ban, on disk until Redis acknowledged them) and a follower thread (the others' bans,
 into each jail's remote sets, which local unbans and flushes never touch). A server never
-re-publishes what it received. Everything read from Redis is untrusted input.
+re-publishes what it received, and knows its own events by a random instance id (host names repeat
+across cloned machines). Everything read from Redis is untrusted input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import os
 import queue
 import re
+import secrets
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +40,8 @@ MAX_BANTIME = 10 * 365 * 86400  # a longer one from a peer is absurd: refused
 BATCH = 500
 STOP_WAIT = 6.0  # seconds a stop waits for the publisher to flush (a send times out after 5)
 ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+INSTANCE = re.compile(r"[0-9a-f]{32}")
+TWIN_PERIOD = 3600.0  # seconds between warnings that another server publishes under our origin
 SCOPES = ("jail", "all")
 FLEET_JAIL = "f2bext-fleet"  # share_scope = all: bans for jails this server does not run, on every port
 
@@ -74,6 +80,7 @@ class BanEvent:
     expires: float  # epoch seconds; math.inf: never
     origin: str
     reason: str = ""
+    instance: str = ""  # the publishing server's instance id; "" from versions before it
 
     @property
     def member(self) -> str:
@@ -100,8 +107,45 @@ class BanEvent:
         if not (bantime == -1 or 0 <= bantime <= MAX_BANTIME) or math.isnan(expires) \
                 or (expires != math.inf and expires > now + MAX_BANTIME):
             raise InputError(f"absurd ban time {bantime} / expiry {expires}")
+        instance = fields.get("instance", "")
+        if instance and not INSTANCE.fullmatch(instance):
+            raise InputError(f"instance {instance[:40]!r} is not an instance id")
         return cls(op, jail, address, bantime, expires, check_origin(fields.get("origin", "")),
-                   fields.get("reason", "")[:200])
+                   fields.get("reason", "")[:200], instance)
+
+
+_instance_lock = threading.Lock()
+
+
+def instance_id(folder: str) -> str:
+    """This server's instance id, made once and kept in folder/instance-id: what tells its own events
+    from a peer's when both carry the same origin."""
+    path = os.path.join(folder, "instance-id")
+    with _instance_lock:
+        try:
+            with open(path) as f:
+                kept = f.read().strip()
+            if INSTANCE.fullmatch(kept):
+                return kept
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("f2bext share: cannot read %s (%s); making a new instance id", path, e)
+        made, tmp = secrets.token_hex(16), ""
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-instance-")
+            with os.fdopen(fd, "w") as f:
+                f.write(made + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
+            log.warning("f2bext share: cannot keep an instance id in %s (%s); this one lasts until "
+                        "fail2ban restarts", folder, e)
+        return made
 
 
 Apply = Callable[[str, str, list[Network]], None]  # (jail, "add"/"delete"/"replace", nets)
@@ -112,9 +156,10 @@ class Fleet:
 
     def __init__(self, url: str, origin: str, folder: str, apply: Apply, jails: Callable[[], set[str]],
                  scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None) -> None:
-        """folder: where the queue survives a reboot (state.lib_dir())."""
+        """folder: where the queue and the instance id survive a reboot (state.lib_dir())."""
         self._url = check_url(url)
         self.origin = check_origin(origin)
+        self.instance = instance_id(folder)
         self.scope_all = scope_all
         self._apply, self._jails, self._allowed = apply, jails, allowed
         key = hashlib.sha256(url.encode()).hexdigest()[:12]
@@ -127,6 +172,7 @@ class Fleet:
         self._lost = 0  # events dropped for those bounds, not yet logged
         self._stop = threading.Event()
         self._said: set[str] = set()
+        self._twin_said = -math.inf
         self.remote: dict[str, dict[str, float]] = {}  # jail -> address -> expiry, as applied here
         self._threads = [threading.Thread(target=self._publish_loop, name="f2b/f2bext-share-pub", daemon=True),
                          threading.Thread(target=self._follow_loop, name="f2b/f2bext-share-sub", daemon=True)]
@@ -148,7 +194,7 @@ class Fleet:
 
     def publish(self, event: BanEvent) -> None:
         """Never blocks: the publisher thread sends it, or keeps it on disk until Redis is back."""
-        self._offer(event)
+        self._offer(dataclasses.replace(event, instance=self.instance))
 
     def _offer(self, item: Optional[BanEvent]) -> None:
         while True:
@@ -341,6 +387,9 @@ class Fleet:
             self._say_once(f"bad:{entry_id!r}", "f2bext share: skipping event %s from Redis: %s",
                            entry_id.decode(errors="replace"), e)
             return
+        ours = event.instance == self.instance
+        if event.origin == self.origin and event.instance and not ours:
+            self._twin(event)
         target = self._target(event)
         if target is None:
             return
@@ -348,7 +397,7 @@ class Fleet:
         if event.op == "unban":  # from anyone, ourselves included: an unban lifts it everywhere,
             current.pop(event.address, None)  # the local fail2ban's own ban of it too
             self._apply(target, "delete", [parse_target(event.address)])
-        elif event.origin != self.origin and self._accept(target, event):
+        elif not ours and self._accept(target, event):
             current[event.address] = event.expires
             self._apply(target, "add", [parse_target(event.address)])
 
@@ -365,6 +414,15 @@ class Fleet:
                            event.origin, event.address, jail, refusal)
             return False
         return True
+
+    def _twin(self, event: BanEvent) -> None:
+        """Another live server publishes under our origin: sharing works (instance ids tell the two
+        apart), but logs and `f2bext doctor` cannot; an hour between warnings, whatever a peer sends."""
+        now = time.monotonic()
+        if now - self._twin_said >= TWIN_PERIOD:
+            self._twin_said = now
+            log.warning("f2bext share: another server (instance %s) publishes to %s as %r, this server's "
+                        "origin; give each server its own share_origin", event.instance, self.url, self.origin)
 
     def _expire(self) -> None:
         now = time.time()

@@ -1,4 +1,4 @@
-"""No shared ban lost: the disk queue and the publisher's survival. Real redis-server and
+"""No shared ban lost: the disk queue, the publisher's survival, instance ids. Real redis-server and
 fail2ban-servers in namespaces where they are involved; the queue on its own where it is pure."""
 
 import errno
@@ -14,13 +14,13 @@ from f2bext import lab, share, state
 from f2bext.addr import to_text
 from f2bext.fleetqueue import DiskQueue
 from f2bext.share import BanEvent, Fleet
-from test_fleet import enforced, redis, share_jail  # noqa: F401 - redis is the fixture
+from test_fleet import SERVERS, enforced, redis, share_jail  # noqa: F401 - redis is the fixture
 
 BANNED = [f"203.0.113.{n}" for n in range(100, 120)]
 
 
-def event(address, op="ban", origin="a"):
-    return BanEvent(op, "postfix", address, 600, time.time() + 600, origin, "test")
+def event(address, op="ban", origin="a", instance=""):
+    return BanEvent(op, "postfix", address, 600, time.time() + 600, origin, "test", instance)
 
 
 def shared_bans(redis):
@@ -45,6 +45,10 @@ def server_a(hosts, tmp_path, redis):
     server = lab.Fail2banLab(hosts, str(workdir), jails={"postfix": share_jail(redis.url, "a")})
     yield server
     server.stop()
+
+
+def lib_of(server):
+    return os.path.join(lab.lab_env(server.workdir)["F2BEXT_STATE_DIR"], "lib")
 
 
 # -- the disk queue on its own -------------------------------------------------------------------
@@ -115,6 +119,32 @@ def test_the_publisher_outlives_an_unwritable_queue_and_bounds_its_memory(tmp_pa
     said = caplog.text
     assert "cannot queue events in" in said and "dropped" in said
     assert said.count("cannot queue events in") == 1
+
+
+def test_the_instance_id_is_made_once_and_kept(tmp_path):
+    folder = str(tmp_path / "lib")
+    first = share.instance_id(folder)
+    assert share.INSTANCE.fullmatch(first) and share.instance_id(folder) == first
+    assert oct(os.stat(os.path.join(folder, "instance-id")).st_mode & 0o777) == "0o600"
+    with open(os.path.join(folder, "instance-id"), "w") as f:
+        f.write("not an id\n")
+    assert share.instance_id(folder) not in (first, "not an id")
+
+
+def test_own_events_are_known_by_instance_and_older_ones_still_apply(tmp_path, caplog):
+    applied = []
+    fleet = quiet_fleet(str(tmp_path), origin="mail", applied=applied)
+    mine = event("203.0.113.50", origin="mail", instance=fleet.instance)
+    twin = event("203.0.113.51", origin="mail", instance="f" * 32)
+    older = event("203.0.113.52", origin="mail")  # from a version before instance ids
+    with caplog.at_level(logging.WARNING, logger="fail2ban.f2bext.share"):
+        for n, e in enumerate((mine, twin, older, twin)):
+            fields = {k: v for k, v in e.fields().items() if v or k != "instance"}
+            fleet._receive(f"{n}-0".encode(), fields)
+    assert [nets for _jail, _op, nets in applied] == [["203.0.113.51"], ["203.0.113.52"], ["203.0.113.51"]]
+    assert caplog.text.count("publishes to") == 1
+    with pytest.raises(share.InputError):
+        BanEvent.parse(dict(twin.fields(), instance="x" * 33), time.time())
 
 
 def test_the_queue_survives_a_reboot_by_default():
@@ -218,3 +248,36 @@ def test_a_full_disk_does_not_stop_publishing(server_a, small_disk, redis):
     a.wait(lambda: published(redis, BANNED[3]), "a ban made after the disk has room again", timeout=30)
     a.wait(lambda: "queue again" in log_of(a), "the queue back in use")
     assert "Traceback" not in log_of(a)
+
+
+@pytest.fixture
+def twins(hosts, tmp_path, redis):
+    """Two servers, a and b, with one share_origin (as two clones' host names would give them)."""
+    b_ns = lab.add_server(hosts, "srvb", *SERVERS["b"])
+    servers = []
+    for name, ns in (("a", hosts.server), ("b", b_ns)):
+        (tmp_path / name).mkdir()
+        servers.append(lab.Fail2banLab(hosts, str(tmp_path / name), jails={"postfix": share_jail(redis.url, "mail")},
+                                       ns=ns))
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def shares_both_ways(a, b):
+    a.client("set", "postfix", "banip", lab.ATTACKER4)
+    b.wait(lambda: lab.ATTACKER4 in enforced(b, remote_only=True), "a's ban on b")
+    b.client("set", "postfix", "banip", "203.0.113.21")
+    a.wait(lambda: "203.0.113.21" in enforced(a, remote_only=True), "b's ban on a")
+
+
+def test_two_servers_with_one_origin_share_their_bans(twins):
+    a, b = twins
+    for server in twins:
+        server.start()
+    shares_both_ways(a, b)
+    for server in twins:
+        server.wait(lambda: "publishes to" in log_of(server) and "this server's origin" in log_of(server),
+                    "the warning about the shared origin")
+    ids = [open(os.path.join(lib_of(s), "instance-id")).read() for s in twins]
+    assert ids[0] != ids[1] and all(share.INSTANCE.fullmatch(i.strip()) for i in ids)

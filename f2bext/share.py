@@ -24,6 +24,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -85,6 +86,11 @@ class BanEvent:
     @property
     def member(self) -> str:
         return f"{self.jail} {self.address}"
+
+    @property
+    def key(self) -> tuple[str, str, str, float]:
+        """What tells one event from another, as it reads back from Redis."""
+        return self.op, self.jail, self.address, self.expires
 
     def fields(self) -> dict[str, str]:
         return {k: ("inf" if v == math.inf else str(v)) for k, v in asdict(self).items()}
@@ -160,6 +166,7 @@ class Fleet:
         self._url = check_url(url)
         self.origin = check_origin(origin)
         self.instance = instance_id(folder)
+        self._folder = folder
         self.scope_all = scope_all
         self._apply, self._jails, self._allowed = apply, jails, allowed
         key = hashlib.sha256(url.encode()).hexdigest()[:12]
@@ -172,7 +179,9 @@ class Fleet:
         self._lost = 0  # events dropped for those bounds, not yet logged
         self._stop = threading.Event()
         self._said: set[str] = set()
-        self._twin_said = -math.inf
+        self._twin_said = self._clone_said = -math.inf
+        self._sent: "OrderedDict[tuple[str, str, str, float], None]" = OrderedDict()  # the latest, bounded
+        self._sent_lock = threading.Lock()
         self.remote: dict[str, dict[str, float]] = {}  # jail -> address -> expiry, as applied here
         self._threads = [threading.Thread(target=self._publish_loop, name="f2b/f2bext-share-pub", daemon=True),
                          threading.Thread(target=self._follow_loop, name="f2b/f2bext-share-sub", daemon=True)]
@@ -305,6 +314,7 @@ class Fleet:
                 except InputError:
                     pass  # not one we wrote: never send it
             if events:
+                self._remember(events)
                 self._send(client, events)
             try:
                 self.queue.ack(start, count)
@@ -312,9 +322,19 @@ class Fleet:
                 self._say_once("queue-down", "f2bext share: cannot update the queue in %s (%s)", self.queue.path, e)
             return len(events)
         events = self._unsaved[:BATCH]
+        self._remember(events)
         self._send(client, events)
         del self._unsaved[:len(events)]
         return len(events)
+
+    def _remember(self, events: list[BanEvent]) -> None:
+        """Note what this server sends, before it is sent (the follower may read it back at once)."""
+        with self._sent_lock:
+            for e in events:
+                self._sent[e.key] = None
+                self._sent.move_to_end(e.key)
+            while len(self._sent) > QUEUE_LIMIT:
+                self._sent.popitem(last=False)
 
     @staticmethod
     def _send(client: Any, events: list[BanEvent]) -> None:
@@ -387,8 +407,13 @@ class Fleet:
             self._say_once(f"bad:{entry_id!r}", "f2bext share: skipping event %s from Redis: %s",
                            entry_id.decode(errors="replace"), e)
             return
-        ours = event.instance == self.instance
-        if event.origin == self.origin and event.instance and not ours:
+        # Our instance id on an event we did not send: another server has a copy of our id (a cloned
+        # image). It is applied, as any peer's; one of ours applied again would change nothing.
+        with self._sent_lock:
+            ours = event.instance == self.instance and event.key in self._sent
+        if event.instance == self.instance and not ours:
+            self._clone(event)
+        elif event.origin == self.origin and event.instance and not ours:
             self._twin(event)
         target = self._target(event)
         if target is None:
@@ -423,6 +448,15 @@ class Fleet:
             self._twin_said = now
             log.warning("f2bext share: another server (instance %s) publishes to %s as %r, this server's "
                         "origin; give each server its own share_origin", event.instance, self.url, self.origin)
+
+    def _clone(self, event: BanEvent) -> None:
+        now = time.monotonic()
+        if now - self._clone_said >= TWIN_PERIOD:
+            self._clone_said = now
+            log.warning("f2bext share: %s's %s of %s in jail %s carries this server's instance id, and this "
+                        "server did not send it: if this repeats, another server has a copy of %s (a cloned "
+                        "image?); delete it there and restart that fail2ban", event.origin, event.op,
+                        event.address, event.jail, os.path.join(self._folder, "instance-id"))
 
     def _expire(self) -> None:
         now = time.time()

@@ -137,12 +137,15 @@ def test_own_events_are_known_by_instance_and_older_ones_still_apply(tmp_path, c
     mine = event("203.0.113.50", origin="mail", instance=fleet.instance)
     twin = event("203.0.113.51", origin="mail", instance="f" * 32)
     older = event("203.0.113.52", origin="mail")  # from a version before instance ids
+    clone = event("203.0.113.53", origin="mail", instance=fleet.instance)  # our id, not sent by us
+    fleet._remember([mine])
     with caplog.at_level(logging.WARNING, logger="fail2ban.f2bext.share"):
-        for n, e in enumerate((mine, twin, older, twin)):
+        for n, e in enumerate((mine, twin, older, clone, twin, clone)):
             fields = {k: v for k, v in e.fields().items() if v or k != "instance"}
             fleet._receive(f"{n}-0".encode(), fields)
-    assert [nets for _jail, _op, nets in applied] == [["203.0.113.51"], ["203.0.113.52"], ["203.0.113.51"]]
-    assert caplog.text.count("publishes to") == 1
+    assert [nets for _jail, _op, nets in applied] == [[a] for a in ("203.0.113.51", "203.0.113.52", "203.0.113.53",
+                                                                    "203.0.113.51", "203.0.113.53")]
+    assert caplog.text.count("publishes to") == 1 and caplog.text.count("did not send it") == 1
     with pytest.raises(share.InputError):
         BanEvent.parse(dict(twin.fields(), instance="x" * 33), time.time())
 
@@ -281,3 +284,16 @@ def test_two_servers_with_one_origin_share_their_bans(twins):
                     "the warning about the shared origin")
     ids = [open(os.path.join(lib_of(s), "instance-id")).read() for s in twins]
     assert ids[0] != ids[1] and all(share.INSTANCE.fullmatch(i.strip()) for i in ids)
+
+
+def test_two_clones_with_one_instance_id_still_share_and_say_so(twins):
+    a, b = twins
+    for server in twins:
+        os.makedirs(lib_of(server))
+        with open(os.path.join(lib_of(server), "instance-id"), "w") as f:
+            f.write("0123456789abcdef0123456789abcdef\n")  # copied with the image
+        server.start()
+    shares_both_ways(a, b)
+    for server in twins:
+        server.wait(lambda: "carries this server's instance id" in log_of(server), "the warning about the copied id")
+    assert lab.ATTACKER4 not in enforced(a, remote_only=True), "a's own ban is a's, not a shared one"

@@ -42,6 +42,7 @@ BATCH = 500
 STOP_WAIT = 6.0  # seconds a stop waits for the publisher to flush (a send times out after 5)
 ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 INSTANCE = re.compile(r"[0-9a-f]{32}")
+NOTICE_BURST, NOTICE_PERIOD = 10, 60.0  # lines about peers' entries: this many a minute, then one summary
 TWIN_PERIOD = 3600.0  # seconds between warnings that another server publishes under our origin
 SCOPES = ("jail", "all")
 FLEET_JAIL = "f2bext-fleet"  # share_scope = all: bans for jails this server does not run, on every port
@@ -154,6 +155,40 @@ def instance_id(folder: str) -> str:
         return made
 
 
+class Notices:
+    """Warnings about what peers wrote, bounded whatever they write: per kind, the first NOTICE_BURST
+    lines of each minute, then one summary line for the rest of it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, list[Any]] = {}  # kind -> [start, lines said, lines held back, latest]
+
+    def say(self, kind: str, message: str, *args: Any) -> None:
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is None or now - window[0] >= NOTICE_PERIOD:
+            self._close(kind)
+            window = self._windows[kind] = [now, 0, 0, ""]
+        if window[1] < NOTICE_BURST:
+            window[1] += 1
+            log.warning(message, *args)
+        else:
+            window[2] += 1
+            window[3] = message % args
+
+    def tick(self) -> None:
+        """Summarize the minutes that ended (the follower calls this about every second)."""
+        now = self._clock()
+        for kind in [k for k, w in self._windows.items() if now - w[0] >= NOTICE_PERIOD]:
+            self._close(kind)
+
+    def _close(self, kind: str) -> None:
+        window = self._windows.pop(kind, None)
+        if window and window[2]:
+            log.warning("f2bext share: %d more of these in the last minute (%s), the latest: %s",
+                        window[2], kind, window[3])
+
+
 Apply = Callable[[str, str, list[Network]], None]  # (jail, "add"/"delete"/"replace", nets)
 
 
@@ -178,7 +213,8 @@ class Fleet:
         self._unsaved: list[BanEvent] = []  # taken from the outbox, not on disk (it refused): newest last
         self._lost = 0  # events dropped for those bounds, not yet logged
         self._stop = threading.Event()
-        self._said: set[str] = set()
+        self._said: set[str] = set()  # conditions said once until they clear (a small fixed set of keys)
+        self._notices = Notices()
         self._twin_said = self._clone_said = -math.inf
         self._sent: "OrderedDict[tuple[str, str, str, float], None]" = OrderedDict()  # the latest, bounded
         self._sent_lock = threading.Lock()
@@ -367,6 +403,7 @@ class Fleet:
                             last = entry_id
                         self._save_last(last)
                     self._expire()
+                    self._notices.tick()
             except Exception as e:  # noqa: BLE001 - the follower must outlive any error; Redis's are expected
                 if not isinstance(e, (redis.RedisError, OSError)):
                     log.error("f2bext share: following failed: %s: %s", type(e).__name__, e)
@@ -389,7 +426,7 @@ class Fleet:
                                         "expires": "inf" if score == math.inf else str(score),
                                         "origin": "redis"}, now)
             except (InputError, ValueError, UnicodeDecodeError) as e:
-                self._say_once(f"bad:{member[:80]!r}", "f2bext share: skipping a current ban from Redis: %s", e)
+                self._notices.say("entries skipped", "f2bext share: skipping a current ban from Redis: %s", e)
                 continue
             target = self._target(event)
             if target and self._accept(target, event):
@@ -404,8 +441,8 @@ class Fleet:
         try:
             event = BanEvent.parse(fields, time.time())
         except InputError as e:
-            self._say_once(f"bad:{entry_id!r}", "f2bext share: skipping event %s from Redis: %s",
-                           entry_id.decode(errors="replace"), e)
+            self._notices.say("entries skipped", "f2bext share: skipping event %s from Redis: %s",
+                              entry_id.decode(errors="replace")[:40], e)
             return
         # Our instance id on an event we did not send: another server has a copy of our id (a cloned
         # image). It is applied, as any peer's; one of ours applied again would change nothing.
@@ -435,8 +472,8 @@ class Fleet:
     def _accept(self, jail: str, event: BanEvent) -> bool:
         refusal = self._allowed(jail, parse_target(event.address))
         if refusal:
-            self._say_once(f"refuse:{event.address}", "f2bext share: refusing %s's ban of %s in jail %s: %s",
-                           event.origin, event.address, jail, refusal)
+            self._notices.say("bans refused", "f2bext share: refusing %s's ban of %s in jail %s: %s",
+                              event.origin, event.address, jail, refusal)
             return False
         return True
 

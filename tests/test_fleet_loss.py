@@ -1,5 +1,6 @@
-"""No shared ban lost: the disk queue, the publisher's survival, instance ids. Real redis-server and
-fail2ban-servers in namespaces where they are involved; the queue on its own where it is pure."""
+"""No shared ban lost, and no peer that floods us: the disk queue, the publisher's survival, instance
+ids, and bounded notices. Real redis-server and fail2ban-servers in namespaces where they are
+involved; the queue and the notices on their own where they are pure."""
 
 import errno
 import json
@@ -119,6 +120,25 @@ def test_the_publisher_outlives_an_unwritable_queue_and_bounds_its_memory(tmp_pa
     said = caplog.text
     assert "cannot queue events in" in said and "dropped" in said
     assert said.count("cannot queue events in") == 1
+
+
+def test_peer_spam_costs_a_bounded_memory_and_log(tmp_path, caplog):
+    fleet = quiet_fleet(str(tmp_path))
+    clock = [1000.0]
+    fleet._notices = share.Notices(clock=lambda: clock[0])
+    common = {"op": "ban", "jail": "postfix", "bantime": "600", "expires": str(time.time() + 600), "origin": "evil"}
+    with caplog.at_level(logging.WARNING, logger="fail2ban.f2bext.share"):
+        for n in range(20_000):
+            fleet._receive(f"{n}-0".encode(), dict(common, address=f"bad-{n}"))
+            fleet._receive(f"{n}-1".encode(), dict(common, address=f"192.0.2.{n % 256}"))
+        assert len(caplog.records) == 2 * share.NOTICE_BURST
+        clock[0] += share.NOTICE_PERIOD
+        fleet._notices.tick()
+    assert len(fleet._said) == 0 and len(fleet._notices._windows) == 0
+    summaries = [r.getMessage() for r in caplog.records[2 * share.NOTICE_BURST:]]
+    assert len(summaries) == 2
+    assert any("19990 more of these in the last minute (entries skipped)" in s for s in summaries)
+    assert any("19990 more of these in the last minute (bans refused)" in s for s in summaries)
 
 
 def test_the_instance_id_is_made_once_and_kept(tmp_path):
@@ -297,3 +317,22 @@ def test_two_clones_with_one_instance_id_still_share_and_say_so(twins):
     for server in twins:
         server.wait(lambda: "carries this server's instance id" in log_of(server), "the warning about the copied id")
     assert lab.ATTACKER4 not in enforced(a, remote_only=True), "a's own ban is a's, not a shared one"
+
+
+def test_a_flood_of_crafted_entries_costs_a_few_log_lines(server_a, redis):
+    import redis as redis_py
+    a = server_a
+    a.jails = {"postfix": share_jail(redis.url, "a", ignoreip="127.0.0.1/8 ::1 192.0.2.0/24")}
+    a.start()
+    client = redis_py.Redis(unix_socket_path=redis.sock, password="s3cret-fleet")
+    common = {"op": "ban", "jail": "postfix", "bantime": "600", "expires": str(time.time() + 600), "origin": "evil"}
+    pipe = client.pipeline(transaction=False)
+    for n in range(1_500):
+        pipe.xadd("f2bext:events", dict(common, address=f"bad-{n}"))
+        pipe.xadd("f2bext:events", dict(common, address=f"192.0.2.{n % 256}"))  # in a's ignoreip
+    pipe.xadd("f2bext:events", dict(common, address="203.0.113.11"))  # the marker: everything before was read
+    pipe.execute()
+    a.wait(lambda: "203.0.113.11" in enforced(a), "the marker ban", timeout=60)
+    lines = [line for line in log_of(a).splitlines() if "f2bext share:" in line and "WARNING" in line]
+    assert len(lines) <= 2 * share.NOTICE_BURST, lines[-3:]
+    assert any("skipping event" in line for line in lines) and any("refusing evil's ban" in line for line in lines)

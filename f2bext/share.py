@@ -297,7 +297,7 @@ class Fleet:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             else:
-                if stopping:
+                if stopping and not (self._unsaved or len(self.queue)):
                     return
 
     def _take(self, wait: float) -> None:

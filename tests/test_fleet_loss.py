@@ -182,6 +182,16 @@ def test_the_queue_survives_a_reboot_by_default():
 
 # -- with a real redis-server and real fail2ban-servers ---------------------------------------------
 
+def test_a_stop_sends_everything_queued_while_redis_answers(tmp_path, redis):
+    fleet = Fleet(redis.url, "a", str(tmp_path / "lib"), apply=lambda *a: None, jails=lambda: {"postfix"})
+    fleet.start()
+    for n in range(3 * share.BATCH):
+        fleet.publish(event(f"100.64.{n // 256}.{n % 256}"))
+    fleet.stop(wait=60)
+    assert int(redis.cli("XLEN", "f2bext:events")) == 3 * share.BATCH
+    assert len(fleet.queue) == 0
+
+
 HANGING_REDIS = r"""
 import socket, sys, threading
 path, capture = sys.argv[1], sys.argv[2]

@@ -386,7 +386,7 @@ class Fleets:
             members[action.spec.jail] = action
             fleet = self._fleets.get(url)
             if fleet is None:
-                fleet = Fleet(url, opts["share_origin"], state.state_dir(),
+                fleet = Fleet(url, opts["share_origin"], state.lib_dir(),
                               apply=lambda jail, op, nets: self.apply(self._fleets[url], jail, op, nets),
                               jails=lambda: set(members), scope_all=opts["share_scope"] == "all",
                               allowed=lambda jail, net: self._refusal(members, jail, net))

@@ -16,6 +16,13 @@ def state_dir() -> str:
     return os.environ.get("F2BEXT_STATE_DIR", "/run/f2bext")
 
 
+def lib_dir() -> str:
+    """What must survive a reboot (the fleet's queue and instance id): /var/lib/f2bext, or under
+    F2BEXT_STATE_DIR when that moves f2bext's state elsewhere (the lab does)."""
+    moved = os.environ.get("F2BEXT_STATE_DIR")
+    return os.path.join(moved, "lib") if moved else "/var/lib/f2bext"
+
+
 @dataclass(frozen=True)
 class JailState:
     backend: str

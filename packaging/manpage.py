@@ -23,6 +23,10 @@ The same ban as a shell action calling this command.
 Each enforced jail's parameters, written by the action and read by \\fBverify\\fR and \\fBrepair\\fR
 (\\fBF2BEXT_STATE_DIR\\fR overrides it).
 .TP
+.I /var/lib/f2bext/
+What fleet sharing keeps across reboots: the queue of events Redis has not acknowledged, and this
+server's instance id (under \\fBF2BEXT_STATE_DIR\\fR/lib when that is set).
+.TP
 .I /var/run/fail2ban/fail2ban.sock
 fail2ban's control socket, asked for a jail's bans (\\fBF2BEXT_FAIL2BAN_SOCKET\\fR overrides it).
 """

@@ -1,0 +1,348 @@
+"""No shared ban lost, and no peer that floods us: the disk queue, the publisher's survival, instance
+ids, and bounded notices. Real redis-server and fail2ban-servers in namespaces where they are
+involved; the queue and the notices on their own where they are pure."""
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import time
+
+import pytest
+
+from f2bext import lab, share, state
+from f2bext.addr import to_text
+from f2bext.fleetqueue import DiskQueue
+from f2bext.share import BanEvent, Fleet
+from test_fleet import SERVERS, enforced, redis, share_jail  # noqa: F401 - redis is the fixture
+
+BANNED = [f"203.0.113.{n}" for n in range(100, 120)]
+
+
+def event(address, op="ban", origin="a", instance=""):
+    return BanEvent(op, "postfix", address, 600, time.time() + 600, origin, "test", instance)
+
+
+def shared_bans(redis):
+    """The members of Redis's current bans, as "JAIL ADDRESS"."""
+    return set(redis.cli("ZRANGE", "f2bext:bans", "0", "-1").splitlines())
+
+
+def published(redis, address):
+    return f"postfix {address}" in shared_bans(redis)
+
+
+def log_of(server):
+    with open(os.path.join(server.workdir, "fail2ban.log")) as f:
+        return f.read()
+
+
+@pytest.fixture
+def server_a(hosts, tmp_path, redis):
+    """One fail2ban-server sharing its jail through the test's Redis."""
+    workdir = tmp_path / "a"
+    workdir.mkdir()
+    server = lab.Fail2banLab(hosts, str(workdir), jails={"postfix": share_jail(redis.url, "a")})
+    yield server
+    server.stop()
+
+
+def lib_of(server):
+    return os.path.join(lab.lab_env(server.workdir)["F2BEXT_STATE_DIR"], "lib")
+
+
+# -- the disk queue on its own -------------------------------------------------------------------
+
+def test_queued_events_stay_on_disk_until_acknowledged(tmp_path):
+    path = str(tmp_path / "q")
+    queue = DiskQueue(path)
+    queue.append([event(a).fields() for a in BANNED[:3]])
+    start, count, items = queue.head(10)
+    assert (count, [i["address"] for i in items]) == (3, BANNED[:3])
+    assert len(DiskQueue(path)) == 3, "read is not take: a restart finds them all"
+    queue.ack(start, 2)
+    again = DiskQueue(path)
+    assert [i["address"] for i in again.head(10)[2]] == BANNED[2:3]
+    again.ack(*again.head(10)[:2])
+    assert len(again) == 0 and os.path.getsize(path) == 0
+
+
+def test_a_torn_or_foreign_queue_line_costs_that_line_only(tmp_path):
+    path = str(tmp_path / "q")
+    good = [json.dumps(event(a).fields()) for a in BANNED[:2]]
+    with open(path, "w") as f:
+        f.write("\n".join([good[0], '{"op": "ban", "jail": "pos', "[1, 2]", "42", '{"op": 1}', good[1],
+                           '{"op": "ban", "addr']))  # the last one torn mid-write, no newline
+    queue = DiskQueue(path)
+    queue.append([event(BANNED[2]).fields()])
+    start, count, items = queue.head(100)
+    assert count == 8 and [i["address"] for i in items] == BANNED[:3]
+    queue.ack(start, count)
+    assert len(queue) == 0
+
+
+def test_the_queue_limit_drops_the_oldest_and_keeps_acknowledgements_right(tmp_path):
+    queue = DiskQueue(str(tmp_path / "q"), limit=5)
+    queue.append([event(a).fields() for a in BANNED[:4]])
+    start, count, _ = queue.head(4)  # in flight while more arrive and the limit cuts the head
+    assert queue.append([event(a).fields() for a in BANNED[4:7]]) == 2
+    queue.ack(start, count)
+    assert [i["address"] for i in queue.head(10)[2]] == BANNED[4:7]
+
+
+# -- the publisher's memory and the notices, in one process -----------------------------------------
+
+def quiet_fleet(folder, origin="a", applied=None):
+    """A Fleet whose Redis is absent (no socket there), its threads not started; what it applies
+    goes to `applied` as (jail, op, addresses)."""
+    return Fleet(f"unix://{folder}/no-redis.sock", origin, folder,
+                 apply=lambda jail, op, nets: (applied if applied is not None else []).append(
+                     (jail, op, [to_text(n) for n in nets])),
+                 jails=lambda: {"postfix"}, allowed=lambda jail, net: "refused" if to_text(net).startswith("192.0.2.")
+                 else None)
+
+
+def test_the_publisher_outlives_an_unwritable_queue_and_bounds_its_memory(tmp_path, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    fleet = quiet_fleet(str(blocker / "lib"))  # every write under it fails: ENOTDIR
+    thread = fleet._threads[0]
+    with caplog.at_level(logging.INFO, logger="fail2ban.f2bext.share"):
+        fleet.start()
+        for n in range(share.QUEUE_LIMIT + 3_000):
+            fleet.publish(event(f"100.64.{n // 256}.{n % 256}"))
+        lab.Fail2banLab.wait(lambda: fleet._outbox.empty() and fleet._unsaved, "the publisher to take them all")
+        assert thread.is_alive()
+        fleet.stop(wait=10)
+    assert not thread.is_alive()
+    assert len(fleet._unsaved) == share.QUEUE_LIMIT and fleet._outbox.qsize() == 0
+    said = caplog.text
+    assert "cannot queue events in" in said and "dropped" in said
+    assert said.count("cannot queue events in") == 1
+
+
+def test_peer_spam_costs_a_bounded_memory_and_log(tmp_path, caplog):
+    fleet = quiet_fleet(str(tmp_path))
+    clock = [1000.0]
+    fleet._notices = share.Notices(clock=lambda: clock[0])
+    common = {"op": "ban", "jail": "postfix", "bantime": "600", "expires": str(time.time() + 600), "origin": "evil"}
+    with caplog.at_level(logging.WARNING, logger="fail2ban.f2bext.share"):
+        for n in range(20_000):
+            fleet._receive(f"{n}-0".encode(), dict(common, address=f"bad-{n}"))
+            fleet._receive(f"{n}-1".encode(), dict(common, address=f"192.0.2.{n % 256}"))
+        assert len(caplog.records) == 2 * share.NOTICE_BURST
+        clock[0] += share.NOTICE_PERIOD
+        fleet._notices.tick()
+    assert len(fleet._said) == 0 and len(fleet._notices._windows) == 0
+    summaries = [r.getMessage() for r in caplog.records[2 * share.NOTICE_BURST:]]
+    assert len(summaries) == 2
+    assert any("19990 more of these in the last minute (entries skipped)" in s for s in summaries)
+    assert any("19990 more of these in the last minute (bans refused)" in s for s in summaries)
+
+
+def test_the_instance_id_is_made_once_and_kept(tmp_path):
+    folder = str(tmp_path / "lib")
+    first = share.instance_id(folder)
+    assert share.INSTANCE.fullmatch(first) and share.instance_id(folder) == first
+    assert oct(os.stat(os.path.join(folder, "instance-id")).st_mode & 0o777) == "0o600"
+    with open(os.path.join(folder, "instance-id"), "w") as f:
+        f.write("not an id\n")
+    assert share.instance_id(folder) not in (first, "not an id")
+
+
+def test_own_events_are_known_by_instance_and_older_ones_still_apply(tmp_path, caplog):
+    applied = []
+    fleet = quiet_fleet(str(tmp_path), origin="mail", applied=applied)
+    mine = event("203.0.113.50", origin="mail", instance=fleet.instance)
+    twin = event("203.0.113.51", origin="mail", instance="f" * 32)
+    older = event("203.0.113.52", origin="mail")  # from a version before instance ids
+    clone = event("203.0.113.53", origin="mail", instance=fleet.instance)  # our id, not sent by us
+    fleet._remember([mine])
+    with caplog.at_level(logging.WARNING, logger="fail2ban.f2bext.share"):
+        for n, e in enumerate((mine, twin, older, clone, twin, clone)):
+            fields = {k: v for k, v in e.fields().items() if v or k != "instance"}
+            fleet._receive(f"{n}-0".encode(), fields)
+    assert [nets for _jail, _op, nets in applied] == [[a] for a in ("203.0.113.51", "203.0.113.52", "203.0.113.53",
+                                                                    "203.0.113.51", "203.0.113.53")]
+    assert caplog.text.count("publishes to") == 1 and caplog.text.count("did not send it") == 1
+    with pytest.raises(share.InputError):
+        BanEvent.parse(dict(twin.fields(), instance="x" * 33), time.time())
+
+
+def test_the_queue_survives_a_reboot_by_default():
+    env = dict(os.environ)
+    os.environ.pop("F2BEXT_STATE_DIR", None)
+    try:
+        assert state.lib_dir() == "/var/lib/f2bext"
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+
+
+# -- with a real redis-server and real fail2ban-servers ---------------------------------------------
+
+def test_a_stop_sends_everything_queued_while_redis_answers(tmp_path, redis):
+    fleet = Fleet(redis.url, "a", str(tmp_path / "lib"), apply=lambda *a: None, jails=lambda: {"postfix"})
+    fleet.start()
+    for n in range(3 * share.BATCH):
+        fleet.publish(event(f"100.64.{n // 256}.{n % 256}"))
+    fleet.stop(wait=60)
+    assert int(redis.cli("XLEN", "f2bext:events")) == 3 * share.BATCH
+    assert len(fleet.queue) == 0
+
+
+HANGING_REDIS = r"""
+import socket, sys, threading
+path, capture = sys.argv[1], sys.argv[2]
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(16)
+lock = threading.Lock()
+def serve(conn):
+    conn.recv(65536)
+    conn.sendall(b"+OK\r\n")  # the AUTH; then not one answer more, reading on
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        with lock, open(capture, "ab") as f:
+            f.write(data)
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+"""
+
+
+def test_bans_queued_while_redis_hangs_survive_a_stop_and_arrive_after_restart(server_a, redis, tmp_path):
+    """The hung Redis takes the AUTH and the transactions and answers none: the events are in flight,
+    on the wire and nowhere else, when fail2ban stops."""
+    a = server_a
+    a.start()
+    redis.stop()
+    capture = str(tmp_path / "capture")
+    open(capture, "w").close()
+    hung = subprocess.Popen([lab.PYTHON, "-c", HANGING_REDIS, redis.sock, capture])
+    try:
+        lab.Fail2banLab.wait(lambda: os.path.exists(redis.sock), "the hung redis")
+        a.client("set", "postfix", "banip", *BANNED)
+        a.wait(lambda: set(BANNED) <= enforced(a), "the bans on a")
+        a.wait(lambda: all(addr.encode() in open(capture, "rb").read() for addr in BANNED),
+               "every ban in flight to the hung redis", timeout=60)
+        a.stop()
+    finally:
+        hung.kill()
+        hung.wait()
+    os.unlink(redis.sock)
+    redis.start()
+    a.start()
+    a.wait(lambda: {f"postfix {addr}" for addr in BANNED} <= shared_bans(redis), "every queued ban in Redis",
+           timeout=60)
+    stream = redis.cli("XRANGE", "f2bext:events", "-", "+")
+    assert all(addr in stream for addr in BANNED)
+
+
+@pytest.fixture
+def small_disk(server_a):
+    """a's state folder (its queue under it) on a tmpfs of its own, for the test to fill up."""
+    folder = lab.lab_env(server_a.workdir)["F2BEXT_STATE_DIR"]
+    os.makedirs(folder)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "f2bext-test", folder], check=True)
+    try:
+        yield folder
+    finally:
+        server_a.stop()
+        subprocess.run(["umount", folder], check=True)
+
+
+def fill(folder):
+    fd = os.open(os.path.join(folder, "fill"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_does_not_stop_publishing(server_a, small_disk, redis):
+    a = server_a
+    a.start()
+    a.wait(lambda: "shares its bans through" in log_of(a), "a's fleet to start")
+    fill(small_disk)
+    redis.stop()
+    a.client("set", "postfix", "banip", *BANNED[:3])
+    a.wait(lambda: "cannot queue events in" in log_of(a), "the full queue to be logged", timeout=30)
+    redis.start()
+    a.wait(lambda: {f"postfix {addr}" for addr in BANNED[:3]} <= shared_bans(redis), "the bans held in memory",
+           timeout=60)
+    os.unlink(os.path.join(small_disk, "fill"))
+    a.client("set", "postfix", "banip", BANNED[3])
+    a.wait(lambda: published(redis, BANNED[3]), "a ban made after the disk has room again", timeout=30)
+    a.wait(lambda: "queue again" in log_of(a), "the queue back in use")
+    assert "Traceback" not in log_of(a)
+
+
+@pytest.fixture
+def twins(hosts, tmp_path, redis):
+    """Two servers, a and b, with one share_origin (as two clones' host names would give them)."""
+    b_ns = lab.add_server(hosts, "srvb", *SERVERS["b"])
+    servers = []
+    for name, ns in (("a", hosts.server), ("b", b_ns)):
+        (tmp_path / name).mkdir()
+        servers.append(lab.Fail2banLab(hosts, str(tmp_path / name), jails={"postfix": share_jail(redis.url, "mail")},
+                                       ns=ns))
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def shares_both_ways(a, b):
+    a.client("set", "postfix", "banip", lab.ATTACKER4)
+    b.wait(lambda: lab.ATTACKER4 in enforced(b, remote_only=True), "a's ban on b")
+    b.client("set", "postfix", "banip", "203.0.113.21")
+    a.wait(lambda: "203.0.113.21" in enforced(a, remote_only=True), "b's ban on a")
+
+
+def test_two_servers_with_one_origin_share_their_bans(twins):
+    a, b = twins
+    for server in twins:
+        server.start()
+    shares_both_ways(a, b)
+    for server in twins:
+        server.wait(lambda: "publishes to" in log_of(server) and "this server's origin" in log_of(server),
+                    "the warning about the shared origin")
+    ids = [open(os.path.join(lib_of(s), "instance-id")).read() for s in twins]
+    assert ids[0] != ids[1] and all(share.INSTANCE.fullmatch(i.strip()) for i in ids)
+
+
+def test_two_clones_with_one_instance_id_still_share_and_say_so(twins):
+    a, b = twins
+    for server in twins:
+        os.makedirs(lib_of(server))
+        with open(os.path.join(lib_of(server), "instance-id"), "w") as f:
+            f.write("0123456789abcdef0123456789abcdef\n")  # copied with the image
+        server.start()
+    shares_both_ways(a, b)
+    for server in twins:
+        server.wait(lambda: "carries this server's instance id" in log_of(server), "the warning about the copied id")
+    assert lab.ATTACKER4 not in enforced(a, remote_only=True), "a's own ban is a's, not a shared one"
+
+
+def test_a_flood_of_crafted_entries_costs_a_few_log_lines(server_a, redis):
+    import redis as redis_py
+    a = server_a
+    a.jails = {"postfix": share_jail(redis.url, "a", ignoreip="127.0.0.1/8 ::1 192.0.2.0/24")}
+    a.start()
+    client = redis_py.Redis(unix_socket_path=redis.sock, password="s3cret-fleet")
+    common = {"op": "ban", "jail": "postfix", "bantime": "600", "expires": str(time.time() + 600), "origin": "evil"}
+    pipe = client.pipeline(transaction=False)
+    for n in range(1_500):
+        pipe.xadd("f2bext:events", dict(common, address=f"bad-{n}"))
+        pipe.xadd("f2bext:events", dict(common, address=f"192.0.2.{n % 256}"))  # in a's ignoreip
+    pipe.xadd("f2bext:events", dict(common, address="203.0.113.11"))  # the marker: everything before was read
+    pipe.execute()
+    a.wait(lambda: "203.0.113.11" in enforced(a), "the marker ban", timeout=60)
+    lines = [line for line in log_of(a).splitlines() if "f2bext share:" in line and "WARNING" in line]
+    assert len(lines) <= 2 * share.NOTICE_BURST, lines[-3:]
+    assert any("skipping event" in line for line in lines) and any("refusing evil's ban" in line for line in lines)

@@ -204,10 +204,13 @@ def make_tls_certificates(folder, address):
     def openssl(*args):
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=f2bext test CA")
+            "-subj", "/CN=f2bext test CA", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", f"/CN={address}")
+    # What Python 3.13's default VERIFY_X509_STRICT asks of a server certificate (Debian 13).
     with open(os.path.join(folder, "ext"), "w") as f:
-        f.write(f"subjectAltName=IP:{address}\n")
+        f.write(f"subjectAltName=IP:{address}\nbasicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+                "authorityKeyIdentifier=keyid,issuer\nsubjectKeyIdentifier=hash\n")
     openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "redis.pem", "-days", "2", "-extfile", "ext")
 

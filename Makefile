@@ -27,7 +27,7 @@ RPMTOP       = $(abspath $(PKGWORK))/rpm
 PKGENV       = env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL PATH=/usr/sbin:/usr/bin:/sbin:/bin
 # Without Fedora's python macros (rpmbuild on Debian) the spec builds with stand-ins for them, and
 # with no rpm database to hold its build dependencies.
-RPMFLAGS    ?= $(if $(shell rpm --eval '%{?pyproject_wheel}' 2>/dev/null),,--nodeps --load $(abspath packaging/rpm-fallback.macros))
+RPMFLAGS    ?= $(if $(shell rpm --eval '%{?pyproject_wheel}' 2>/dev/null),,--nodeps --define 'f2bext_fallback_macros $(abspath packaging/rpm-fallback.macros)')
 
 .PHONY: deps debs test unit demo bench install uninstall clean
 

@@ -3,9 +3,13 @@ could not read. Real fail2ban-server, real kernel, in the lab's namespaces."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from f2bext import lab
+from test_concurrency import fail
 from test_faults import JAIL, addresses, assert_kernel_mirrors, ban, hook_count
 
 
@@ -35,3 +39,34 @@ def test_conf_twin_banip_after_a_firewall_reload_brings_back_every_ban(hosts, f2
     ban(f2b, lab.ATTACKER4)
     assert len(f2b.banned(JAIL)) == 8
     assert_kernel_mirrors(f2b, fw, timeout=10, what="all eight bans after the next banip", rules=rules)
+
+
+def write_failures(logpath, stop, written, per_round=20):
+    """Failed logins from new addresses, a few every 50 ms, until told to stop (the jail bans at the first)."""
+    while not stop.is_set():
+        batch = addresses(per_round, start=len(written))
+        fail(logpath, batch)
+        written.extend(batch)
+        time.sleep(0.05)  # the stream's pace, not a wait for anything
+
+
+@pytest.mark.parametrize("backend", ["nftables", "ipset-nft"])
+def test_repair_run_again_and_again_while_fail2ban_bans_a_stream_loses_no_ban(hosts, workdir, f2b, fw):
+    f2b.jails[JAIL].update(maxretry="1")
+    f2b.start()
+    rules = hook_count(fw)
+    stop, written = threading.Event(), []
+    writer = threading.Thread(target=write_failures, args=(f2b.maillog, stop, written))
+    writer.start()
+    try:
+        f2b.wait(lambda: len(f2b.banned(JAIL)) >= 20, "the first bans of the stream")
+        for _ in range(30):
+            fw.unhook(JAIL)  # something for the repair to rebuild (unless the watchdog is quicker)
+            result = lab.f2bext_cmd(hosts.server, workdir, "repair", "--jail", JAIL, variant=fw.variant)
+            assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        stop.set()
+        writer.join()
+    f2b.wait(lambda: len(f2b.banned(JAIL)) == len(written), "fail2ban to ban every address of the stream",
+             timeout=60, step=0.5)
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="every ban of the stream in the kernel", rules=rules)

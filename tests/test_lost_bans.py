@@ -3,6 +3,7 @@ could not read. Real fail2ban-server, real kernel, in the lab's namespaces."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -70,3 +71,31 @@ def test_repair_run_again_and_again_while_fail2ban_bans_a_stream_loses_no_ban(ho
     f2b.wait(lambda: len(f2b.banned(JAIL)) == len(written), "fail2ban to ban every address of the stream",
              timeout=60, step=0.5)
     assert_kernel_mirrors(f2b, fw, timeout=10, what="every ban of the stream in the kernel", rules=rules)
+
+
+CORRUPT_STATES = {
+    "truncated": '{"backend": "nftables", "jail": "post',
+    "not an object": "[1, 2, 3]",
+    "bad parameters": '{"backend": "nftables", "jail": "postfix", "params": {"port": "$(reboot)"}}',
+}
+
+
+@pytest.mark.parametrize("backend", ["nftables"])
+@pytest.mark.parametrize("content", list(CORRUPT_STATES.values()), ids=list(CORRUPT_STATES))
+def test_a_corrupt_state_file_counts_as_absent_and_the_next_ban_writes_it_anew(hosts, workdir, f2b, fw, content):
+    conf_twin(f2b)
+    f2b.start()
+    ban(f2b, *addresses(3))
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="the first bans")
+    path = os.path.join(workdir, "run", "jails", f"{JAIL}.json")
+    with open(path, "w") as f:
+        f.write(content)
+    for args in (["verify"], ["verify", "--json"], ["repair"]):
+        result = lab.f2bext_cmd(hosts.server, workdir, *args, variant=fw.variant)
+        assert "Traceback" not in result.stderr and result.returncode == 0, result.stdout + result.stderr
+        assert [line for line in result.stderr.splitlines() if path in line and "unreadable" in line] \
+            == result.stderr.splitlines(), result.stderr
+    ban(f2b, lab.ATTACKER4, lab.ATTACKER6)  # the .conf twin bans on
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="the bans made after the state broke")
+    result = lab.f2bext_cmd(hosts.server, workdir, "verify", "--jail", JAIL, variant=fw.variant)
+    assert (result.returncode, result.stderr) == (0, ""), result.stdout + result.stderr

@@ -171,7 +171,7 @@ def read_kernel(banned: Iterable[Network]) -> KernelInfo:
         # Both backends may hold rules at once; the kernel runs both.
         info.iptables[family] = "\n".join(_run([f"{prog}{v}-save"]) for v in ("-nft", "-legacy"))
     for name, header in ipset_backend.parse_set_headers(_run(["ipset", "list", "-t"])).items():
-        if name.startswith(("f2b-", "f2bext")):
+        if name.startswith(("f2b-", "f2bext", "f2bxr")):  # stock sets, ours, ours of shared bans
             out = _run(["ipset", "list", name])
             members = [m.split()[0] for m in out.split("Members:", 1)[1].splitlines() if m.strip()] \
                 if "Members:" in out else []

@@ -42,6 +42,15 @@ def test_a_host_where_every_ban_holds_gets_one_ok_line(hosts, workdir, f2b):
     assert result.stdout.startswith("F2BEXT DOCTOR OK - ") and "banned=2" in result.stdout
 
 
+@pytest.mark.parametrize("backend", ["ipset-nft", "ipset-legacy"])
+def test_a_healthy_ipset_host_without_fleet_sharing_is_ok(hosts, workdir, f2b, backend):
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", variant=lab.BACKENDS[backend][1])
+    assert result.returncode == doctor.OK, result.stdout
+    assert result.stdout.startswith("F2BEXT DOCTOR OK - ") and "banned=2" in result.stdout
+
+
 def test_an_accept_a_script_put_above_the_stock_jump_is_quoted_with_its_position(hosts, workdir, f2b):
     start(f2b, banaction="iptables-multiport")
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)

@@ -283,12 +283,12 @@ def run(argv: Sequence[str]) -> int:
 def run_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     if os.geteuid() != 0:
-        print("F2BEXT DOCTOR UNKNOWN - must run as root to read the firewall, conntrack and fail2ban's socket")
+        print(doctor.render_unknown("must run as root to read the firewall, conntrack and fail2ban's socket", args.json))
         return doctor.UNKNOWN
     try:
         snap = doctor.collect(args.socket)
     except OSError as e:
-        print(f"F2BEXT DOCTOR UNKNOWN - cannot reach fail2ban ({e}); is fail2ban-server running?")
+        print(doctor.render_unknown(f"cannot reach fail2ban ({e}); is fail2ban-server running?", args.json))
         return doctor.UNKNOWN
     findings = doctor.diagnose(snap)
     if args.fix and any(d.owned for d in findings):

@@ -521,6 +521,14 @@ def to_json(snap: Snapshot, findings: list[Diagnosis]) -> str:
                        "findings": [dict(asdict(d), severity=STATUS[d.severity]) for d in findings]}, indent=2)
 
 
+def render_unknown(why: str, as_json: bool) -> str:
+    """The one line (or, for --json, the document) when nothing could be checked."""
+    line = f"F2BEXT DOCTOR {STATUS[UNKNOWN]} - {why}"
+    if not as_json:
+        return line
+    return json.dumps({"status": STATUS[UNKNOWN], "summary": line, "perfdata": {}, "findings": []}, indent=2)
+
+
 def write_prom(path: str, snap: Snapshot, findings: list[Diagnosis]) -> None:
     """node_exporter textfile metrics, written atomically (temporary file, then rename)."""
     lines = ["# HELP f2bext_doctor_status 0 ok, 1 warning, 2 critical", "# TYPE f2bext_doctor_status gauge",

@@ -148,6 +148,13 @@ def test_doctor_without_fail2ban_is_unknown(hosts, workdir):
     assert result.returncode == doctor.UNKNOWN and result.stdout.startswith("F2BEXT DOCTOR UNKNOWN - ")
 
 
+def test_doctor_json_without_fail2ban_is_json_saying_unknown(hosts, workdir):
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == doctor.UNKNOWN and report["status"] == "UNKNOWN"
+    assert report["summary"].startswith("F2BEXT DOCTOR UNKNOWN - ") and report["findings"] == []
+
+
 def test_notices_are_counted_per_jail_and_window(tmp_path):
     log = tmp_path / "fail2ban.log"
     now = time.time()

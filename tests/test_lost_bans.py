@@ -4,6 +4,7 @@ could not read. Real fail2ban-server, real kernel, in the lab's namespaces."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 
 from f2bext import lab
 from test_concurrency import fail
-from test_faults import JAIL, addresses, assert_kernel_mirrors, ban, hook_count
+from test_faults import JAIL, addresses, assert_kernel_mirrors, ban, hook_count, kernel_bans
 
 
 def conf_twin(f2b):
@@ -25,7 +26,7 @@ def reload_firewall(fw):
     fw.wipe()
     if fw.backend != "nftables":
         for name in (f"f2bext-{JAIL}", f"f2bext6-{JAIL}"):
-            fw.ns.run(["ipset", "destroy", name], check=False)
+            fw.ns.run(["ipset", "destroy", name])
 
 
 def test_conf_twin_banip_after_a_firewall_reload_brings_back_every_ban(hosts, f2b, fw, backend):
@@ -40,6 +41,31 @@ def test_conf_twin_banip_after_a_firewall_reload_brings_back_every_ban(hosts, f2
     ban(f2b, lab.ATTACKER4)
     assert len(f2b.banned(JAIL)) == 8
     assert_kernel_mirrors(f2b, fw, timeout=10, what="all eight bans after the next banip", rules=rules)
+
+
+def test_command_line_ban_after_a_firewall_reload_keeps_its_record_when_fail2ban_cannot_answer(
+        hosts, workdir, fw, backend):
+    def f2bext(*args):
+        return lab.f2bext_cmd(hosts.server, workdir, *args, variant=fw.variant)
+    lab.apply_seed_firewall(hosts.server, fw.variant)
+    fw.save_baseline()
+    first = addresses(7)
+    assert f2bext("ban", "--backend", "nftables" if backend == "nftables" else "ipset", "--jail", JAIL,
+                  *first).returncode == 0
+    # A fail2ban that takes the connection and never answers: busy running this very ban.
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(lab.lab_env(workdir)["F2BEXT_FAIL2BAN_SOCKET"])
+    mute.listen(8)
+    try:
+        reload_firewall(fw)
+        result = f2bext("ban", "--jail", JAIL, lab.ATTACKER4)
+    finally:
+        mute.close()
+    assert result.returncode == 0, result.stderr
+    assert kernel_bans(fw) == set(first) | {lab.ATTACKER4}
+    said = result.stderr.splitlines()
+    assert len(said) == 1 and "cannot read the banned list of jail postfix from fail2ban" in said[0] \
+        and "keeps the 7 bans" in said[0], result.stderr
 
 
 def write_failures(logpath, stop, written, per_round=20):

@@ -283,7 +283,8 @@ def run(argv: Sequence[str]) -> int:
 def run_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     if os.geteuid() != 0:
-        print(doctor.render_unknown("must run as root to read the firewall, conntrack and fail2ban's socket", args.json))
+        print(doctor.render_unknown("must run as root to read the firewall, conntrack and fail2ban's socket",
+                                    args.json))
         return doctor.UNKNOWN
     try:
         snap = doctor.collect(args.socket)

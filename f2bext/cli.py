@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec]:
+def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec, Optional[state.JailState]]:
     """Options given on the command line win; a jail f2bext already enforces supplies the rest."""
     jail = parse_jail(args.jail)
     given = {k: getattr(args, k) for k in SPEC_OPTIONS if getattr(args, k) is not None}
@@ -88,20 +88,28 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec]:
         params.pop("hooks", None)
     params.update(given)
     backend = args.backend or (known.backend if known else "nftables")
-    return backend, JailSpec.from_params(jail, params)
+    return backend, JailSpec.from_params(jail, params), known
 
 
-def _fail2ban_banned(jail: str) -> list[Network]:
-    """The jail's banned list from a running fail2ban-server, if one answers on its socket, less what
-    f2bext refuses to ban (this host's addresses, the jail's ignoreip)."""
+def _fail2ban_banned(jail: str) -> Optional[list[Network]]:
+    """The jail's banned list from a running fail2ban-server, less what f2bext refuses to ban (this
+    host's addresses, the jail's ignoreip); [] when no fail2ban listens, None when one does but its
+    answer could not be read (`set JAIL banip` runs a .conf action from the very thread that answers)."""
     from .f2bsocket import Fail2banSocket
     try:
-        # Short timeout: when fail2ban runs us from its socket thread (`set JAIL banip`) it cannot answer.
-        with Fail2banSocket(timeout=3.0) as f2b:
+        f2b = Fail2banSocket(timeout=3.0)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return []
+    except OSError as e:
+        log.debug("fail2ban's socket: %s", e)
+        return None
+    try:
+        with f2b:
             banned = [parse_target(ip) for ip in f2b.send(["get", jail, "banip"])]
             ignored = [str(i) for i in f2b.send(["get", jail, "ignoreip"])]
-    except (OSError, InputError, ValueError):
-        return []
+    except (OSError, InputError, ValueError) as e:
+        log.debug("fail2ban's banned list of jail %s: %s", jail, e)
+        return None
     ignore = []
     for text in ignored:
         try:
@@ -109,6 +117,16 @@ def _fail2ban_banned(jail: str) -> list[Network]:
         except ValueError:
             continue
     return [net for net in _without_own(banned) if not any(i.version == net.version and i.overlaps(net) for i in ignore)]
+
+
+def _recorded(known: Optional[state.JailState]) -> list[Network]:
+    nets = []
+    for text in known.bans if known else ():
+        try:
+            nets.append(parse_target(text))
+        except InputError:
+            continue
+    return _without_own(nets)
 
 
 def _without_own(nets: list[Network]) -> list[Network]:
@@ -140,10 +158,19 @@ def _fleet_unban(jail: str, nets: list[Network]) -> list[str]:
     return done
 
 
-def _held(backend, spec: JailSpec) -> Callable[[], list[Network]]:
-    def held() -> list[Network]:
-        return sorted(set(backend.banned(spec)) | set(_fail2ban_banned(spec.jail)), key=str)
-    return held
+def _keep(backend, spec: JailSpec, known: Optional[state.JailState],
+          banned: Optional[list[Network]]) -> list[Network]:
+    """What a rebuild of the jail loads: what the kernel holds, the bans this command line recorded,
+    and fail2ban's banned list. It never shrinks on a failed read: without fail2ban's list, the rest."""
+    kept = set(backend.banned(spec)) | set(_recorded(known))
+    if banned is None:
+        log.warning("cannot read the banned list of jail %s from fail2ban: the rebuild keeps the %d bans "
+                    "the kernel and f2bext's record hold", spec.jail, len(kept))
+    return sorted(kept | set(banned or ()), key=str)
+
+
+def _held(backend, spec: JailSpec, known: Optional[state.JailState]) -> Callable[[], list[Network]]:
+    return lambda: _keep(backend, spec, known, _fail2ban_banned(spec.jail))
 
 
 def _report(findings: list[Finding], jails: Sequence[str], args: argparse.Namespace) -> int:
@@ -161,6 +188,14 @@ def _report(findings: list[Finding], jails: Sequence[str], args: argparse.Namesp
     return code
 
 
+def _reread(entry: state.JailState) -> state.JailState:
+    """The jail's state as it stands now, under its lock (bans recorded since the first read)."""
+    try:
+        return state.load(entry.spec.jail)
+    except InputError:
+        return entry
+
+
 def _known_jails(jail: Optional[str]) -> list[state.JailState]:
     return state.load_all() if jail is None else [state.load(jail)]  # "" is a bad name, not "every jail"
 
@@ -170,44 +205,57 @@ def run(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="f2bext: %(message)s")
     cmd = args.command
     if cmd in ("ban", "unban", "start", "stop", "flush"):
-        backend_name, spec = _spec_from_args(args)
         nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
-        backend = get_backend(backend_name)
         if cmd == "ban":
             from .guard import refuse_own
             refuse_own(nets)
-            backend.ban(spec, nets, _held(backend, spec))
-            state.save(backend.name, spec)
-            if spec.kill:
-                from .sessions import kill_sessions
-                for problem in kill_sessions(nets, spec.protocols, spec.ports, spec.kill).problems:
-                    log.warning("%s", problem)
-        elif cmd == "unban":
-            gone = set(nets)
-            if os.path.exists(os.path.join(state.state_dir(), "jails", f"{spec.jail}.json")):
-                backend.unban(spec, nets, lambda: [n for n in _held(backend, spec)() if n not in gone])
-            for line in _fleet_unban(spec.jail, nets):
+        # Held from the state's read to its write: a rebuild elsewhere must not load a list this
+        # change outdates, nor another change of the jail rewrite its record meanwhile.
+        with state.JailLock(parse_jail(args.jail)):
+            backend_name, spec, known = _spec_from_args(args)
+            backend = get_backend(backend_name)
+            recorded = set(known.bans) if known else set()
+            if cmd == "ban":
+                backend.ban(spec, nets, _held(backend, spec, known))
+                state.save(backend.name, spec, recorded | {to_text(n) for n in nets})
+            elif cmd == "unban":
+                gone = set(nets)
+                if os.path.exists(os.path.join(state.state_dir(), "jails", f"{spec.jail}.json")):
+                    backend.unban(spec, nets, lambda: [n for n in _held(backend, spec, known)() if n not in gone])
+                if known:
+                    state.save(backend.name, spec, recorded - {to_text(n) for n in nets})
+            elif cmd == "start":
+                banned = _fail2ban_banned(spec.jail)
+                held = banned if banned is not None else _keep(backend, spec, known, None)
+                backend.start(spec, held)
+                state.save(backend.name, spec, {to_text(n) for n in held})
+            elif cmd == "flush":
+                backend.flush(spec)
+                if known:
+                    state.save(backend.name, spec)
+            else:
+                backend.stop(spec)
+                state.forget(spec.jail)
+        if cmd == "ban" and spec.kill:
+            from .sessions import kill_sessions
+            for problem in kill_sessions(nets, spec.protocols, spec.ports, spec.kill).problems:
+                log.warning("%s", problem)
+        if cmd == "unban":
+            for line in _fleet_unban(spec.jail, nets):  # through fail2ban, which takes the jail's lock
                 print(line)
-        elif cmd == "start":
-            backend.start(spec, _fail2ban_banned(spec.jail))
-            state.save(backend.name, spec)
-        elif cmd == "flush":
-            backend.flush(spec)
-        else:
-            backend.stop(spec)
-            state.forget(spec.jail)
         return 0
     if cmd in ("verify", "repair"):
-        known = _known_jails(args.jail)
+        known_jails = _known_jails(args.jail)
         findings: list[Finding] = []
-        for entry in known:
+        for entry in known_jails:
             backend = get_backend(entry.backend)
-            found = backend.verify([entry.spec])
-            if cmd == "repair" and found:
-                backend.repair(entry.spec, _held(backend, entry.spec)())
+            with state.JailLock(entry.spec.jail):
                 found = backend.verify([entry.spec])
+                if cmd == "repair" and found:
+                    backend.repair(entry.spec, _held(backend, entry.spec, _reread(entry))())
+                    found = backend.verify([entry.spec])
             findings += found
-        return _report(findings, [e.spec.jail for e in known], args)
+        return _report(findings, [e.spec.jail for e in known_jails], args)
     if cmd == "kill":
         from .sessions import kill_sessions
         from .spec import parse_ports, parse_protocols
@@ -235,12 +283,13 @@ def run(argv: Sequence[str]) -> int:
 def run_doctor(args: argparse.Namespace) -> int:
     from . import doctor
     if os.geteuid() != 0:
-        print("F2BEXT DOCTOR UNKNOWN - must run as root to read the firewall, conntrack and fail2ban's socket")
+        print(doctor.render_unknown("must run as root to read the firewall, conntrack and fail2ban's socket",
+                                    args.json))
         return doctor.UNKNOWN
     try:
         snap = doctor.collect(args.socket)
     except OSError as e:
-        print(f"F2BEXT DOCTOR UNKNOWN - cannot reach fail2ban ({e}); is fail2ban-server running?")
+        print(doctor.render_unknown(f"cannot reach fail2ban ({e}); is fail2ban-server running?", args.json))
         return doctor.UNKNOWN
     findings = doctor.diagnose(snap)
     if args.fix and any(d.owned for d in findings):
@@ -260,8 +309,10 @@ def render_fixes(snap, findings) -> str:
     for jail in sorted({d.jail for d in findings if d.owned}):
         entry = state.load(jail)
         backend = get_backend(entry.backend)
-        held = _without_own([parse_target(ip) for j in snap.jails if j.name == jail for ip in j.banned])
-        backend.repair(entry.spec, held)
+        with state.JailLock(jail):  # fail2ban's list read anew under the lock: the snapshot is out of date
+            banned = _fail2ban_banned(jail)
+            held = banned if banned is not None else _keep(backend, entry.spec, entry, None)
+            backend.repair(entry.spec, held)
         done.append(f"repaired jail {jail} ({entry.backend}, {len(held)} bans)")
         if any(d.jail == jail and d.code == "sessions-alive" for d in findings):
             report = kill_sessions(held, entry.spec.protocols, entry.spec.ports, frozenset(("conntrack", "sockets")))

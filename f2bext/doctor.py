@@ -171,7 +171,7 @@ def read_kernel(banned: Iterable[Network]) -> KernelInfo:
         # Both backends may hold rules at once; the kernel runs both.
         info.iptables[family] = "\n".join(_run([f"{prog}{v}-save"]) for v in ("-nft", "-legacy"))
     for name, header in ipset_backend.parse_set_headers(_run(["ipset", "list", "-t"])).items():
-        if name.startswith(("f2b-", "f2bext")):
+        if name.startswith(("f2b-", "f2bext", "f2bxr")):  # stock sets, ours, ours of shared bans
             out = _run(["ipset", "list", name])
             members = [m.split()[0] for m in out.split("Members:", 1)[1].splitlines() if m.strip()] \
                 if "Members:" in out else []
@@ -519,6 +519,14 @@ def to_json(snap: Snapshot, findings: list[Diagnosis]) -> str:
     return json.dumps({"status": STATUS[overall(findings)], "summary": summary_line(snap, findings),
                        "perfdata": perfdata(snap, findings),
                        "findings": [dict(asdict(d), severity=STATUS[d.severity]) for d in findings]}, indent=2)
+
+
+def render_unknown(why: str, as_json: bool) -> str:
+    """The one line (or, for --json, the document) when nothing could be checked."""
+    line = f"F2BEXT DOCTOR {STATUS[UNKNOWN]} - {why}"
+    if not as_json:
+        return line
+    return json.dumps({"status": STATUS[UNKNOWN], "summary": line, "perfdata": {}, "findings": []}, indent=2)
 
 
 def write_prom(path: str, snap: Snapshot, findings: list[Diagnosis]) -> None:

@@ -49,7 +49,9 @@ class EnforcingAction(ActionBase):
     def __init__(self, jail: Any, actname: str, /, **params: Any) -> None:
         super().__init__(jail, actname)
         self._logSys = log
-        self._lock = threading.RLock()
+        # Every change to the jail's kernel objects, here and by `f2bext repair` or a .conf twin in
+        # another process: a rebuild's list of bans is never outdated by a ban made meanwhile.
+        self._lock = state.JailLock(jail.name)
         self._problems_said: set[str] = set()
         self._preloaded: set[str] = set()
         self._preload_deadline = 0.0

@@ -42,6 +42,15 @@ def test_a_host_where_every_ban_holds_gets_one_ok_line(hosts, workdir, f2b):
     assert result.stdout.startswith("F2BEXT DOCTOR OK - ") and "banned=2" in result.stdout
 
 
+@pytest.mark.parametrize("backend", ["ipset-nft", "ipset-legacy"])
+def test_a_healthy_ipset_host_without_fleet_sharing_is_ok(hosts, workdir, f2b, backend):
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", variant=lab.BACKENDS[backend][1])
+    assert result.returncode == doctor.OK, result.stdout
+    assert result.stdout.startswith("F2BEXT DOCTOR OK - ") and "banned=2" in result.stdout
+
+
 def test_an_accept_a_script_put_above_the_stock_jump_is_quoted_with_its_position(hosts, workdir, f2b):
     start(f2b, banaction="iptables-multiport")
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)
@@ -137,6 +146,13 @@ def test_prom_file_and_root_check(hosts, workdir, f2b, tmp_path):
 def test_doctor_without_fail2ban_is_unknown(hosts, workdir):
     result = lab.f2bext_cmd(hosts.server, workdir, "doctor")
     assert result.returncode == doctor.UNKNOWN and result.stdout.startswith("F2BEXT DOCTOR UNKNOWN - ")
+
+
+def test_doctor_json_without_fail2ban_is_json_saying_unknown(hosts, workdir):
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == doctor.UNKNOWN and report["status"] == "UNKNOWN"
+    assert report["summary"].startswith("F2BEXT DOCTOR UNKNOWN - ") and report["findings"] == []
 
 
 def test_notices_are_counted_per_jail_and_window(tmp_path):

@@ -1,0 +1,159 @@
+"""No lost ban: a rebuild never holds fewer bans than fail2ban does, whoever runs it and whatever it
+could not read. Real fail2ban-server, real kernel, in the lab's namespaces."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from f2bext import lab, state
+from f2bext.errors import KernelError
+from test_concurrency import fail
+from test_faults import JAIL, addresses, assert_kernel_mirrors, ban, hook_count, kernel_bans
+
+
+def conf_twin(f2b):
+    """The jail on the .conf twin of the test's backend: every ban a `f2bext ban` process."""
+    f2b.jails[JAIL]["banaction"] = f2b.banaction.removesuffix(".py")
+
+
+def reload_firewall(fw):
+    """A firewall reload that forgets our objects: nft flush ruleset; for ipset, the baseline's rules
+    restored and the jail's sets destroyed (as netfilter-persistent's ipset plugin flushes them)."""
+    fw.wipe()
+    if fw.backend != "nftables":
+        for name in (f"f2bext-{JAIL}", f"f2bext6-{JAIL}"):
+            fw.ns.run(["ipset", "destroy", name])
+
+
+def test_conf_twin_banip_after_a_firewall_reload_brings_back_every_ban(hosts, f2b, fw, backend):
+    fw.save_baseline()
+    conf_twin(f2b)
+    f2b.start()
+    ban(f2b, *addresses(7))
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="the first seven bans")
+    rules = hook_count(fw)
+    reload_firewall(fw)
+    # From fail2ban's socket thread: the `f2bext ban` it runs cannot ask it for the banned list.
+    ban(f2b, lab.ATTACKER4)
+    assert len(f2b.banned(JAIL)) == 8
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="all eight bans after the next banip", rules=rules)
+
+
+def test_command_line_ban_after_a_firewall_reload_keeps_its_record_when_fail2ban_cannot_answer(
+        hosts, workdir, fw, backend):
+    def f2bext(*args):
+        return lab.f2bext_cmd(hosts.server, workdir, *args, variant=fw.variant)
+    lab.apply_seed_firewall(hosts.server, fw.variant)
+    fw.save_baseline()
+    first = addresses(7)
+    assert f2bext("ban", "--backend", "nftables" if backend == "nftables" else "ipset", "--jail", JAIL,
+                  *first).returncode == 0
+    # A fail2ban that takes the connection and never answers: busy running this very ban.
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(lab.lab_env(workdir)["F2BEXT_FAIL2BAN_SOCKET"])
+    mute.listen(8)
+    try:
+        reload_firewall(fw)
+        result = f2bext("ban", "--jail", JAIL, lab.ATTACKER4)
+    finally:
+        mute.close()
+    assert result.returncode == 0, result.stderr
+    assert kernel_bans(fw) == set(first) | {lab.ATTACKER4}
+    said = result.stderr.splitlines()
+    assert len(said) == 1 and "cannot read the banned list of jail postfix from fail2ban" in said[0] \
+        and "keeps the 7 bans" in said[0], result.stderr
+
+
+def write_failures(logpath, stop, written, per_round=20):
+    """Failed logins from new addresses, a few every 50 ms, until told to stop (the jail bans at the first)."""
+    while not stop.is_set():
+        batch = addresses(per_round, start=len(written))
+        fail(logpath, batch)
+        written.extend(batch)
+        time.sleep(0.05)  # the stream's pace, not a wait for anything
+
+
+@pytest.mark.parametrize("backend", ["nftables", "ipset-nft"])
+def test_repair_run_again_and_again_while_fail2ban_bans_a_stream_loses_no_ban(hosts, workdir, f2b, fw):
+    f2b.jails[JAIL].update(maxretry="1")
+    f2b.start()
+    rules = hook_count(fw)
+    stop, written = threading.Event(), []
+    writer = threading.Thread(target=write_failures, args=(f2b.maillog, stop, written))
+    writer.start()
+    try:
+        f2b.wait(lambda: len(f2b.banned(JAIL)) >= 20, "the first bans of the stream")
+        for _ in range(30):
+            fw.unhook(JAIL)  # something for the repair to rebuild (unless the watchdog is quicker)
+            result = lab.f2bext_cmd(hosts.server, workdir, "repair", "--jail", JAIL, variant=fw.variant)
+            assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        stop.set()
+        writer.join()
+    f2b.wait(lambda: len(f2b.banned(JAIL)) == len(written), "fail2ban to ban every address of the stream",
+             timeout=60, step=0.5)
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="every ban of the stream in the kernel", rules=rules)
+
+
+CORRUPT_STATES = {
+    "truncated": '{"backend": "nftables", "jail": "post',
+    "not an object": "[1, 2, 3]",
+    "bad parameters": '{"backend": "nftables", "jail": "postfix", "params": {"port": "$(reboot)"}}',
+}
+
+
+@pytest.mark.parametrize("backend", ["nftables"])
+@pytest.mark.parametrize("content", list(CORRUPT_STATES.values()), ids=list(CORRUPT_STATES))
+def test_a_corrupt_state_file_counts_as_absent_and_the_next_ban_writes_it_anew(hosts, workdir, f2b, fw, content):
+    conf_twin(f2b)
+    f2b.start()
+    ban(f2b, *addresses(3))
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="the first bans")
+    path = os.path.join(workdir, "run", "jails", f"{JAIL}.json")
+    with open(path, "w") as f:
+        f.write(content)
+    for args in (["verify"], ["verify", "--json"], ["repair"]):
+        result = lab.f2bext_cmd(hosts.server, workdir, *args, variant=fw.variant)
+        assert "Traceback" not in result.stderr and result.returncode == 0, result.stdout + result.stderr
+        assert [line for line in result.stderr.splitlines() if path in line and "unreadable" in line] \
+            == result.stderr.splitlines(), result.stderr
+    ban(f2b, lab.ATTACKER4, lab.ATTACKER6)  # the .conf twin bans on
+    assert_kernel_mirrors(f2b, fw, timeout=10, what="the bans made after the state broke")
+    result = lab.f2bext_cmd(hosts.server, workdir, "verify", "--jail", JAIL, variant=fw.variant)
+    assert (result.returncode, result.stderr) == (0, ""), result.stdout + result.stderr
+
+
+HOLD_LOCK = """
+import sys
+from f2bext import state
+with state.JailLock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_the_jail_lock_excludes_other_processes_even_after_its_file_was_removed(workdir, monkeypatch):
+    monkeypatch.setenv("F2BEXT_STATE_DIR", os.path.join(workdir, "run"))
+    monkeypatch.setattr(state, "LOCK_WAIT", 0.5)
+    mine = state.JailLock(JAIL)
+    with mine:  # opened once and kept, as the in-process action keeps it
+        pass
+    shutil.rmtree(os.path.join(workdir, "run"))  # /run emptied under a running fail2ban
+    other = subprocess.Popen([lab.PYTHON, "-c", HOLD_LOCK, JAIL], env=dict(os.environ, PYTHONPATH=lab.PROJECT_ROOT),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(KernelError, match="stayed locked"):
+            with mine:
+                pass
+    finally:
+        other.communicate("\n")
+    with mine:
+        pass

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .addr import Network, parse_target, to_text
 from .errors import InputError
@@ -35,7 +35,7 @@ STREAM_MAXLEN = 100_000
 MAX_BANTIME = 10 * 365 * 86400  # a longer one from a peer is absurd: refused
 QUEUE_LIMIT = 10_000  # events kept on disk while Redis is unreachable; the oldest go first
 BATCH = 500
-ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ORIGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 SCOPES = ("jail", "all")
 FLEET_JAIL = "f2bext-fleet"  # share_scope = all: bans for jails this server does not run, on every port
 
@@ -43,13 +43,21 @@ log = logging.getLogger("fail2ban.f2bext.share")
 
 
 def redact(url: str) -> str:
-    """The URL without its password, fit for logs and for `fail2ban-client get`."""
+    """The URL without its password (in the user part or a `password=` query argument, which redis-py
+    honours too), fit for logs and for `fail2ban-client get`."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        netloc = user + netloc.rpartition("@")[2]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name.lower() == "password" for name, _ in pairs):
+        query = urlencode([(name, "***" if name.lower() == "password" else value) for name, value in pairs],
+                          safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + (parts.hostname or "") + (f":{parts.port}" if parts.port else ""),
-                       parts.path, parts.query, parts.fragment))
+    shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return shown.replace(":", "://", 1) if not netloc and url.startswith(parts.scheme + "://") else shown
 
 
 def check_url(url: str) -> str:
@@ -60,7 +68,7 @@ def check_url(url: str) -> str:
 
 
 def check_origin(origin: str) -> str:
-    if not ORIGIN.match(origin):
+    if not ORIGIN.fullmatch(origin):
         raise InputError(f"share_origin {origin[:40]!r} must be a host name (letters, digits, '.', '-', '_')")
     return origin
 

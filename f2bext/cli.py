@@ -4,7 +4,6 @@ actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad i
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from .addr import Network, parse_target, parse_targets, to_text
 from .backends import BACKENDS, Finding, get_backend
 from .backends.base import BROKEN
 from .errors import InputError, KernelError
+from .guard import IGNOREIP, Guard, Keep, parse_list
 from .spec import JailSpec, parse_jail
 
 log = logging.getLogger("f2bext")
@@ -39,6 +39,12 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hooks", help="input, forward or input,forward")
     p.add_argument("--chain", help="fail2ban's chain: INPUT, FORWARD or DOCKER-USER")
     p.add_argument("--kill", help="conntrack,sockets (default), conntrack, sockets or none")
+    _add_ignoreip(p)
+
+
+def _add_ignoreip(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ignoreip", help="the jail's ignoreip (addresses, CIDRs, host names): never banned, "
+                                                  "nor any network overlapping them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jail", help="only this jail (default: every jail f2bext enforces)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-q", "--quiet", action="store_true", help="no output, exit code only")
+        _add_ignoreip(p)
     p = sub.add_parser("kill", help="cut the live sessions of addresses (conntrack entries and sockets)")
     p.add_argument("--port", help="only sessions to these local ports (default: all)")
     p.add_argument("--protocol", default="tcp,udp,sctp", help="protocols (default: tcp,udp,sctp)")
@@ -75,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec]:
+def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec, tuple[Keep, ...]]:
     """Options given on the command line win; a jail f2bext already enforces supplies the rest."""
     jail = parse_jail(args.jail)
     given = {k: getattr(args, k) for k in SPEC_OPTIONS if getattr(args, k) is not None}
@@ -88,12 +95,24 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec]:
         params.pop("hooks", None)
     params.update(given)
     backend = args.backend or (known.backend if known else "nftables")
-    return backend, JailSpec.from_params(jail, params)
+    return backend, JailSpec.from_params(jail, params), known.keeps if known else ()
 
 
-def _fail2ban_banned(jail: str) -> list[Network]:
+def _keeps(given: Optional[str], known: Sequence[Keep] = ()) -> list[Keep]:
+    """What the jail must never ban beyond the host itself: the ignoreip given on the command line (the
+    .conf actions pass the jail's), else the one recorded with the jail, and the rest recorded (a
+    share's Redis)."""
+    if given is None:
+        return list(known)
+    if given == "<ignoreip>":  # the .conf action of a jail that sets no ignoreip: fail2ban leaves the tag
+        given = ""
+    others = [k for k in known if not (k.listed and k.why == IGNOREIP)]
+    return list(dict.fromkeys(parse_list(given, IGNOREIP) + others))
+
+
+def _fail2ban_banned(jail: str, check: Guard) -> list[Network]:
     """The jail's banned list from a running fail2ban-server, if one answers on its socket, less what
-    f2bext refuses to ban (this host's addresses, the jail's ignoreip)."""
+    f2bext refuses to ban (guard.py), the ignoreip fail2ban holds now included."""
     from .f2bsocket import Fail2banSocket
     try:
         # Short timeout: when fail2ban runs us from its socket thread (`set JAIL banip`) it cannot answer.
@@ -105,23 +124,23 @@ def _fail2ban_banned(jail: str) -> list[Network]:
     ignore = []
     for text in ignored:
         try:
-            ignore.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            continue
-    return [net for net in _without_own(banned) if not any(i.version == net.version and i.overlaps(net) for i in ignore)]
-
-
-def _without_own(nets: list[Network]) -> list[Network]:
-    """Bans fail2ban holds but f2bext refused (this host's addresses) stay out of every rebuild."""
-    from .guard import refuse_own
-    out = []
-    for net in nets:
-        try:
-            refuse_own([net])
+            ignore += parse_list(text, IGNOREIP)
         except InputError:
-            continue
-        out.append(net)
-    return out
+            continue  # fail2ban's word for its own list: a name that does not resolve here is no address
+    also = Guard(ignore)
+    return [net for net in check.allowed(banned) if also.refusal(net) is None]
+
+
+def _lockouts(backend, spec: JailSpec, check: Guard) -> list[Finding]:
+    """Bans the kernel enforces that must never be: an address that became the host's own (a failover
+    address moved here), a new gateway, an ignoreip added since."""
+    found = []
+    for remote in (False, True):
+        for net in backend.banned(spec, remote=remote):
+            why = check.refusal(net)
+            if why:
+                found.append(Finding(spec.jail, BROKEN, "lockout", f"the kernel enforces a ban of {to_text(net)}: {why}"))
+    return found
 
 
 def _fleet_unban(jail: str, nets: list[Network]) -> list[str]:
@@ -140,9 +159,9 @@ def _fleet_unban(jail: str, nets: list[Network]) -> list[str]:
     return done
 
 
-def _held(backend, spec: JailSpec) -> Callable[[], list[Network]]:
+def _held(backend, spec: JailSpec, check: Guard) -> Callable[[], list[Network]]:
     def held() -> list[Network]:
-        return sorted(set(backend.banned(spec)) | set(_fail2ban_banned(spec.jail)), key=str)
+        return sorted(set(check.allowed(backend.banned(spec))) | set(_fail2ban_banned(spec.jail, check)), key=str)
     return held
 
 
@@ -170,14 +189,15 @@ def run(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="f2bext: %(message)s")
     cmd = args.command
     if cmd in ("ban", "unban", "start", "stop", "flush"):
-        backend_name, spec = _spec_from_args(args)
+        backend_name, spec, known = _spec_from_args(args)
         nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
+        keeps = _keeps(args.ignoreip, known)
         backend = get_backend(backend_name)
         if cmd == "ban":
-            from .guard import refuse_own
-            refuse_own(nets)
-            backend.ban(spec, nets, _held(backend, spec))
-            state.save(backend.name, spec)
+            check = Guard(keeps)
+            check.refuse(nets)
+            backend.ban(spec, nets, _held(backend, spec, check))
+            state.save(backend.name, spec, keeps)
             if spec.kill:
                 from .sessions import kill_sessions
                 for problem in kill_sessions(nets, spec.protocols, spec.ports, spec.kill).problems:
@@ -185,12 +205,13 @@ def run(argv: Sequence[str]) -> int:
         elif cmd == "unban":
             gone = set(nets)
             if os.path.exists(os.path.join(state.state_dir(), "jails", f"{spec.jail}.json")):
-                backend.unban(spec, nets, lambda: [n for n in _held(backend, spec)() if n not in gone])
+                held = _held(backend, spec, Guard(known))
+                backend.unban(spec, nets, lambda: [n for n in held() if n not in gone])
             for line in _fleet_unban(spec.jail, nets):
                 print(line)
         elif cmd == "start":
-            backend.start(spec, _fail2ban_banned(spec.jail))
-            state.save(backend.name, spec)
+            backend.start(spec, _fail2ban_banned(spec.jail, Guard(keeps)))
+            state.save(backend.name, spec, keeps)
         elif cmd == "flush":
             backend.flush(spec)
         else:
@@ -202,10 +223,11 @@ def run(argv: Sequence[str]) -> int:
         findings: list[Finding] = []
         for entry in known:
             backend = get_backend(entry.backend)
-            found = backend.verify([entry.spec])
+            check = Guard(_keeps(args.ignoreip, entry.keeps))
+            found = backend.verify([entry.spec]) or _lockouts(backend, entry.spec, check)
             if cmd == "repair" and found:
-                backend.repair(entry.spec, _held(backend, entry.spec)())
-                found = backend.verify([entry.spec])
+                backend.repair(entry.spec, _held(backend, entry.spec, check)())
+                found = backend.verify([entry.spec]) or _lockouts(backend, entry.spec, check)
             findings += found
         return _report(findings, [e.spec.jail for e in known], args)
     if cmd == "kill":
@@ -260,7 +282,7 @@ def render_fixes(snap, findings) -> str:
     for jail in sorted({d.jail for d in findings if d.owned}):
         entry = state.load(jail)
         backend = get_backend(entry.backend)
-        held = _without_own([parse_target(ip) for j in snap.jails if j.name == jail for ip in j.banned])
+        held = Guard(entry.keeps).allowed(parse_target(ip) for j in snap.jails if j.name == jail for ip in j.banned)
         backend.repair(entry.spec, held)
         done.append(f"repaired jail {jail} ({entry.backend}, {len(held)} bans)")
         if any(d.jail == jail and d.code == "sessions-alive" for d in findings):

@@ -67,6 +67,23 @@ def check_url(url: str) -> str:
     return url
 
 
+def parse_max_prefix(text: str) -> tuple[int, int]:
+    """share_max_prefix: `V4,V6`, the shortest prefix of a network a peer may share (16,32: nothing
+    wider than a /16 or a /32)."""
+    m = re.fullmatch(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*", text)
+    if not m or int(m.group(1)) > 32 or int(m.group(2)) > 128:
+        raise InputError(f"share_max_prefix must be V4,V6 prefix lengths (0-32,0-128), e.g. 16,32, not {text[:20]!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def too_wide(net: Network, max_prefix: tuple[int, int]) -> Optional[str]:
+    """Why a peer's network is wider than share_max_prefix allows; None when it is not."""
+    shortest = max_prefix[0] if net.version == 4 else max_prefix[1]
+    if net.prefixlen < shortest:
+        return f"it is wider than /{shortest}, the widest network a peer may share here (share_max_prefix)"
+    return None
+
+
 def check_origin(origin: str) -> str:
     if not ORIGIN.fullmatch(origin):
         raise InputError(f"share_origin {origin[:40]!r} must be a host name (letters, digits, '.', '-', '_')")
@@ -160,8 +177,10 @@ class Fleet:
     """One Redis URL in one fail2ban-server: publishes this server's bans, follows the others'."""
 
     def __init__(self, url: str, origin: str, state_dir: str, apply: Apply, jails: Callable[[], set[str]],
-                 scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None) -> None:
+                 scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None,
+                 max_prefix: tuple[int, int] = (16, 32)) -> None:
         self._url = check_url(url)
+        self.max_prefix = max_prefix
         self.origin = check_origin(origin)
         self.scope_all = scope_all
         self._apply, self._jails, self._allowed = apply, jails, allowed
@@ -178,6 +197,11 @@ class Fleet:
     @property
     def url(self) -> str:
         return redact(self._url)
+
+    @property
+    def host(self) -> str:
+        """The host the URL connects to ("" for a unix socket)."""
+        return "" if self._url.startswith("unix:") else urlsplit(self._url).hostname or "localhost"
 
     def start(self) -> None:
         for t in self._threads:
@@ -332,7 +356,8 @@ class Fleet:
         return FLEET_JAIL if self.scope_all else None
 
     def _accept(self, jail: str, event: BanEvent) -> bool:
-        refusal = self._allowed(jail, parse_target(event.address))
+        net = parse_target(event.address)
+        refusal = too_wide(net, self.max_prefix) or self._allowed(jail, net)
         if refusal:
             self._say_once(f"refuse:{event.address}", "f2bext share: refusing %s's ban of %s in jail %s: %s",
                            event.origin, event.address, jail, refusal)

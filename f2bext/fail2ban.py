@@ -228,9 +228,9 @@ class EnforcingAction(ActionBase):
                     lifted.append(net)
             if lifted:
                 self.backend.unban(self.spec, lifted, self.held)
-            if self._fleet:
-                fleets.recheck(self._fleet, self.spec.jail, check)
             self._kept = kept
+        if self._fleet:
+            fleets.recheck(self._fleet)
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)
@@ -476,20 +476,28 @@ class Fleets:
                 return f"{why} (jail {action.spec.jail})"
         return None if members else guard.Guard().refusal(net)
 
-    def recheck(self, fleet: Fleet, jail: str, check: guard.Guard) -> None:
-        """Lift the shared bans of a jail that became lockouts since they were applied."""
+    def recheck(self, fleet: Fleet) -> None:
+        """Lift the shared bans that became lockouts since they were applied, the fleet jail's included."""
         with self._lock:
             url = next((u for u, f in self._fleets.items() if f is fleet), None)
-            action = self._members.get(url, {}).get(jail) if url else None
-        bans = fleet.remote.get(jail, {})
-        lifted = [a for a in list(bans) if check.refusal(parse_target(a))]
-        if action is None or not lifted:
-            return
-        for address in lifted:
-            log.warning("[%s] f2bext lifts a shared ban of %s: %s", jail, address, check.refusal(parse_target(address)))
-            bans.pop(address, None)
-        with action._lock:
-            action.backend.change_remote(action.spec, "delete", [parse_target(a) for a in lifted], action.held)
+            members = dict(self._members.get(url, {})) if url else {}
+        for jail, bans in list(fleet.remote.items()):
+            if jail in members:
+                action, spec, held = members[jail], members[jail].spec, members[jail].held
+            elif jail == FLEET_JAIL and members:
+                action, spec, held = next(iter(members.values())), fleet_spec(), (lambda: [])
+            else:
+                continue
+            lifted = []
+            for address in list(bans):
+                why = self._refusal(members, jail, parse_target(address))
+                if why:
+                    log.warning("[%s] f2bext lifts a shared ban of %s: %s", jail, address, why)
+                    bans.pop(address, None)
+                    lifted.append(parse_target(address))
+            if lifted:
+                with action._lock:
+                    action.backend.change_remote(spec, "delete", lifted, held)
 
     def apply(self, fleet: Fleet, jail: str, op: str, nets: list[Network]) -> None:
         """Put the others' bans into the jail's remote sets ("replace" loads them all in one go)."""

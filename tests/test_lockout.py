@@ -20,6 +20,7 @@ JAIL = "postfix"
 IGNORED = lab.BYSTANDER4  # 198.51.100.20: in the jail's ignoreip
 COVERING = "198.51.100.16/28"  # holds it, not the server's 198.51.100.1
 MARKER = "203.0.113.0/24"  # a ban that must land: everything before it was read
+VIP = "198.51.100.99"  # a failover address, banned while another host held it
 
 
 def enforced(ns) -> set[str]:
@@ -297,11 +298,16 @@ def test_the_redis_server_and_networks_too_wide_or_covering_ignoreip_are_never_b
     # Still sharing: a local ban reaches Redis.
     f2b.client("set", JAIL, "banip", lab.ATTACKER6)
     f2b.wait(lambda: f"{JAIL} {lab.ATTACKER6}" in tcp_redis("ZRANGE", "f2bext:bans", "0", "-1"), "the ban published")
+    # A shared ban of an address that becomes this host's own later is lifted too.
+    tcp_redis("XADD", "f2bext:events", "*", *common, "jail", "f2bext-sshd", "address", VIP)
+    f2b.wait(lambda: overlapping(enforced(hosts.server), VIP), "the peer's ban of the failover address")
+    hosts.server.add_address("eth0", f"{VIP}/32")
+    f2b.wait(lambda: not overlapping(enforced(hosts.server), VIP), "the shared ban lifted", timeout=10)
+    assert f"[f2bext-fleet] f2bext lifts a shared ban of {VIP}: it holds {VIP}, an address of this host" in log_text(f2b)
 
 
 # ---- an address that becomes the host's own later -----------------------------------------------------
 
-VIP = "198.51.100.99"  # a failover address, banned while another host held it
 
 
 def test_an_address_that_becomes_the_hosts_own_is_lifted_once_and_no_rebuild_puts_it_back(hosts, f2b):

@@ -219,31 +219,34 @@ def parse_list(text: str, why: str) -> list[Keep]:
 
 
 class Guard:
-    """Everything a ban must not overlap, gathered once for a batch of checks (a rebuild checks
-    every held ban: single addresses are a set lookup, only networks are compared one by one)."""
+    """Everything a ban must not overlap, gathered once for a batch of checks (a rebuild checks every
+    held ban: a single address is one set lookup and a comparison of integers per network kept)."""
 
     def __init__(self, keeps: Sequence[Keep] = ()) -> None:
-        every = list(host_keeps()) + list(protected()) + list(keeps)
-        self._single: dict[Address, Keep] = {}
-        self._nets: list[Keep] = []
-        for k in every:
-            if k.net.prefixlen == k.net.max_prefixlen:
-                self._single.setdefault(k.net.network_address, k)
+        self._single: dict[tuple[int, int], Keep] = {}
+        self._ranges: list[tuple[int, int, int, Keep]] = []  # networks: version, first and last, as integers
+        for k in list(host_keeps()) + list(protected()) + list(keeps):
+            first, last = int(k.net.network_address), int(k.net.broadcast_address)
+            if first == last:
+                self._single.setdefault((k.net.version, first), k)
             else:
-                self._nets.append(k)
+                self._ranges.append((k.net.version, first, last, k))
 
     def refusal(self, net: Network) -> Optional[str]:
         """Why banning `net` would lock out what must stay reachable; None when it would not."""
+        version, first = net.version, int(net.network_address)
         if net.prefixlen == net.max_prefixlen:
-            found = self._single.get(net.network_address)
+            found = self._single.get((version, first))
             if found:
                 return found.refusal(net)
+            last = first
         else:
-            for address, k in self._single.items():
-                if address.version == net.version and address in net:
+            last = int(net.broadcast_address)
+            for (kept_version, address), k in self._single.items():
+                if kept_version == version and first <= address <= last:
                     return k.refusal(net)
-        for k in self._nets:
-            if k.net.version == net.version and k.net.overlaps(net):
+        for kept_version, low, high, k in self._ranges:
+            if kept_version == version and low <= last and first <= high:
                 return k.refusal(net)
         return None
 

@@ -43,8 +43,8 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ignoreip(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ignoreip", help="the jail's ignoreip (addresses, CIDRs, host names): never banned, "
-                                                  "nor any network overlapping them")
+    p.add_argument("--ignoreip", help="the jail's ignoreip (addresses, CIDRs, host names): never banned, nor any "
+                                      "network overlapping them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +191,7 @@ def run(argv: Sequence[str]) -> int:
     if cmd in ("ban", "unban", "start", "stop", "flush"):
         backend_name, spec, known = _spec_from_args(args)
         nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
-        keeps = _keeps(args.ignoreip, known)
+        keeps = _keeps(args.ignoreip, known) if cmd in ("ban", "start") else []  # only banning needs names resolved
         backend = get_backend(backend_name)
         if cmd == "ban":
             check = Guard(keeps)

@@ -14,11 +14,10 @@ from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
-from . import state
+from . import guard, state
 from .addr import Network, parse_target, to_text
 from .backends import Backend, get_backend
 from .errors import InputError, KernelError
-from . import guard
 from .sessions import KillReport, kill_sessions
 from .share import FLEET_JAIL, SCOPES, BanEvent, Fleet, check_origin, check_url, parse_max_prefix, redact
 from .spec import JailSpec

@@ -3,10 +3,10 @@ line (`f2bext verify`, `repair`) knows what each jail asks for without fail2ban'
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tempfile
-import ipaddress
 from dataclasses import dataclass
 from typing import Sequence
 

@@ -4,6 +4,7 @@ to (a share's Redis). A ban is refused when it overlaps any of them, not only wh
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 import socket
@@ -137,7 +138,7 @@ def _read_host() -> tuple[list[tuple[Address, int]], list[tuple[Address, int]]]:
         try:
             hops += [h for p in nl.dump(pack_nexthop_dump) for h in parse_nexthop(p)]
         except OSError as e:
-            if e.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: a kernel before nexthop objects (5.3)
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a kernel before nexthop objects (5.3)
                 raise
     return own, hops
 

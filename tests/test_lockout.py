@@ -275,7 +275,7 @@ def tcp_redis(hosts, tmp_path):
 
 def test_the_redis_server_and_networks_too_wide_or_covering_ignoreip_are_never_banned_through_the_fleet(
         hosts, f2b, reach, tcp_redis):
-    url = f"redis://:{PASSWORD}@{REDIS_NAME}:6379/0"
+    url = f"redis://{REDIS_NAME}:6379/0?password={PASSWORD}"  # redis-py takes the password from the query too
     f2b.jails[JAIL].pop("banaction")
     f2b.jails[JAIL]["ignoreip"] = "127.0.0.1/8 ::1 198.51.100.30"
     f2b.jails[JAIL]["action"] = (f'f2bext-nftables.py[port="smtp,ssmtp,submission", share="{url}", '
@@ -291,10 +291,12 @@ def test_the_redis_server_and_networks_too_wide_or_covering_ignoreip_are_never_b
     assert not overlapping(enforced(hosts.server), IGNORED, "198.51.100.30", "192.0.0.0/12", "3fff::/20")
     assert reach(hosts.bystander, lab.SERVER4, 25)
     log = log_text(f2b)
-    assert f"it holds {IGNORED}, the Redis server of share redis://:***@{REDIS_NAME}:6379/0" in log
+    assert f"it holds {IGNORED}, the Redis server of share redis://{REDIS_NAME}:6379/0?password=***" in log
     assert "it overlaps 198.51.100.30 in the jail's ignoreip" in log
     assert "wider than /16" in log and "wider than /32" in log
     assert PASSWORD not in log
+    shown = f2b.client("get", JAIL, "action", "f2bext-nftables", "share").stdout
+    assert "password=***" in shown and PASSWORD not in shown
     # Still sharing: a local ban reaches Redis.
     f2b.client("set", JAIL, "banip", lab.ATTACKER6)
     f2b.wait(lambda: f"{JAIL} {lab.ATTACKER6}" in tcp_redis("ZRANGE", "f2bext:bans", "0", "-1"), "the ban published")

@@ -153,6 +153,7 @@ class EnforcingAction(ActionBase):
             self._preloaded, self._preload_deadline = restoring, MyTime.time() + PRELOAD_GRACE
             # A generator: 100,000 parsed addresses held at once would cost fail2ban-server 50 MB.
             self.backend.start(self.spec, self._parsed(everything))
+            self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
         if self._share:
             self._fleet = fleets.join(self, self._share)
             self._save_state()
@@ -204,11 +205,15 @@ class EnforcingAction(ActionBase):
             log.warning("[%s] f2bext refuses to ban %s: %s", self._jail.name, to_text(net), why)
             raise InputError(f"refusing to ban {to_text(net)}: {why}")
 
+    def _guarded(self) -> object:
+        """What the guard holds for the jail now; recheck() runs when it changes."""
+        return guard.host_keeps(), guard.protected(), [str(e) for e in self._jail.filter.getIgnoreIP()]
+
     def recheck(self) -> None:
         """Lift from the kernel the bans that became lockouts since they were made (a failover address
         moved onto this host, a new gateway, an ignoreip added): one line each; fail2ban keeps its
         ticket, and held() keeps them out of every rebuild."""
-        kept = (guard.host_keeps(), guard.protected(), [str(e) for e in self._jail.filter.getIgnoreIP()])
+        kept = self._guarded()
         if kept == self._kept:
             return
         with self._lock:

@@ -54,6 +54,7 @@ class EnforcingAction(ActionBase):
         self._preload_deadline = 0.0
         self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
         self._kept: object = None  # what the last recheck() guarded: host, protected, ignoreip
+        self._guard_cache: Optional[tuple[object, guard.Guard]] = None
         self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
         self._share = share_options(params)
         self.spec = JailSpec.from_params(jail.name, params)
@@ -91,7 +92,12 @@ class EnforcingAction(ActionBase):
         return out
 
     def guard(self) -> guard.Guard:
-        return guard.Guard(self.keeps())
+        """The guard for the jail, built again only when what it guards changed (the ban path is hot)."""
+        guarded = self._guarded()
+        cached = self._guard_cache
+        if cached is None or cached[0] != guarded:
+            cached = self._guard_cache = (guarded, guard.Guard(self.keeps()))
+        return cached[1]
 
     def held_text(self) -> set[str]:
         """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the

@@ -10,6 +10,10 @@ from .errors import InputError
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+# Never a source worth banning, always a lockout risk: a link-local ban drops the router's neighbour
+# advertisements (IPv6 loses its default gateway), a multicast one the protocols that run on it.
+_NEVER = ((ipaddress.ip_network("169.254.0.0/16"), "link-local"), (ipaddress.ip_network("fe80::/10"), "link-local"),
+          (ipaddress.ip_network("224.0.0.0/4"), "multicast"), (ipaddress.ip_network("ff00::/8"), "multicast"))
 _MAX_TEXT = 64
 
 
@@ -36,6 +40,9 @@ def parse_target(text: object) -> Network:
         raise InputError(f"the unspecified address cannot be banned: {raw!r}")
     if any(net.version == lo.version and net.overlaps(lo) for lo in _LOOPBACK):
         raise InputError(f"refusing to ban loopback: {raw!r}")
+    for never, kind in _NEVER:
+        if net.version == never.version and net.overlaps(never):
+            raise InputError(f"refusing to ban {kind} addresses: {raw!r} overlaps {never}")
     return net
 
 

@@ -4,7 +4,6 @@ actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad i
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from .addr import Network, parse_target, parse_targets, to_text
 from .backends import BACKENDS, Finding, get_backend
 from .backends.base import BROKEN
 from .errors import InputError, KernelError
+from .guard import IGNOREIP, Guard, Keep, parse_list
 from .spec import JailSpec, parse_jail
 
 log = logging.getLogger("f2bext")
@@ -39,6 +39,12 @@ def _add_spec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hooks", help="input, forward or input,forward")
     p.add_argument("--chain", help="fail2ban's chain: INPUT, FORWARD or DOCKER-USER")
     p.add_argument("--kill", help="conntrack,sockets (default), conntrack, sockets or none")
+    _add_ignoreip(p)
+
+
+def _add_ignoreip(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ignoreip", help="the jail's ignoreip (addresses, CIDRs, host names): never banned, nor any "
+                                      "network overlapping them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jail", help="only this jail (default: every jail f2bext enforces)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("-q", "--quiet", action="store_true", help="no output, exit code only")
+        _add_ignoreip(p)
     p = sub.add_parser("kill", help="cut the live sessions of addresses (conntrack entries and sockets)")
     p.add_argument("--port", help="only sessions to these local ports (default: all)")
     p.add_argument("--protocol", default="tcp,udp,sctp", help="protocols (default: tcp,udp,sctp)")
@@ -91,9 +98,21 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[str, JailSpec, Optional[s
     return backend, JailSpec.from_params(jail, params), known
 
 
-def _fail2ban_banned(jail: str) -> Optional[list[Network]]:
-    """The jail's banned list from a running fail2ban-server, less what f2bext refuses to ban (this
-    host's addresses, the jail's ignoreip); [] when no fail2ban listens, None when one does but its
+def _keeps(given: Optional[str], known: Sequence[Keep] = ()) -> list[Keep]:
+    """What the jail must never ban beyond the host itself: the ignoreip given on the command line (the
+    .conf actions pass the jail's), else the one recorded with the jail, and the rest recorded (a
+    share's Redis)."""
+    if given is None:
+        return list(known)
+    if given == "<ignoreip>":  # the .conf action of a jail that sets no ignoreip: fail2ban leaves the tag
+        given = ""
+    others = [k for k in known if not (k.listed and k.why == IGNOREIP)]
+    return list(dict.fromkeys(parse_list(given, IGNOREIP) + others))
+
+
+def _fail2ban_banned(jail: str, check: Guard) -> Optional[list[Network]]:
+    """The jail's banned list from a running fail2ban-server, less what f2bext refuses to ban (guard.py),
+    the ignoreip fail2ban holds now included; [] when no fail2ban listens, None when one does but its
     answer could not be read (`set JAIL banip` runs a .conf action from the very thread that answers)."""
     from .f2bsocket import Fail2banSocket
     try:
@@ -105,41 +124,48 @@ def _fail2ban_banned(jail: str) -> Optional[list[Network]]:
         return None
     try:
         with f2b:
-            banned = [parse_target(ip) for ip in f2b.send(["get", jail, "banip"])]
+            listed = [str(ip) for ip in f2b.send(["get", jail, "banip"])]
             ignored = [str(i) for i in f2b.send(["get", jail, "ignoreip"])]
     except (OSError, InputError, ValueError) as e:
         log.debug("fail2ban's banned list of jail %s: %s", jail, e)
         return None
+    banned = _parsed(listed)
     ignore = []
     for text in ignored:
         try:
-            ignore.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            continue
-    return [net for net in _without_own(banned) if not any(i.version == net.version and i.overlaps(net) for i in ignore)]
+            ignore += parse_list(text, IGNOREIP)
+        except InputError:
+            continue  # fail2ban's word for its own list: a name that does not resolve here is no address
+    also = Guard(ignore)
+    return [net for net in check.allowed(banned) if also.refusal(net) is None]
 
 
-def _recorded(known: Optional[state.JailState]) -> list[Network]:
+def _parsed(texts) -> list[Network]:
+    """Addresses as fail2ban or a record holds them; one f2bext cannot ban costs that one only."""
     nets = []
-    for text in known.bans if known else ():
+    for text in texts:
         try:
             nets.append(parse_target(text))
         except InputError:
             continue
-    return _without_own(nets)
+    return nets
 
 
-def _without_own(nets: list[Network]) -> list[Network]:
-    """Bans fail2ban holds but f2bext refused (this host's addresses) stay out of every rebuild."""
-    from .guard import refuse_own
-    out = []
-    for net in nets:
-        try:
-            refuse_own([net])
-        except InputError:
-            continue
-        out.append(net)
-    return out
+def _recorded(known: Optional[state.JailState], check: Guard) -> list[Network]:
+    """The bans this command line recorded in the jail's state, less what f2bext refuses to ban."""
+    return check.allowed(_parsed(known.bans if known else ()))
+
+
+def _lockouts(backend, spec: JailSpec, check: Guard) -> list[Finding]:
+    """Bans the kernel enforces that must never be: an address that became the host's own (a failover
+    address moved here), a new gateway, an ignoreip added since."""
+    found = []
+    for remote in (False, True):
+        for net in backend.banned(spec, remote=remote):
+            why = check.refusal(net)
+            if why:
+                found.append(Finding(spec.jail, BROKEN, "lockout", f"the kernel enforces a ban of {to_text(net)}: {why}"))
+    return found
 
 
 def _fleet_unban(jail: str, nets: list[Network]) -> list[str]:
@@ -158,19 +184,20 @@ def _fleet_unban(jail: str, nets: list[Network]) -> list[str]:
     return done
 
 
-def _keep(backend, spec: JailSpec, known: Optional[state.JailState],
-          banned: Optional[list[Network]]) -> list[Network]:
+def _keep(backend, spec: JailSpec, known: Optional[state.JailState], banned: Optional[list[Network]],
+          check: Guard) -> list[Network]:
     """What a rebuild of the jail loads: what the kernel holds, the bans this command line recorded,
-    and fail2ban's banned list. It never shrinks on a failed read: without fail2ban's list, the rest."""
-    kept = set(backend.banned(spec)) | set(_recorded(known))
+    and fail2ban's banned list, less what f2bext refuses to ban. It never shrinks on a failed read:
+    without fail2ban's list, the rest."""
+    kept = set(check.allowed(backend.banned(spec))) | set(_recorded(known, check))
     if banned is None:
         log.warning("cannot read the banned list of jail %s from fail2ban: the rebuild keeps the %d bans "
                     "the kernel and f2bext's record hold", spec.jail, len(kept))
     return sorted(kept | set(banned or ()), key=str)
 
 
-def _held(backend, spec: JailSpec, known: Optional[state.JailState]) -> Callable[[], list[Network]]:
-    return lambda: _keep(backend, spec, known, _fail2ban_banned(spec.jail))
+def _held(backend, spec: JailSpec, known: Optional[state.JailState], check: Guard) -> Callable[[], list[Network]]:
+    return lambda: _keep(backend, spec, known, _fail2ban_banned(spec.jail, check), check)
 
 
 def _report(findings: list[Finding], jails: Sequence[str], args: argparse.Namespace) -> int:
@@ -206,33 +233,37 @@ def run(argv: Sequence[str]) -> int:
     cmd = args.command
     if cmd in ("ban", "unban", "start", "stop", "flush"):
         nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
-        if cmd == "ban":
-            from .guard import refuse_own
-            refuse_own(nets)
         # Held from the state's read to its write: a rebuild elsewhere must not load a list this
         # change outdates, nor another change of the jail rewrite its record meanwhile.
         with state.JailLock(parse_jail(args.jail)):
             backend_name, spec, known = _spec_from_args(args)
+            known_keeps = known.keeps if known else ()
+            # Only banning needs the names in an ignoreip resolved.
+            keeps = _keeps(args.ignoreip, known_keeps) if cmd in ("ban", "start") else list(known_keeps)
             backend = get_backend(backend_name)
             recorded = set(known.bans) if known else set()
             if cmd == "ban":
-                backend.ban(spec, nets, _held(backend, spec, known))
-                state.save(backend.name, spec, recorded | {to_text(n) for n in nets})
+                check = Guard(keeps)
+                check.refuse(nets)
+                backend.ban(spec, nets, _held(backend, spec, known, check))
+                state.save(backend.name, spec, bans=recorded | {to_text(n) for n in nets}, keeps=keeps)
             elif cmd == "unban":
                 gone = set(nets)
                 if os.path.exists(os.path.join(state.state_dir(), "jails", f"{spec.jail}.json")):
-                    backend.unban(spec, nets, lambda: [n for n in _held(backend, spec, known)() if n not in gone])
+                    held = _held(backend, spec, known, Guard(keeps))
+                    backend.unban(spec, nets, lambda: [n for n in held() if n not in gone])
                 if known:
-                    state.save(backend.name, spec, recorded - {to_text(n) for n in nets})
+                    state.save(backend.name, spec, bans=recorded - {to_text(n) for n in nets}, keeps=keeps)
             elif cmd == "start":
-                banned = _fail2ban_banned(spec.jail)
-                held = banned if banned is not None else _keep(backend, spec, known, None)
+                check = Guard(keeps)
+                banned = _fail2ban_banned(spec.jail, check)
+                held = banned if banned is not None else _keep(backend, spec, known, None, check)
                 backend.start(spec, held)
-                state.save(backend.name, spec, {to_text(n) for n in held})
+                state.save(backend.name, spec, bans={to_text(n) for n in held}, keeps=keeps)
             elif cmd == "flush":
                 backend.flush(spec)
                 if known:
-                    state.save(backend.name, spec)
+                    state.save(backend.name, spec, keeps=keeps)
             else:
                 backend.stop(spec)
                 state.forget(spec.jail)
@@ -250,10 +281,11 @@ def run(argv: Sequence[str]) -> int:
         for entry in known_jails:
             backend = get_backend(entry.backend)
             with state.JailLock(entry.spec.jail):
-                found = backend.verify([entry.spec])
+                check = Guard(_keeps(args.ignoreip, entry.keeps))
+                found = backend.verify([entry.spec]) or _lockouts(backend, entry.spec, check)
                 if cmd == "repair" and found:
-                    backend.repair(entry.spec, _held(backend, entry.spec, _reread(entry))())
-                    found = backend.verify([entry.spec])
+                    backend.repair(entry.spec, _held(backend, entry.spec, _reread(entry), check)())
+                    found = backend.verify([entry.spec]) or _lockouts(backend, entry.spec, check)
             findings += found
         return _report(findings, [e.spec.jail for e in known_jails], args)
     if cmd == "kill":
@@ -310,8 +342,9 @@ def render_fixes(snap, findings) -> str:
         entry = state.load(jail)
         backend = get_backend(entry.backend)
         with state.JailLock(jail):  # fail2ban's list read anew under the lock: the snapshot is out of date
-            banned = _fail2ban_banned(jail)
-            held = banned if banned is not None else _keep(backend, entry.spec, entry, None)
+            check = Guard(entry.keeps)
+            banned = _fail2ban_banned(jail, check)
+            held = banned if banned is not None else _keep(backend, entry.spec, entry, None, check)
             backend.repair(entry.spec, held)
         done.append(f"repaired jail {jail} ({entry.backend}, {len(held)} bans)")
         if any(d.jail == jail and d.code == "sessions-alive" for d in findings):

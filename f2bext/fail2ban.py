@@ -14,13 +14,12 @@ from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
-from . import state
+from . import guard, state
 from .addr import Network, parse_target, to_text
 from .backends import Backend, get_backend
 from .errors import InputError, KernelError
-from .guard import refuse_own
 from .sessions import KillReport, kill_sessions
-from .share import FLEET_JAIL, SCOPES, BanEvent, Fleet, check_origin, check_url, redact
+from .share import FLEET_JAIL, SCOPES, BanEvent, Fleet, check_origin, check_url, parse_max_prefix, redact
 from .spec import JailSpec
 
 log = getLogger("fail2ban.f2bext")
@@ -56,6 +55,8 @@ class EnforcingAction(ActionBase):
         self._preloaded: set[str] = set()
         self._preload_deadline = 0.0
         self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
+        self._kept: object = None  # what the last recheck() guarded: host, protected, ignoreip
+        self._guard_cache: Optional[tuple[object, guard.Guard]] = None
         self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
         self._share = share_options(params)
         self.spec = JailSpec.from_params(jail.name, params)
@@ -72,16 +73,33 @@ class EnforcingAction(ActionBase):
 
     def _parsed(self, ips: Iterable[str]) -> Iterator[Network]:
         """Restored bans, minus any f2bext must refuse (the database may hold one banned before)."""
+        check = self.guard()
         for ip in ips:
             try:
                 net = parse_target(ip)
-                refuse_own([net])
+                check.refuse([net])
             except InputError as e:
                 log.warning("[%s] f2bext does not restore a ban: %s", self._jail.name, e)
                 self._refused.add(ip)
                 self._preloaded.discard(ip)
                 continue
             yield net
+
+    def keeps(self) -> list[guard.Keep]:
+        """The jail's ignoreip, as the guard holds it (host names are left to fail2ban's own check)."""
+        out = []
+        for entry in self._jail.filter.getIgnoreIP():
+            if entry.isValid:
+                out += guard.parse_list(str(entry), guard.IGNOREIP)
+        return out
+
+    def guard(self) -> guard.Guard:
+        """The guard for the jail, built again only when what it guards changed (the ban path is hot)."""
+        guarded = self._guarded()
+        cached = self._guard_cache
+        if cached is None or cached[0] != guarded:
+            cached = self._guard_cache = (guarded, guard.Guard(self.keeps()))
+        return cached[1]
 
     def held_text(self) -> set[str]:
         """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the
@@ -92,14 +110,14 @@ class EnforcingAction(ActionBase):
         return (pending | {str(ip) for ip in self._jail.actions.getBanList()}) - self._refused
 
     def held(self) -> list[Network]:
-        """held_text(), parsed."""
+        """held_text(), parsed, less what became a lockout since it was banned (recheck() says so)."""
         nets = []
         for ip in self.held_text():
             try:
                 nets.append(parse_target(str(ip)))
             except InputError as e:
                 log.warning("[%s] f2bext skips %s", self._jail.name, e)
-        return nets
+        return self.guard().allowed(nets)
 
     def restorable(self) -> list[str]:
         """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
@@ -136,16 +154,22 @@ class EnforcingAction(ActionBase):
     def start(self) -> None:
         watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
         with self._lock:
-            state.save(self.backend.name, self.spec)
+            self._save_state()
             self._preloaded = set()
             restoring = set(self.restorable())
             everything = self.held_text() | restoring
             self._preloaded, self._preload_deadline = restoring, MyTime.time() + PRELOAD_GRACE
             # A generator: 100,000 parsed addresses held at once would cost fail2ban-server 50 MB.
             self.backend.start(self.spec, self._parsed(everything))
+            self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
         if self._share:
             self._fleet = fleets.join(self, self._share)
+            self._save_state()
         log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
+
+    def _save_state(self) -> None:
+        """What the command line needs to check and rebuild the jail: its spec, and what it must not ban."""
+        state.save(self.backend.name, self.spec, keeps=self.keeps() + list(guard.protected()))
 
     def stop(self) -> None:
         watchdog.forget(self)
@@ -166,8 +190,8 @@ class EnforcingAction(ActionBase):
         if aInfo["restored"] and ip in self._preloaded:
             self._preloaded.discard(ip)  # start() loaded it with the others, in one transaction
             return
-        net = parse_target(ip)
         try:
+            net = parse_target(ip)
             self._refuse_lockout(net)
         except InputError:
             self._refused.add(ip)
@@ -180,16 +204,45 @@ class EnforcingAction(ActionBase):
             self._publish("ban", net, aInfo)
 
     def _refuse_lockout(self, net: Network) -> None:
-        """The host's own addresses and the jail's ignoreip are never banned, even when asked directly
-        (`fail2ban-client set JAIL banip` skips fail2ban's own ignore checks)."""
-        if self._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
-            log.warning("[%s] f2bext refuses to ban %s: it is in the jail's ignoreip", self._jail.name, to_text(net))
-            raise InputError(f"{to_text(net)} is in ignoreip of jail {self._jail.name}")
-        try:
-            refuse_own([net])
-        except InputError as e:
-            log.warning("[%s] f2bext %s", self._jail.name, e)
-            raise
+        """What must stay reachable is never banned (guard.py), even when asked directly:
+        `fail2ban-client set JAIL banip` skips fail2ban's own ignore checks."""
+        why = self.guard().refusal(net)
+        if why is None and self._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
+            why = f"it is in {guard.IGNOREIP}"  # a host name, or the jail's ignorecommand
+        if why:
+            log.warning("[%s] f2bext refuses to ban %s: %s", self._jail.name, to_text(net), why)
+            raise InputError(f"refusing to ban {to_text(net)}: {why}")
+
+    def _guarded(self) -> object:
+        """What the guard holds for the jail now; recheck() runs when it changes."""
+        return guard.host_keeps(), guard.protected(), [str(e) for e in self._jail.filter.getIgnoreIP()]
+
+    def recheck(self) -> None:
+        """Lift from the kernel the bans that became lockouts since they were made (a failover address
+        moved onto this host, a new gateway, an ignoreip added): one line each; fail2ban keeps its
+        ticket, and held() keeps them out of every rebuild."""
+        kept = self._guarded()
+        if kept == self._kept:
+            return
+        with self._lock:
+            check = self.guard()
+            lifted = []
+            for ip in self.held_text():
+                try:
+                    net = parse_target(ip)
+                except InputError:
+                    continue
+                why = check.refusal(net)
+                if why:
+                    log.warning("[%s] f2bext lifts its ban of %s: %s (fail2ban keeps its ticket)",
+                                self._jail.name, ip, why)
+                    self._refused.add(ip)
+                    lifted.append(net)
+            if lifted:
+                self.backend.unban(self.spec, lifted, self.held)
+            self._kept = kept
+        if self._fleet:
+            fleets.recheck(self._fleet)
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)
@@ -238,8 +291,8 @@ class EnforcingAction(ActionBase):
             if spec != self.spec:
                 self.spec = spec
                 self.backend.repair(spec, self.held())
-                state.save(self.backend.name, spec)
                 log.info("[%s] f2bext now enforcing %s", self._jail.name, self._describe())
+            self._save_state()
 
     def consistencyCheck(self, beforeRepair: Any = None) -> bool:
         """Called by fail2ban when a banned address shows up again: verify, and repair if broken."""
@@ -325,6 +378,10 @@ class Watchdog:
                 try:
                     broken = {f.jail for f in backend.verify([a.spec for a in mine])}
                     for action in mine:
+                        try:
+                            action.recheck()
+                        except KernelError as e:  # the structural check and repair still run
+                            log.error("f2bext watchdog: %s", e)
                         if action.spec.jail in broken:
                             action.heal("watchdog")
                         else:
@@ -357,14 +414,18 @@ class SessionKiller:
             action.report_kill(net, kill_sessions([net], spec.protocols, spec.ports, spec.kill))
 
 
+DEFAULT_MAX_PREFIX = "16,32"  # a peer shares no IPv4 network wider than /16, no IPv6 one wider than /32
+
+
 def share_options(params: dict[str, Any]) -> dict[str, str]:
     """Take the sharing options out of an action's parameters, validated."""
-    opts = {k: str(params.pop(k)) for k in ("share", "share_scope", "share_origin") if k in params}
+    opts = {k: str(params.pop(k)) for k in ("share", "share_scope", "share_origin", "share_max_prefix") if k in params}
     if not opts.get("share"):
         if opts:
-            raise InputError("share_scope and share_origin need share = redis://...")
+            raise InputError("share_scope, share_origin and share_max_prefix need share = redis://...")
         return {}
     check_url(opts["share"])
+    parse_max_prefix(opts.setdefault("share_max_prefix", DEFAULT_MAX_PREFIX))
     if opts.setdefault("share_scope", "jail") not in SCOPES:
         raise InputError(f"share_scope must be jail or all, not {opts['share_scope'][:20]!r}")
     check_origin(opts.setdefault("share_origin", socket.gethostname()))
@@ -391,8 +452,12 @@ class Fleets:
                 fleet = Fleet(url, opts["share_origin"], state.lib_dir(),
                               apply=lambda jail, op, nets: self.apply(self._fleets[url], jail, op, nets),
                               jails=lambda: set(members), scope_all=opts["share_scope"] == "all",
-                              allowed=lambda jail, net: self._refusal(members, jail, net))
+                              allowed=lambda jail, net: self._refusal(members, jail, net),
+                              max_prefix=parse_max_prefix(opts["share_max_prefix"]))
                 self._fleets[url] = fleet
+                # A ban of the Redis server would cut this server off the fleet for good.
+                guard.protect(url, guard.resolve(fleet.host, f"the Redis server of share {fleet.url}")
+                              if fleet.host else [])
                 fleet.start()
                 log.info("f2bext share: jail %s shares its bans through %s", action.spec.jail, fleet.url)
         return fleet
@@ -405,6 +470,7 @@ class Fleets:
                 if not members:
                     fleet = self._fleets.pop(url, None)
                     del self._members[url]
+                    guard.unprotect(url)
                     if fleet:
                         fleet.stop()
                     if url in self._fleet_jails:
@@ -412,15 +478,38 @@ class Fleets:
                         action.backend.stop(fleet_spec())
 
     def _refusal(self, members: dict[str, EnforcingAction], jail: str, net: Network) -> Optional[str]:
-        """Why a peer's ban must not be applied here: this host's own address, or an ignoreip."""
-        try:
-            refuse_own([net])
-        except InputError:
-            return "it is one of this host's addresses"
-        for action in ([members[jail]] if jail in members else members.values()):
-            if action._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
-                return f"it is in ignoreip of jail {action.spec.jail}"
-        return None
+        """Why a peer's ban must not be applied here: it overlaps what must stay reachable (guard.py),
+        the ignoreip of the jail (of every jail, for the fleet jail) included."""
+        for action in ([members[jail]] if jail in members else list(members.values())):
+            why = action.guard().refusal(net)
+            if why is None and action._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
+                why = f"it is in {guard.IGNOREIP}"
+            if why:
+                return f"{why} (jail {action.spec.jail})"
+        return None if members else guard.Guard().refusal(net)
+
+    def recheck(self, fleet: Fleet) -> None:
+        """Lift the shared bans that became lockouts since they were applied, the fleet jail's included."""
+        with self._lock:
+            url = next((u for u, f in self._fleets.items() if f is fleet), None)
+            members = dict(self._members.get(url, {})) if url else {}
+        for jail, bans in list(fleet.remote.items()):
+            if jail in members:
+                action, spec, held = members[jail], members[jail].spec, members[jail].held
+            elif jail == FLEET_JAIL and members:
+                action, spec, held = next(iter(members.values())), fleet_spec(), (lambda: [])
+            else:
+                continue
+            lifted = []
+            for address in list(bans):
+                why = self._refusal(members, jail, parse_target(address))
+                if why:
+                    log.warning("[%s] f2bext lifts a shared ban of %s: %s", jail, address, why)
+                    bans.pop(address, None)
+                    lifted.append(parse_target(address))
+            if lifted:
+                with action._lock:
+                    action.backend.change_remote(spec, "delete", lifted, held)
 
     def apply(self, fleet: Fleet, jail: str, op: str, nets: list[Network]) -> None:
         """Put the others' bans into the jail's remote sets ("replace" loads them all in one go)."""

@@ -7,6 +7,7 @@ its ipset client grew fail2ban's memory with every ban. What f2bext asks of netl
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -18,6 +19,8 @@ from .errors import KernelError
 NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_NETFILTER = 0, 4, 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x300
+NLM_F_DUMP_INTR = 0x10  # the table changed while it was dumped: the dump may miss or repeat entries
+DUMP_TRIES = 5
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
 NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version 0, resource id (big-endian) 0
@@ -53,6 +56,29 @@ def _ends(data: bytes, seq: int) -> bool:
     return False
 
 
+def interrupted(data: bytes, seq: int) -> bool:
+    """Whether a message of the datagram answering `seq` carries NLM_F_DUMP_INTR (headers only are read)."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, _, flags, msg_seq, _ = HEADER.unpack_from(data, offset)
+        if length < HEADER.size:
+            break
+        if msg_seq == seq and flags & NLM_F_DUMP_INTR:
+            return True
+        offset += (length + 3) & ~3
+    return False
+
+
+def consistent(read: Callable[[], tuple[list[bytes], bool]], tries: int = DUMP_TRIES) -> list[bytes]:
+    """The payloads of a dump no change interrupted: `read()` gives (payloads, interrupted) and is tried
+    again, up to `tries` times in all, before OSError(EINTR)."""
+    for _ in range(tries):
+        payloads, was_interrupted = read()
+        if not was_interrupted:
+            return payloads
+    raise OSError(errno.EINTR, f"the dump was interrupted by changes {tries} times in a row")
+
+
 def attr(kind: int, data: bytes) -> bytes:
     return ATTR.pack(ATTR.size + len(data), kind) + data + bytes(-len(data) % 4)
 
@@ -79,6 +105,7 @@ class Socket:
         self.sock.settimeout(timeout)  # a wedged kernel must not hang the caller
         self.sock.bind((0, 0))
         self.seq = 0
+        self.interrupted = False  # whether the last answer carried NLM_F_DUMP_INTR
 
     def close(self) -> None:
         self.sock.close()
@@ -97,9 +124,11 @@ class Socket:
         mostly returns what the caller does not want, and one search of the datagram is far cheaper
         than cutting it into messages."""
         self.seq += 1
+        self.interrupted = False
         self.sock.send(make(self.seq))
         while True:
             data = self.sock.recv(_RECV_SIZE)
+            self.interrupted = self.interrupted or interrupted(data, self.seq)
             if needles and not any(needle in data for needle in needles) and not _ends(data, self.seq):
                 continue
             for msg_type, seq, payload in parse_messages(data):
@@ -111,6 +140,10 @@ class Socket:
                         raise OSError(code, os.strerror(code))
                     return
                 yield payload
+
+    def dump(self, make: Callable[[int], bytes]) -> list[bytes]:
+        """A whole dump, asked again while a change interrupts it (NLM_F_DUMP_INTR), up to DUMP_TRIES."""
+        return consistent(lambda: (list(self.ask(make)), self.interrupted))
 
 
 # --- the nf_tables ruleset generation ----------------------------------------------------------------

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .addr import Network, parse_target, to_text
 from .errors import InputError
@@ -40,7 +40,7 @@ STREAM_MAXLEN = 100_000
 MAX_BANTIME = 10 * 365 * 86400  # a longer one from a peer is absurd: refused
 BATCH = 500
 STOP_WAIT = 6.0  # seconds a stop waits for the publisher to flush (a send times out after 5)
-ORIGIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ORIGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 INSTANCE = re.compile(r"[0-9a-f]{32}")
 NOTICE_BURST, NOTICE_PERIOD = 10, 60.0  # lines about peers' entries: this many a minute, then one summary
 TWIN_PERIOD = 3600.0  # seconds between warnings that another server publishes under our origin
@@ -51,13 +51,21 @@ log = logging.getLogger("fail2ban.f2bext.share")
 
 
 def redact(url: str) -> str:
-    """The URL without its password, fit for logs and for `fail2ban-client get`."""
+    """The URL without its password (in the user part or a `password=` query argument, which redis-py
+    honours too), fit for logs and for `fail2ban-client get`."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        netloc = user + netloc.rpartition("@")[2]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name.lower() == "password" for name, _ in pairs):
+        query = urlencode([(name, "***" if name.lower() == "password" else value) for name, value in pairs],
+                          safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + (parts.hostname or "") + (f":{parts.port}" if parts.port else ""),
-                       parts.path, parts.query, parts.fragment))
+    shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return shown.replace(":", "://", 1) if not netloc and url.startswith(parts.scheme + "://") else shown
 
 
 def check_url(url: str) -> str:
@@ -67,8 +75,25 @@ def check_url(url: str) -> str:
     return url
 
 
+def parse_max_prefix(text: str) -> tuple[int, int]:
+    """share_max_prefix: `V4,V6`, the shortest prefix of a network a peer may share (16,32: nothing
+    wider than a /16 or a /32)."""
+    m = re.fullmatch(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*", text)
+    if not m or int(m.group(1)) > 32 or int(m.group(2)) > 128:
+        raise InputError(f"share_max_prefix must be V4,V6 prefix lengths (0-32,0-128), e.g. 16,32, not {text[:20]!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def too_wide(net: Network, max_prefix: tuple[int, int]) -> Optional[str]:
+    """Why a peer's network is wider than share_max_prefix allows; None when it is not."""
+    shortest = max_prefix[0] if net.version == 4 else max_prefix[1]
+    if net.prefixlen < shortest:
+        return f"it is wider than /{shortest}, the widest network a peer may share here (share_max_prefix)"
+    return None
+
+
 def check_origin(origin: str) -> str:
-    if not ORIGIN.match(origin):
+    if not ORIGIN.fullmatch(origin):
         raise InputError(f"share_origin {origin[:40]!r} must be a host name (letters, digits, '.', '-', '_')")
     return origin
 
@@ -196,9 +221,11 @@ class Fleet:
     """One Redis URL in one fail2ban-server: publishes this server's bans, follows the others'."""
 
     def __init__(self, url: str, origin: str, folder: str, apply: Apply, jails: Callable[[], set[str]],
-                 scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None) -> None:
+                 scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None,
+                 max_prefix: tuple[int, int] = (16, 32)) -> None:
         """folder: where the queue and the instance id survive a reboot (state.lib_dir())."""
         self._url = check_url(url)
+        self.max_prefix = max_prefix
         self.origin = check_origin(origin)
         self.instance = instance_id(folder)
         self._folder = folder
@@ -225,6 +252,11 @@ class Fleet:
     @property
     def url(self) -> str:
         return redact(self._url)
+
+    @property
+    def host(self) -> str:
+        """The host the URL connects to ("" for a unix socket)."""
+        return "" if self._url.startswith("unix:") else urlsplit(self._url).hostname or "localhost"
 
     def start(self) -> None:
         for t in self._threads:
@@ -470,7 +502,8 @@ class Fleet:
         return FLEET_JAIL if self.scope_all else None
 
     def _accept(self, jail: str, event: BanEvent) -> bool:
-        refusal = self._allowed(jail, parse_target(event.address))
+        net = parse_target(event.address)
+        refusal = too_wide(net, self.max_prefix) or self._allowed(jail, net)
         if refusal:
             self._notices.say("bans refused", "f2bext share: refusing %s's ban of %s in jail %s: %s",
                               event.origin, event.address, jail, refusal)

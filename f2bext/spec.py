@@ -19,9 +19,9 @@ BLOCKTYPES = ("reject", "drop")
 TYPES = ("multiport", "allports")
 
 # 23 characters keep "f2bext6-<jail>" within ipset's 31-character set names.
-JAIL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,22}$")
-_SERVICE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,31}$")
-_PORT_TOKEN = re.compile(r"^([^:-]+)(?:[:-]([^:-]+))?$")
+JAIL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,22}")
+_SERVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]{0,31}")
+_PORT_TOKEN = re.compile(r"([^:-]+)(?:[:-]([^:-]+))?")
 
 # Parameters fail2ban may hand to a banaction; `name` is the legacy jail alias of the stock actions.
 PARAMETERS = ("port", "protocol", "type", "blocktype", "hooks", "chain", "kill", "name")
@@ -86,7 +86,7 @@ def parse_ports(text: str, protocols: tuple[str, ...] = ("tcp",)) -> tuple[PortR
         if whole is not None:  # a name with a dash (http-alt, ftp-data), not a range
             ranges.append((whole, whole))
             continue
-        match = _PORT_TOKEN.match(token)
+        match = _PORT_TOKEN.fullmatch(token)
         if not match:
             raise InputError(f"not a port or port range: {token[:40]!r}")
         low = _port_number(match.group(1), protocols)

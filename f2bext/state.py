@@ -6,6 +6,7 @@ when fail2ban cannot be asked. And the lock every change to a jail's kernel obje
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -13,9 +14,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from .errors import InputError, KernelError
+from .guard import Keep
 from .spec import JailSpec, parse_jail
 
 log = logging.getLogger("f2bext")
@@ -39,19 +41,21 @@ class JailState:
     backend: str
     spec: JailSpec
     bans: frozenset[str] = frozenset()  # what the command line banned in the jail, as text
+    keeps: tuple[Keep, ...] = ()  # what the jail must never ban beyond the host itself (its ignoreip, Redis)
 
 
 def _path(jail: str) -> str:
     return os.path.join(state_dir(), "jails", f"{parse_jail(jail)}.json")
 
 
-def save(backend: str, spec: JailSpec, bans: Iterable[str] = ()) -> None:
+def save(backend: str, spec: JailSpec, *, bans: Iterable[str] = (), keeps: Sequence[Keep] = ()) -> None:
     """Written atomically (temporary file, then rename) so a reader never sees half a file."""
     path = _path(spec.jail)
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     with os.fdopen(fd, "w") as out:
-        json.dump({"backend": backend, "jail": spec.jail, "params": spec.to_params(), "bans": sorted(bans)}, out)
+        json.dump({"backend": backend, "jail": spec.jail, "params": spec.to_params(), "bans": sorted(bans),
+                   "keep": [[str(k.net), k.why, k.listed] for k in keeps]}, out)
     os.replace(tmp, path)
 
 
@@ -66,7 +70,8 @@ def _parse(data: Any) -> JailState:
     bans = data.get("bans", [])
     if not isinstance(bans, list) or not all(isinstance(b, str) for b in bans):
         raise ValueError("bans is not a list of addresses")
-    return JailState(data["backend"], JailSpec.from_params(data["jail"], data["params"]), frozenset(bans))
+    keeps = tuple(Keep(ipaddress.ip_network(net), str(why)[:200], bool(listed)) for net, why, listed in data.get("keep", []))
+    return JailState(data["backend"], JailSpec.from_params(data["jail"], data["params"]), frozenset(bans), keeps)
 
 
 def load(jail: str) -> JailState:

@@ -184,8 +184,8 @@ def test_crafted_entries_are_refused_by_every_follower(hosts, fleet, redis):
         assert "skipping event" in log and "Traceback" not in log
     assert lab.BYSTANDER4 not in enforced(b) and lab.BYSTANDER4 in enforced(a)
     assert SERVERS["c"][0] not in enforced(c)
-    assert "in ignoreip of jail postfix" in open(os.path.join(b.workdir, "fail2ban.log")).read()
-    assert "one of this host's addresses" in open(os.path.join(c.workdir, "fail2ban.log")).read()
+    assert "it is in the jail's ignoreip (jail postfix)" in open(os.path.join(b.workdir, "fail2ban.log")).read()
+    assert "an address of this host (eth0) (jail postfix)" in open(os.path.join(c.workdir, "fail2ban.log")).read()
 
 
 def test_every_server_ends_with_exactly_the_union_of_current_bans(hosts, fleet):

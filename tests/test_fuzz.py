@@ -28,6 +28,7 @@ from f2bext.spec import (
 )
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+NEVER = tuple(ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10", "224.0.0.0/4", "ff00::/8"))
 DOCUMENTED_JAIL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,22}")
 
 
@@ -244,7 +245,7 @@ def test_any_address_text_is_one_clean_network_or_an_input_error(text):
     except InputError:
         return
     assert isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network))
-    assert not any(net.version == lo.version and net.overlaps(lo) for lo in LOOPBACK)
+    assert not any(net.version == lo.version and net.overlaps(lo) for lo in LOOPBACK + NEVER)
     assert not (net.network_address.is_unspecified and net.prefixlen == net.max_prefixlen)
     assert not (net.version == 6 and net.prefixlen == 128 and net.network_address.ipv4_mapped)
     assert parse_target(to_text(net)) == net
@@ -252,13 +253,13 @@ def test_any_address_text_is_one_clean_network_or_an_input_error(text):
 
 @fuzz(300)
 @given(st.one_of(ipv4, ipv6), st.integers(0, 128))
-def test_every_address_is_accepted_unless_it_is_loopback_or_unspecified(address, prefix):
+def test_every_address_is_accepted_unless_it_is_loopback_link_local_multicast_or_unspecified(address, prefix):
     prefix = min(prefix, address.max_prefixlen)
     text = f"{address}/{prefix}"
     net = ipaddress.ip_network(text, strict=False)
     if net.version == 6 and prefix == 128 and address.ipv4_mapped:
         net = ipaddress.ip_network(address.ipv4_mapped)
-    refused = (any(net.version == lo.version and net.overlaps(lo) for lo in LOOPBACK)
+    refused = (any(net.version == lo.version and net.overlaps(lo) for lo in LOOPBACK + NEVER)
                or (net.network_address.is_unspecified and net.prefixlen == net.max_prefixlen))
     if refused:
         with pytest.raises(InputError):

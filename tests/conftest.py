@@ -46,15 +46,27 @@ def workdir(tmp_path):
 
 
 @pytest.fixture
-def smtp(hosts, workdir):
+def listen(hosts, workdir):
+    """listen(ports, log='other.log', ns=server): the lab's listeners on those ports, until the test ends."""
+    procs = []
+
+    def start(ports, log="other.log", ns=None):
+        proc = (ns or hosts.server).popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log",
+                                           os.path.join(workdir, log), "--ports", ",".join(map(str, ports))],
+                                          env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def smtp(listen):
     """The lab's SMTP listeners on 25, 465, 587 and an unrelated 2525, in the server namespace."""
-    proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log", os.path.join(workdir, "mail.log"),
-                               "--ports", "25,465,587,2525"], env=lab.lab_env(workdir), stdout=subprocess.PIPE,
-                              text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    yield proc
-    proc.kill()
-    proc.wait()
+    return listen((25, 465, 587, 2525), log="mail.log")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ The shipped jails read where their distribution says (Debian 13: the journal); j
 them at a file, as an admin would: `backend = polling` and `logpath`."""
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -65,6 +66,33 @@ def f2bext_holds(hosts, jail, address):
     return address in hosts.server.nft("list", "set", "inet", "f2bext", f"{jail}-{kind}", check=False)
 
 
+UDP_ECHO = """import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(512)
+    s.sendto(data, peer)
+"""
+UDP_ASK = """import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+s.recv(512)
+"""
+
+
+@pytest.fixture
+def udp_answers(hosts):
+    """udp_answers(ns) -> True when a UDP echo on the server (port 5353) answers ns."""
+    echo = hosts.server.popen([lab.PYTHON, "-c", UDP_ECHO, "5353"], stdout=subprocess.PIPE, text=True)
+    assert echo.stdout.readline().strip() == "ready"
+    yield lambda ns: ns.run([lab.PYTHON, "-c", UDP_ASK, lab.SERVER4, "5353"], check=False).returncode == 0
+    echo.kill()
+    echo.wait()
+
+
 @pytest.fixture
 def services(listen):
     """Listeners on the services' ports no lab listener has."""
@@ -98,10 +126,12 @@ def test_shipped_postfix_sasl_jail_bans_password_guessing_over_smtp(hosts, workd
     assert reach(hosts.attacker, lab.SERVER4, SSH) and reach(hosts.bystander, lab.SERVER4, IMAP)
 
 
-def test_shipped_recidive_jail_bans_every_port_after_five_bans_elsewhere(hosts, workdir, f2b, reach, services):
+def test_shipped_recidive_jail_bans_every_port_and_protocol_after_five_bans_elsewhere(
+        hosts, workdir, f2b, reach, services, udp_answers):
     f2b.jails = {"postfix": dict(lab.DEFAULT_JAIL),
                  "f2bext-recidive": read_as_file(os.path.join(workdir, "fail2ban.log"))}
     f2b.start()
+    assert udp_answers(hosts.attacker)
     for _ in range(5):  # fail2ban's own "[postfix] Ban ADDR" lines are what recidive counts
         f2b.client("set", "postfix", "banip", lab.ATTACKER4)
         f2b.client("set", "postfix", "unbanip", lab.ATTACKER4)
@@ -110,7 +140,8 @@ def test_shipped_recidive_jail_bans_every_port_after_five_bans_elsewhere(hosts, 
     assert f2bext_holds(hosts, "f2bext-recidive", lab.ATTACKER4)
     for port in (25, SSH, IMAP, OTHER):
         assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still open to the repeat offender"
-    assert reach(hosts.bystander, lab.SERVER4, OTHER)
+    assert not udp_answers(hosts.attacker), "UDP still answers the repeat offender"
+    assert reach(hosts.bystander, lab.SERVER4, OTHER) and udp_answers(hosts.bystander)
     log = open(os.path.join(workdir, "fail2ban.log")).read()
     assert log.count(f"[f2bext-recidive] Ban {lab.ATTACKER4}") == 1
 

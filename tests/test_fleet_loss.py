@@ -241,6 +241,28 @@ def test_bans_queued_while_redis_hangs_survive_a_stop_and_arrive_after_restart(s
     assert all(addr in stream for addr in BANNED)
 
 
+def queued(server):
+    """The addresses waiting in the server's disk queues, read as a restarted server would."""
+    folder = lib_of(server)
+    paths = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".queue")] if os.path.isdir(folder) else []
+    return {item["address"] for path in paths for item in DiskQueue(path).head(share.BATCH)[2]}
+
+
+def test_bans_queued_while_redis_is_down_survive_a_crash_of_fail2ban(server_a, redis):
+    a = server_a
+    a.start()
+    redis.stop()
+    a.client("set", "postfix", "banip", *BANNED[:3])
+    a.wait(lambda: queued(a) == set(BANNED[:3]), "the bans in a's disk queue")
+    a.server.kill()  # SIGKILL: no stop, no flush
+    a.server.wait()
+    a.stop()
+    redis.start()
+    a.start()
+    a.wait(lambda: {f"postfix {addr}" for addr in BANNED[:3]} <= shared_bans(redis), "the queued bans in Redis")
+    a.wait(lambda: queued(a) == set(), "a's queue emptied")
+
+
 @pytest.fixture
 def small_disk(server_a):
     """a's state folder (its queue under it) on a tmpfs of its own, for the test to fill up."""

@@ -135,10 +135,10 @@ def test_a_ban_tied_to_one_interface_lets_traffic_through_another(hosts, workdir
     assert not reach(hosts.attacker, lab.SERVER4, 25), "the ban holds on eth0"
     assert reach(hosts.attacker, other, 25, source=lab.ATTACKER4), "the banned address gets in through eth1"
     code, report, found = run_doctor(hosts, workdir)
-    assert code == doctor.CRITICAL and found["interface-tied"]["severity"] == "CRITICAL"
-    assert found["interface-tied"]["evidence"].startswith("-A INPUT -i eth0 ") \
-        and found["interface-tied"]["evidence"].endswith("-j f2b-postfix")
-    assert "only on eth0" in found["interface-tied"]["message"] and "arriving on eth1" in found["interface-tied"]["message"]
+    tied = found["interface-tied"]
+    assert code == doctor.CRITICAL and tied["severity"] == "CRITICAL"
+    assert tied["evidence"].startswith("-A INPUT -i eth0 ") and tied["evidence"].endswith("-j f2b-postfix")
+    assert "only on eth0" in tied["message"] and "arriving on eth1" in tied["message"]
     assert report["perfdata"]["leaking"] >= 1
 
 

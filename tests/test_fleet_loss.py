@@ -244,7 +244,8 @@ def test_bans_queued_while_redis_hangs_survive_a_stop_and_arrive_after_restart(s
 def queued(server):
     """The addresses waiting in the server's disk queues, read as a restarted server would."""
     folder = lib_of(server)
-    paths = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".queue")] if os.path.isdir(folder) else []
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    paths = [os.path.join(folder, n) for n in names if n.endswith(".queue")]
     return {item["address"] for path in paths for item in DiskQueue(path).head(share.BATCH)[2]}
 
 

@@ -27,10 +27,14 @@ def kernel_tests_impossible() -> str:
     return f"missing {', '.join(missing)} (sudo make deps installs them)" if missing else ""
 
 
+# The fixtures that create network namespaces: the lab's hosts, test_fuzz's scratch namespace.
+NAMESPACE_FIXTURES = {"hosts", "scratch"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:  # before -m selects: `-m "not kernel"` leaves them out
-        if "hosts" in getattr(item, "fixturenames", ()):
+        if NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)
 
 

@@ -436,7 +436,6 @@ def nft_kernel_view(ns: Netns, spec: JailSpec) -> tuple[list, set]:
         return nft.check_jail(spec, seen), held
 
 
-@pytest.mark.kernel
 @fuzz(120)
 @given(valid_specs(), nets_for())
 def test_nft_builders_give_rules_the_kernel_takes_and_lists_back_as_the_spec(scratch, spec, nets):
@@ -458,7 +457,6 @@ def objects_of(ns: Netns, jail: str) -> list:
             if kind in ("set", "chain", "rule") and nft.jail_of(body.get("name", body.get("chain", ""))) == jail]
 
 
-@pytest.mark.kernel
 @fuzz(60)
 @given(valid_specs(jail_names.filter(lambda j: len(j) <= 15)), st.sampled_from(list(nft.SET_KINDS) + list(HOOKS)),
        nets_for(6), nets_for(6), valid_specs())

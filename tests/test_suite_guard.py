@@ -11,6 +11,8 @@ import pytest
 
 from f2bext import lab
 
+pytestmark = pytest.mark.kernel  # root, to become nobody or to hide the tools
+
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 

@@ -61,13 +61,13 @@ def workdir(tmp_path):
 
 @pytest.fixture
 def listen(hosts, workdir):
-    """listen(ports, log='other.log', ns=server): the lab's listeners on those ports, until the test ends."""
+    """listen(ports, log='other.log'): the lab's listeners on those ports of the server, until the test ends."""
     procs = []
 
-    def start(ports, log="other.log", ns=None):
-        proc = (ns or hosts.server).popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log",
-                                           os.path.join(workdir, log), "--ports", ",".join(map(str, ports))],
-                                          env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
+    def start(ports, log="other.log"):
+        proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log", os.path.join(workdir, log),
+                                   "--ports", ",".join(map(str, ports))], env=lab.lab_env(workdir),
+                                  stdout=subprocess.PIPE, text=True)
         procs.append(proc)
         assert proc.stdout.readline().strip() == "ready"
         return proc

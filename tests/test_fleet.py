@@ -80,7 +80,7 @@ def servers(hosts, tmp_path):
 
 
 @pytest.fixture
-def fleet(servers, redis):
+def fleet(redis, servers):  # Redis outlives the servers: their stop sends what is queued
     b_ignores = {"ignoreip": f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"}
     return servers({name: {"postfix": share_jail(redis.url, name, **(b_ignores if name == "b" else {}))}
                     for name in ("a", "b", "c")})

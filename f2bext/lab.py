@@ -122,16 +122,40 @@ def apply_seed_firewall(ns: Netns, variant: str = "", on_top: bool = False) -> N
             ns.run([iptables(family, variant), "-w", *args])
 
 
+# The lab's stand-ins on PATH: fail2ban's mail actions (action_mw, action_mwl) reach no one. Each mail
+# is kept in WORKDIR/sent-mail, its command line first, then what fail2ban piped in.
+LAB_PROGRAMS = {
+    "f2bext": f'#!/bin/sh\nexec {PYTHON} -m f2bext "$@"\n',
+    "sendmail": '#!/bin/sh\nset -e\nbox="$(dirname "$0")/../sent-mail"\nmkdir -p "$box"\n'
+                'mail=$(mktemp "$box/.mail-XXXXXX")\n{ echo "sendmail $*"; cat; } > "$mail"\n'
+                'mv "$mail" "$box/${mail##*/.}"\n',
+    "whois": '#!/bin/sh\necho "whois: the lab asks no one about $*"\n',
+}
+
+
+def sent_mail(workdir: str) -> list[str]:
+    """The mails fail2ban handed the lab's sendmail, oldest first, each as its text."""
+    box = os.path.join(workdir, "sent-mail")
+    names = sorted((n for n in os.listdir(box) if not n.startswith(".")),
+                   key=lambda n: os.stat(os.path.join(box, n)).st_mtime_ns) if os.path.isdir(box) else []
+    out = []
+    for name in names:
+        with open(os.path.join(box, name)) as f:
+            out.append(f.read())
+    return out
+
+
 def lab_env(workdir: str, variant: str = "") -> dict[str, str]:
     """Environment for our processes in the lab: the project importable, an `f2bext` command on PATH
-    (for the .conf actions), state kept in the lab."""
+    (for the .conf actions) with the stand-ins beside it, state kept in the lab."""
     bindir = os.path.join(workdir, "bin")
-    wrapper = os.path.join(bindir, "f2bext")
-    if not os.path.exists(wrapper):
-        os.makedirs(bindir, exist_ok=True)
-        with open(wrapper, "w") as f:
-            f.write(f'#!/bin/sh\nexec {PYTHON} -m f2bext "$@"\n')
-        os.chmod(wrapper, 0o755)
+    for name, text in LAB_PROGRAMS.items():
+        program = os.path.join(bindir, name)
+        if not os.path.exists(program):
+            os.makedirs(bindir, exist_ok=True)
+            with open(program, "w") as f:
+                f.write(text)
+            os.chmod(program, 0o755)
     env = dict(os.environ)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     if os.path.isfile(os.path.join(PROJECT_ROOT, "setup.cfg")):  # a checkout; an installed f2bext needs nothing
@@ -194,6 +218,8 @@ class Fail2banLab:
             if os.path.isdir(src):
                 for name in os.listdir(src):
                     shutil.copy(os.path.join(src, name), os.path.join(self.confdir, sub, name))
+        with open(os.path.join(self.confdir, "action.d", "sendmail-common.local"), "w") as f:
+            f.write('[Init]\nmailcmd = sendmail -f "<sender>" "<dest>"\n')  # the lab's, on PATH
         with open(os.path.join(self.confdir, "fail2ban.local"), "w") as f:
             f.write("[Definition]\nloglevel = INFO\n"
                     f"logtarget = {self.workdir}/fail2ban.log\nsocket = {self.workdir}/fail2ban.sock\n"

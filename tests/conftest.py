@@ -14,23 +14,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from f2bext import lab  # noqa: E402
 
 
-def _kernel_tests_possible() -> str:
+# What the kernel tests run: the lab's namespaces, firewalls, fail2ban and Redis (`make deps` installs them).
+LAB_TOOLS = ("ip", "nft", "conntrack", "ipset", "iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy",
+             "fail2ban-server", "fail2ban-client", "redis-server", "redis-cli", "openssl")
+
+
+def kernel_tests_impossible() -> str:
+    """Why the kernel tests cannot run here ("" when they can)."""
     if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    for tool in ("ip", "nft", "conntrack"):
-        if not shutil.which(tool):
-            return f"needs {tool}"
-    return ""
+        return "they need root (network namespaces, firewalls): sudo make test"
+    missing = [tool for tool in LAB_TOOLS if not shutil.which(tool)]
+    return f"missing {', '.join(missing)} (sudo make deps installs them)" if missing else ""
 
 
+# The fixtures that create network namespaces: the lab's hosts, test_fuzz's scratch namespace.
+NAMESPACE_FIXTURES = {"hosts", "scratch"}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    reason = _kernel_tests_possible()
-    if reason and os.environ.get("F2BEXT_REQUIRE_KERNEL"):
-        raise pytest.UsageError(f"F2BEXT_REQUIRE_KERNEL is set but the kernel tests cannot run: {reason}")
+    for item in items:  # before -m selects: `-m "not kernel"` leaves them out
+        if NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
+
+
+def pytest_collection_finish(session):
+    """Kernel tests that cannot run fail the run, saying why: never a silent skip (CI counts on it)."""
+    kernel = [item for item in session.items if item.get_closest_marker("kernel")]
+    reason = kernel_tests_impossible() if kernel else ""
     if reason:
-        for item in items:
-            if "hosts" in getattr(item, "fixturenames", ()) or item.get_closest_marker("kernel"):
-                item.add_marker(pytest.mark.skip(reason=reason))
+        raise pytest.UsageError(f"{len(kernel)} kernel tests cannot run here: {reason}; "
+                                f"or leave them out with -m 'not kernel'")
 
 
 @pytest.fixture
@@ -46,15 +60,27 @@ def workdir(tmp_path):
 
 
 @pytest.fixture
-def smtp(hosts, workdir):
+def listen(hosts, workdir):
+    """listen(ports, log='other.log'): the lab's listeners on those ports of the server, until the test ends."""
+    procs = []
+
+    def start(ports, log="other.log"):
+        proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log", os.path.join(workdir, log),
+                                   "--ports", ",".join(map(str, ports))], env=lab.lab_env(workdir),
+                                  stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def smtp(listen):
     """The lab's SMTP listeners on 25, 465, 587 and an unrelated 2525, in the server namespace."""
-    proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log", os.path.join(workdir, "mail.log"),
-                               "--ports", "25,465,587,2525"], env=lab.lab_env(workdir), stdout=subprocess.PIPE,
-                              text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    yield proc
-    proc.kill()
-    proc.wait()
+    return listen((25, 465, 587, 2525), log="mail.log")
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from f2bext import doctor, lab
+from f2bext.netns import wire
 
 
 def run_doctor(hosts, workdir, *args):
@@ -122,6 +123,52 @@ def test_an_ipv6_attacker_against_an_ipv4_only_stock_action(hosts, workdir, f2b)
     code, _, found = run_doctor(hosts, workdir)
     assert code == doctor.CRITICAL and "ipv6-uncovered" in found
     assert lab.ATTACKER6 in found["not-enforced"]["evidence"]
+
+
+def second_link(hosts):
+    """A second wire from the attacker straight to the server (a second NIC, a VPN): the server's eth1,
+    192.0.2.1 (TEST-NET-1). The server answers the attacker over eth0, its route to 203.0.113.0/24."""
+    wire(hosts.server, "eth1", hosts.attacker, "eth1")
+    hosts.server.add_address("eth1", "192.0.2.1/24")
+    hosts.attacker.add_address("eth1", "192.0.2.7/24")
+    for ns in (hosts.server, hosts.attacker):
+        ns.run(["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth1.rp_filter=0"])
+    return "192.0.2.1"
+
+
+def test_a_ban_tied_to_one_interface_lets_traffic_through_another(hosts, workdir, f2b, reach):
+    other = second_link(hosts)
+    # The admin tied the jail's rule to eth0 (pre-rule; `<sp>` is fail2ban's space).
+    start(f2b, action='iptables-multiport[name=postfix, port="smtp,ssmtp,submission", pre-rule="-i eth0<sp>"]')
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    assert not reach(hosts.attacker, lab.SERVER4, 25), "the ban holds on eth0"
+    assert reach(hosts.attacker, other, 25, source=lab.ATTACKER4), "the banned address gets in through eth1"
+    code, report, found = run_doctor(hosts, workdir)
+    tied = found["interface-tied"]
+    assert code == doctor.CRITICAL and tied["severity"] == "CRITICAL"
+    assert tied["evidence"].startswith("-A INPUT -i eth0 ") and tied["evidence"].endswith("-j f2b-postfix")
+    assert "only on eth0" in tied["message"] and "arriving on eth1" in tied["message"]
+    assert report["perfdata"]["leaking"] >= 1
+
+
+def test_a_restored_save_that_brings_back_a_lifted_ban_is_stale_a_warning(hosts, workdir, f2b, reach):
+    start(f2b, banaction="iptables-multiport")
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    saved = hosts.server.run(["iptables-save"]).stdout  # the admin's save, taken while the ban stood
+    f2b.client("set", "postfix", "unbanip", lab.ATTACKER4)
+    assert reach(hosts.attacker, lab.SERVER4, 25)
+    hosts.server.run(["iptables-restore"], input=saved)  # restored later: a reboot, a firewall script
+    assert not reach(hosts.attacker, lab.SERVER4, 25), "the lifted ban is back in the kernel"
+    code, report, found = run_doctor(hosts, workdir)
+    assert code == doctor.WARNING and report["status"] == "WARNING" and list(found) == ["stale"]
+    assert found["stale"]["evidence"] == f"{lab.ATTACKER4}/32" and report["perfdata"]["warning"] == 1
+    plain = lab.f2bext_cmd(hosts.server, workdir, "doctor")
+    assert plain.returncode == doctor.WARNING and plain.stdout.startswith("F2BEXT DOCTOR WARNING - postfix: ")
+    assert found["stale"]["fix"].startswith("fail2ban-client restart postfix")
+    f2b.client("restart", "postfix")
+    f2b.wait(lambda: "postfix" in f2b.client("status", check=False).stdout, "postfix restarted")
+    assert reach(hosts.attacker, lab.SERVER4, 25)
+    assert lab.f2bext_cmd(hosts.server, workdir, "doctor").returncode == doctor.OK
 
 
 @pytest.mark.parametrize("banaction", ["iptables-multiport", "f2bext-nftables.py"])

@@ -50,15 +50,10 @@ def leak_twice(ns, workdir, f2b, address, server=lab.SERVER4):
 
 
 @pytest.fixture
-def other_service(hosts, workdir):
+def other_service(listen):
     """A listener on a port no jail names, beside the lab's SMTP listeners."""
-    proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log",
-                               os.path.join(workdir, "other.log"), "--ports", str(OTHER_PORT)],
-                              env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    yield OTHER_PORT
-    proc.kill()
-    proc.wait()
+    listen((OTHER_PORT,))
+    return OTHER_PORT
 
 
 def repair_command(capture: dict):

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from f2bext import lab
+from f2bext.share import FLEET_JAIL
 
 PASSWORD = "s3cret-fleet"
 SERVERS = {"a": (lab.SERVER4, lab.SERVER6), "b": ("198.51.100.2", "2001:db8::2"), "c": ("198.51.100.3", "2001:db8::3")}
@@ -50,38 +51,47 @@ def redis(tmp_path):
     server.stop()
 
 
-def share_jail(url, origin, **extra):
+def share_jail(url, origin, banaction="f2bext-nftables.py", port="smtp,ssmtp,submission", scope="", **extra):
+    """The lab's postfix jail, sharing through `url`; `scope` sets share_scope."""
     jail = {k: v for k, v in lab.DEFAULT_JAIL.items() if k != "banaction"}
-    jail["action"] = f'f2bext-nftables.py[port="smtp,ssmtp,submission", share="{url}", share_origin="{origin}"]'
+    scope = f', share_scope="{scope}"' if scope else ""
+    jail["action"] = f'{banaction}[port="{port}", share="{url}", share_origin="{origin}"{scope}]'
     jail.update(extra)
     return jail
 
 
 @pytest.fixture
-def fleet(hosts, tmp_path, redis):
-    namespaces = {"a": hosts.server}
-    for name in ("b", "c"):
-        namespaces[name] = lab.add_server(hosts, f"srv{name}", *SERVERS[name])
+def servers(hosts, tmp_path):
+    """servers({name: jails}, backend): fail2ban-servers started on the lab's wire, a on the lab's
+    server, b and c on servers of their own (SERVERS); all stopped when the test ends."""
     labs = {}
-    for name, ns in namespaces.items():
-        workdir = tmp_path / name
-        workdir.mkdir()
-        extra = {"ignoreip": f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"} if name == "b" else {}
-        labs[name] = lab.Fail2banLab(hosts, str(workdir), jails={"postfix": share_jail(redis.url, name, **extra)},
-                                     ns=ns)
-    for server in labs.values():
-        server.start()
-    yield labs
+
+    def start(plan, backend="nftables"):
+        for name, jails in plan.items():
+            ns = hosts.server if name == "a" else lab.add_server(hosts, f"srv{name}", *SERVERS[name])
+            (tmp_path / name).mkdir()
+            labs[name] = lab.Fail2banLab(hosts, str(tmp_path / name), jails=jails, backend=backend, ns=ns)
+        for server in labs.values():
+            server.start()
+        return labs
+    yield start
     for server in labs.values():
         server.stop()
 
 
-def enforced(server, remote_only=False):
+@pytest.fixture
+def fleet(redis, servers):  # Redis outlives the servers: their stop sends what is queued
+    b_ignores = {"ignoreip": f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"}
+    return servers({name: {"postfix": share_jail(redis.url, name, **(b_ignores if name == "b" else {}))}
+                    for name in ("a", "b", "c")})
+
+
+def enforced(server, remote_only=False, jail="postfix"):
     """Every address the server's kernel holds for the jail (its own bans and the shared ones)."""
     kinds = ("rv4", "rv6") if remote_only else ("v4", "v6", "rv4", "rv6")
     out = set()
     for kind in kinds:
-        listing = server.ns.run(["nft", "-j", "list", "set", "inet", "f2bext", f"postfix-{kind}"], check=False).stdout
+        listing = server.ns.run(["nft", "-j", "list", "set", "inet", "f2bext", f"{jail}-{kind}"], check=False).stdout
         for item in json.loads(listing or '{"nftables": []}')["nftables"]:
             out.update(str(e) for e in item.get("set", {}).get("elem", []))
     return out
@@ -95,8 +105,14 @@ def name_of(server):
     return os.path.basename(server.workdir)
 
 
-def refused(hosts, server, port=25):
-    return lab.tool(hosts.attacker, server.workdir, "probe", SERVERS[name_of(server)][0], str(port)).returncode != 0
+def refused(hosts, server, port=25, family=4):
+    address = SERVERS[name_of(server)][0 if family == 4 else 1]
+    return lab.tool(hosts.attacker, server.workdir, "probe", address, str(port)).returncode != 0
+
+
+def ipset_members(server, name):
+    listing = server.ns.run(["ipset", "list", name], check=False).stdout
+    return set(listing.split("Members:", 1)[1].split()) if "Members:" in listing else set()
 
 
 def test_a_ban_on_one_server_holds_on_every_server_within_a_second(hosts, fleet):
@@ -119,6 +135,43 @@ def test_a_ban_on_one_server_holds_on_every_server_within_a_second(hosts, fleet)
     assert PASSWORD not in b.client("get", "postfix", "action", "f2bext-nftables", "share").stdout
     for server in fleet.values():
         assert PASSWORD not in open(os.path.join(server.workdir, "fail2ban.log")).read()
+
+
+def test_sharing_through_the_ipset_action(hosts, redis, servers):
+    fleet = servers({name: {"postfix": share_jail(redis.url, name, banaction="f2bext-ipset.py")} for name in "ab"},
+                    backend="ipset-nft")
+    a, b = fleet["a"], fleet["b"]
+    fail_logins(hosts, a)
+    a.wait(lambda: lab.ATTACKER4 in a.banned("postfix"), "a's ban")
+    a.client("set", "postfix", "banip", lab.ATTACKER6)
+    b.wait(lambda: lab.ATTACKER4 in ipset_members(b, "f2bxr-postfix"), "the shared ban in b's ipset")
+    b.wait(lambda: lab.ATTACKER6 in ipset_members(b, "f2bxr6-postfix"), "the shared IPv6 ban in b's ipset")
+    for port in lab.SMTP_PORTS:
+        assert refused(hosts, b, port) and refused(hosts, b, port, family=6), f"b's port {port} still open"
+    assert lab.tool(hosts.bystander, b.workdir, "probe", SERVERS["b"][0], "25").returncode == 0
+    assert b.banned("postfix") == [] and ipset_members(b, "f2bext-postfix") == set()
+    out = lab.f2bext_cmd(b.ns, b.workdir, "unban", "--jail", "postfix", lab.ATTACKER4, variant=b.variant)
+    assert out.returncode == 0, out.stdout + out.stderr
+    a.wait(lambda: lab.ATTACKER4 not in ipset_members(a, "f2bext-postfix"), "b's unban lifting a's own ban")
+    assert not refused(hosts, a) and not refused(hosts, b)
+
+
+def test_share_scope_all_bans_on_every_port_what_a_jail_this_server_does_not_run_caught(hosts, redis, servers):
+    imap = lambda origin, **kw: share_jail(redis.url, origin, port="imap", **kw)  # noqa: E731
+    fleet = servers({"a": {"postfix": share_jail(redis.url, "a"), "imap": imap("a")},
+                     "b": {"imap": imap("b", scope="all")},
+                     "c": {"imap": imap("c")}})
+    a, b, c = fleet["a"], fleet["b"], fleet["c"]
+    a.client("set", "postfix", "banip", lab.ATTACKER4)
+    a.client("set", "imap", "banip", "203.0.113.30")  # published after the postfix ban: read after it
+    for other in (b, c):
+        other.wait(lambda: "203.0.113.30" in enforced(other, jail="imap"), "the imap ban, after the postfix one")
+    b.wait(lambda: lab.ATTACKER4 in enforced(b, jail=FLEET_JAIL), f"the postfix ban in b's {FLEET_JAIL}")
+    assert lab.ATTACKER4 not in enforced(b, jail="imap")
+    for port in lab.SMTP_PORTS:  # b's own jail names only imap; share_scope = all closes every port
+        assert refused(hosts, b, port), f"b's port {port} still open"
+    # share_scope = jail (the default): c runs no postfix jail, so the postfix ban does not concern it.
+    assert enforced(c, jail=FLEET_JAIL) == set() and not refused(hosts, c)
 
 
 def test_an_unban_on_any_server_lifts_it_everywhere(hosts, fleet):

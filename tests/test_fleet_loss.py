@@ -15,7 +15,7 @@ from f2bext import lab, share, state
 from f2bext.addr import to_text
 from f2bext.fleetqueue import DiskQueue
 from f2bext.share import BanEvent, Fleet
-from test_fleet import SERVERS, enforced, redis, share_jail  # noqa: F401 - redis is the fixture
+from test_fleet import PASSWORD, SERVERS, enforced, redis, share_jail  # noqa: F401 - redis is the fixture
 
 BANNED = [f"203.0.113.{n}" for n in range(100, 120)]
 
@@ -241,6 +241,29 @@ def test_bans_queued_while_redis_hangs_survive_a_stop_and_arrive_after_restart(s
     assert all(addr in stream for addr in BANNED)
 
 
+def queued(server):
+    """The addresses waiting in the server's disk queues, read as a restarted server would."""
+    folder = lib_of(server)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    paths = [os.path.join(folder, n) for n in names if n.endswith(".queue")]
+    return {item["address"] for path in paths for item in DiskQueue(path).head(share.BATCH)[2]}
+
+
+def test_bans_queued_while_redis_is_down_survive_a_crash_of_fail2ban(server_a, redis):
+    a = server_a
+    a.start()
+    redis.stop()
+    a.client("set", "postfix", "banip", *BANNED[:3])
+    a.wait(lambda: queued(a) == set(BANNED[:3]), "the bans in a's disk queue")
+    a.server.kill()  # SIGKILL: no stop, no flush
+    a.server.wait()
+    a.stop()
+    redis.start()
+    a.start()
+    a.wait(lambda: {f"postfix {addr}" for addr in BANNED[:3]} <= shared_bans(redis), "the queued bans in Redis")
+    a.wait(lambda: queued(a) == set(), "a's queue emptied")
+
+
 @pytest.fixture
 def small_disk(server_a):
     """a's state folder (its queue under it) on a tmpfs of its own, for the test to fill up."""
@@ -346,3 +369,47 @@ def test_a_flood_of_crafted_entries_costs_a_few_log_lines(server_a, redis):
     lines = [line for line in log_of(a).splitlines() if "f2bext share:" in line and "WARNING" in line]
     assert len(lines) <= 2 * share.NOTICE_BURST, lines[-3:]
     assert any("skipping event" in line for line in lines) and any("refusing evil's ban" in line for line in lines)
+
+
+def test_the_stream_stays_bounded_at_about_100000_entries_the_newest_kept(tmp_path, redis):
+    """A fleet's stream after years of events: the next publish trims it to about STREAM_MAXLEN."""
+    import redis as redis_py
+    assert share.STREAM_MAXLEN == 100_000  # what the README promises
+    client = redis_py.Redis(unix_socket_path=redis.sock, password=PASSWORD)
+    old = event("203.0.113.99").fields()
+    for _ in range(share.STREAM_MAXLEN // 10_000 + 1):
+        pipe = client.pipeline(transaction=False)
+        for _ in range(10_000):
+            pipe.xadd(share.STREAM, old)
+        pipe.execute()
+    assert client.xlen(share.STREAM) == share.STREAM_MAXLEN + 10_000
+    fleet = Fleet(redis.url, "a", str(tmp_path / "lib"), apply=lambda *a: None, jails=lambda: {"postfix"})
+    fleet.start()
+    fleet.publish(event(BANNED[0]))
+    fleet.stop(wait=30)
+    # Trimmed by whole nodes of the stream (approximate MAXLEN): never below the bound, at most a node above.
+    node = int(client.config_get("stream-node-max-entries")["stream-node-max-entries"])
+    assert share.STREAM_MAXLEN <= client.xlen(share.STREAM) <= share.STREAM_MAXLEN + node
+    (_, newest), = client.xrevrange(share.STREAM, count=1)
+    assert newest[b"address"] == BANNED[0].encode()
+
+
+def test_an_outage_is_said_once_and_its_end_once_each_time(server_a, redis):
+    """However many retries an outage takes: one line each from the publisher and the follower that
+    Redis is unreachable, one that it is back; and the same again for the next outage."""
+    a = server_a
+    a.start()
+    a.wait(lambda: "shares its bans through" in log_of(a), "a's fleet to start")
+    for outage, batch in enumerate((BANNED[:3], BANNED[3:6]), 1):
+        redis.stop()
+        for address in batch:  # the outage lasts about 3 s: several retries (backoff 0.2 s, doubling)
+            a.client("set", "postfix", "banip", address)
+            time.sleep(1)
+        redis.start()
+        a.wait(lambda: {f"postfix {addr}" for addr in batch} <= shared_bans(redis), "the queued bans in Redis")
+        a.wait(lambda: log_of(a).count("reachable again") == outage, "the line that Redis is back")
+    log = log_of(a)
+    assert log.count("cannot publish to unix://:***@") == 2 and log.count("; queuing on disk") == 2
+    assert log.count("cannot follow unix://:***@") == 2
+    assert log.count("reachable again; sending 3 queued events") == 2
+    assert PASSWORD not in log and "Traceback" not in log

@@ -199,15 +199,48 @@ server = socket.socket(socket.AF_UNIX)
 server.bind(path)
 server.listen(16)
 lock = threading.Lock()
+# The handshake redis-py makes (AUTH, CLIENT SETINFO from redis-py 5 on, SELECT, PING) is answered;
+# not one command after it: the transactions hang, read and kept.
+HANDSHAKE = {b"AUTH": b"+OK
+", b"CLIENT": b"+OK
+", b"SELECT": b"+OK
+", b"PING": b"+PONG
+"}
+def commands(buffer):
+    # Whole RESP commands at the head of buffer: (names, rest).
+    names = []
+    while buffer.startswith(b"*") and b"
+" in buffer:
+        head, rest = buffer.split(b"
+", 1)
+        args = []
+        for _ in range(int(head[1:])):
+            if not rest.startswith(b"$") or b"
+" not in rest:
+                return names, buffer
+            size, rest = rest.split(b"
+", 1)
+            if len(rest) < int(size[1:]) + 2:
+                return names, buffer
+            args.append(rest[:int(size[1:])])
+            rest = rest[int(size[1:]) + 2:]
+        names.append(args[0].upper() if args else b"")
+        buffer = rest
+    return names, buffer
 def serve(conn):
-    conn.recv(65536)
-    conn.sendall(b"+OK\r\n")  # the AUTH; then not one answer more, reading on
+    buffer, silent = b"", False
     while True:
         data = conn.recv(65536)
         if not data:
             return
         with lock, open(capture, "ab") as f:
             f.write(data)
+        buffer += data
+        names, buffer = commands(buffer)
+        for name in names:
+            silent = silent or name not in HANDSHAKE
+            if not silent:
+                conn.sendall(HANDSHAKE[name])
 while True:
     threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
 """

@@ -201,25 +201,17 @@ server.listen(16)
 lock = threading.Lock()
 # The handshake redis-py makes (AUTH, CLIENT SETINFO from redis-py 5 on, SELECT, PING) is answered;
 # not one command after it: the transactions hang, read and kept.
-HANDSHAKE = {b"AUTH": b"+OK
-", b"CLIENT": b"+OK
-", b"SELECT": b"+OK
-", b"PING": b"+PONG
-"}
+HANDSHAKE = {b"AUTH": b"+OK\r\n", b"CLIENT": b"+OK\r\n", b"SELECT": b"+OK\r\n", b"PING": b"+PONG\r\n"}
 def commands(buffer):
-    # Whole RESP commands at the head of buffer: (names, rest).
+    # The names of the whole RESP commands at the head of buffer, and what is left of it.
     names = []
-    while buffer.startswith(b"*") and b"
-" in buffer:
-        head, rest = buffer.split(b"
-", 1)
+    while buffer.startswith(b"*") and b"\r\n" in buffer:
+        head, rest = buffer.split(b"\r\n", 1)
         args = []
         for _ in range(int(head[1:])):
-            if not rest.startswith(b"$") or b"
-" not in rest:
+            if not rest.startswith(b"$") or b"\r\n" not in rest:
                 return names, buffer
-            size, rest = rest.split(b"
-", 1)
+            size, rest = rest.split(b"\r\n", 1)
             if len(rest) < int(size[1:]) + 2:
                 return names, buffer
             args.append(rest[:int(size[1:])])

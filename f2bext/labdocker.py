@@ -1,0 +1,239 @@
+"""A real Docker daemon in the lab's server namespace: dockerd with its own socket, exec root, data
+root and pidfile, in a mount namespace of its own (private /run, /opt, /etc/docker: containerd writes
+under /run and /opt), an image imported from Debian's busybox-static (no registry), and containers
+published on the server's addresses. Nothing starts on the host, and nothing touches its ruleset."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from typing import Optional, Sequence
+
+from .lab import PYTHON, lab_env
+from .netns import Netns
+
+DOCKER = "/usr/bin/docker"  # Debian's client; not another one earlier on PATH
+BUSYBOX = "/bin/busybox"  # busybox-static: runs in an image that holds nothing else
+IMAGE = "f2bext-lab/busybox:latest"
+# Docker's own networks inside the namespace, documentation addresses (RFC 5737 / RFC 3849).
+BRIDGE4, BRIDGE6 = "192.0.2.1/24", "2001:db8:d0c::/64"
+CONTAINER_PORT = 25
+# What the container runs on CONTAINER_PORT: an SMTP-ish greeting, then one answer per line, so the
+# lab's probe and hold clients talk to it as to the host's listeners.
+SMTP_SCRIPT = "#!/bin/sh\necho '220 container ESMTP'\nwhile read line; do echo '250 ok'; done\n"
+
+# The holder: PID of a process that keeps the mount namespace (and sits in the network namespace),
+# so dockerd can be killed and started again in the same private /run, as an admin restarts it.
+_MOUNTS = r"""
+set -eu
+mount --make-rprivate /
+mkdir -p "$LAB/hostrun"
+mount --bind /run "$LAB/hostrun"
+mount -t tmpfs -o mode=0755 tmpfs /run
+# One xtables lock for every iptables user in the namespace, as on a real host.
+if [ -e "$LAB/hostrun/xtables.lock" ]; then touch /run/xtables.lock; mount --bind "$LAB/hostrun/xtables.lock" /run/xtables.lock; fi
+umount -l "$LAB/hostrun"
+for d in /opt /etc/docker /etc/containerd; do [ -d "$d" ] && mount -t tmpfs -o mode=0755 tmpfs "$d"; done
+echo '{}' > /etc/docker/daemon.json
+# `ip netns exec` mounted a fresh /sys without the cgroup hierarchies: mount the ones this kernel runs.
+mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup
+v1=$(sed -n 's/^[1-9][0-9]*:\([^:]*\):.*/\1/p' /proc/self/cgroup)
+if [ -z "$v1" ]; then
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup
+else
+  for c in $v1; do d=${c#name=}; mkdir -p "/sys/fs/cgroup/$d"; mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$d"; done
+  mkdir -p /sys/fs/cgroup/unified; mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified 2>/dev/null || true
+fi
+echo ready
+exec sleep infinity
+"""
+
+
+def busybox_rootfs() -> bytes:
+    """A tar of a root file system holding busybox-static, its applets as links, and the SMTP script."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        def add(name: str, data: bytes = b"", mode: int = 0o755, kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.mode, info.type, info.linkname, info.size = mode, kind, link, len(data)
+            tar.addfile(info, io.BytesIO(data) if data else None)
+        for d in ("bin", "srv", "tmp", "etc", "proc", "sys", "dev"):
+            add(d, kind=tarfile.DIRTYPE)
+        with open(BUSYBOX, "rb") as f:
+            add("bin/busybox", f.read())
+        for applet in ("sh", "nc", "cat", "sleep", "echo"):
+            add(f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox")
+        add("srv/smtp", SMTP_SCRIPT.encode())
+    return out.getvalue()
+
+
+class Dockerd:
+    """dockerd in `ns`, in a private mount namespace; its containers, cgroups and state are the lab's."""
+
+    def __init__(self, ns: Netns, workdir: str, tag: str, ipv6: bool = True) -> None:
+        self.ns, self.tag, self.ipv6 = ns, tag, ipv6
+        self.lab = os.path.join(workdir, "docker")
+        self.data_root = os.path.join(self.lab, "data")
+        self.log = os.path.join(self.lab, "dockerd.log")
+        self.cgroup_parent = f"f2bext-{tag}"
+        self.holder: Optional[subprocess.Popen] = None
+        self.daemon: Optional[subprocess.Popen] = None
+
+    # ---- the namespace ----
+
+    def enter(self, argv: Sequence[str]) -> list[str]:
+        """argv run in the daemon's network and mount namespaces."""
+        assert self.holder is not None
+        return ["nsenter", "--target", str(self.holder.pid), "--mount", "--net", *argv]
+
+    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60,
+            input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+        done = subprocess.run(self.enter(argv), capture_output=True, timeout=timeout, input=input)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+        return done
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60,
+               input: Optional[bytes] = None) -> str:
+        return self.run([DOCKER, "-H", "unix:///run/docker.sock", *args], check=check, timeout=timeout,
+                        input=input).stdout.decode().strip()
+
+    def start(self) -> None:
+        os.makedirs(self.lab, exist_ok=True)
+        env = dict(os.environ, LAB=self.lab)
+        self.holder = self.ns.popen(["sh", "-c", _MOUNTS], env=env, stdout=subprocess.PIPE,
+                                    stderr=open(os.path.join(self.lab, "holder.stderr"), "w"))
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the Docker lab's mount namespace failed: "
+                               + open(os.path.join(self.lab, "holder.stderr")).read())
+        self.start_daemon()
+
+    # ---- the daemon ----
+
+    def daemon_argv(self) -> list[str]:
+        argv = ["dockerd", "-H", "unix:///run/docker.sock", "--exec-root", "/run/docker",
+                "--pidfile", "/run/docker.pid", "--data-root", self.data_root,
+                "--config-file", "/etc/docker/daemon.json", "--storage-driver", "vfs",
+                "--iptables=true", "--bip", BRIDGE4, "--cgroup-parent", self.cgroup_parent,
+                "--log-level", "info"]
+        if self.ipv6:
+            # Docker 20.10 keeps ip6tables behind --experimental; later versions accept it as well.
+            argv += ["--ipv6", "--fixed-cidr-v6", BRIDGE6, "--ip6tables", "--experimental"]
+        return argv
+
+    def start_daemon(self, timeout: float = 60) -> None:
+        log = open(self.log, "a")
+        self.daemon = subprocess.Popen(self.enter(self.daemon_argv()), stdout=log, stderr=log)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.docker("info", "--format", "{{.ID}}", check=False, timeout=10):
+                return
+            if self.daemon.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"dockerd did not come up: {self.log_tail()}")
+
+    def stop_daemon(self, timeout: float = 30) -> None:
+        """What `systemctl stop docker` does: SIGTERM, then wait (dockerd stops its containers)."""
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+
+    def restart(self) -> None:
+        self.stop_daemon()
+        self.start_daemon()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log) as f:
+                return "".join(f.readlines()[-lines:])
+        except FileNotFoundError:
+            return "(no dockerd log)"
+
+    # ---- images and containers ----
+
+    def import_image(self) -> None:
+        self.docker("import", "-", IMAGE, input=busybox_rootfs())
+
+    def run_smtp(self, name: str, published: int, port: int = CONTAINER_PORT, restart: str = "always") -> str:
+        """A container answering on `port`, published on the server's `published` (IPv4 and IPv6)."""
+        return self.docker("run", "-d", "--init", "--name", name, "--restart", restart,
+                           "-p", f"{published}:{port}", IMAGE, "nc", "-ll", "-p", str(port), "-e", "/srv/smtp")
+
+    def addresses(self, name: str) -> list[str]:
+        """The container's IPv4 and (with IPv6 on) IPv6 address on Docker's bridge."""
+        fields = "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.GlobalIPv6Address}}"
+        return self.docker("inspect", "-f", fields, name).split()
+
+    def wait_running(self, name: str, timeout: float = 30, port: int = CONTAINER_PORT) -> None:
+        """Until the container answers on each of its addresses (its IPv6 one is usable only once
+        duplicate address detection is over, a second or two after start)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.docker("inspect", "-f", "{{.State.Running}}", name, check=False) == "true":
+                if all(self.answers(address, port) for address in self.addresses(name)):
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"container {name} is not serving: {self.log_tail()}")
+
+    def answers(self, address: str, port: int) -> bool:
+        probe = [PYTHON, "-m", "f2bext.labtools", "probe", address, str(port)]
+        return self.ns.run(probe, check=False, env=lab_env(self.lab)).returncode == 0
+
+    # ---- the end ----
+
+    def stop(self) -> None:
+        """Containers, dockerd (and its containerd), the lab's cgroups and state: all gone."""
+        if self.holder is None:
+            return
+        if self.daemon and self.daemon.poll() is None:
+            self.docker("rm", "-f", *self.docker("ps", "-aq", check=False).split(), check=False)
+        self.stop_daemon()
+        # Anything left in the namespaces (a shim, a containerd that outlived dockerd) ends with them.
+        pids = subprocess.run(["ip", "netns", "pids", self.ns.name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            if int(pid) != self.holder.pid and _in_mount_ns(int(pid), self.holder.pid):
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.run(["sh", "-c", f"find /sys/fs/cgroup -depth -type d -name '{self.cgroup_parent}' "
+                              "-exec find {} -depth -type d -delete \\;"], check=False)
+        self.holder.kill()
+        self.holder.wait()
+        self.holder = None
+        shutil.rmtree(self.lab, ignore_errors=True)
+
+
+def _in_mount_ns(pid: int, holder: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink(f"/proc/{holder}/ns/mnt")
+    except OSError:
+        return False
+
+
+def daemons_on_host() -> list[str]:
+    """dockerd, containerd, shims or docker-proxy running in this process's own network namespace
+    (the host's, for the lab): the lab starts them only in the server's."""
+    home = os.readlink("/proc/self/ns/net")
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            if comm in ("dockerd", "containerd", "docker-proxy") or comm.startswith("containerd-shim"):
+                if os.readlink(f"/proc/{pid}/ns/net") == home:
+                    found.append(f"{pid} {comm}")
+        except OSError:
+            continue
+    return found

@@ -40,6 +40,7 @@ class Rule:
     comment: str = ""
     unknown: list[str] = field(default_factory=list)  # modules or options we do not read
     reject_with: str = ""
+    to_destination: str = ""  # a DNAT's --to-destination
 
 
 @dataclass
@@ -98,6 +99,8 @@ def parse_rule(chain: str, tokens: list[str], position: int, text: str) -> Rule:
             rule.target = arg
         elif tok == "--reject-with":
             rule.reject_with = arg
+        elif tok == "--to-destination":
+            rule.to_destination = arg
         elif tok.startswith("-"):
             if tok in ("--sport", "--sports", "--source-port", "--source-ports", "--tcp-flags", "--syn"):
                 rule.unknown.append(tok)  # narrows the match, but we do not reason about it

@@ -408,7 +408,8 @@ class Dnat:
 
     def describe(self) -> str:
         published = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in self.published or ()) or "every port"
-        return f"{published} is forwarded to {self.address}:{self.port if self.port is not None else '(same port)'}"
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{published} is forwarded to {address}:{self.port if self.port is not None else '(same port)'}"
 
 
 def _split_destination(text: str) -> tuple[str, Optional[int]]:
@@ -466,8 +467,9 @@ def _dnat_findings(jail: JailInfo, action: ActionInfo, spec: JailSpec, k: Kernel
                    "or banaction = f2bext-ipset.py with hooks=\"input,forward\"")
         else:
             where = "the ban sits in INPUT only" if action.kind != "nftables" else "the ban hooks input only"
-            fix = ("chain = DOCKER-USER and port = the container's port "
-                   f"({behind}), or banaction = f2bext-ipset.py with hooks=\"input,forward\""
+            fix = (f"keep this action for the host's ports and add one with chain = DOCKER-USER, port = {behind} "
+                   "(the container's port: DOCKER-USER sees it after DNAT); or banaction = f2bext-ipset.py "
+                   "with hooks=\"input,forward\", which matches the published port"
                    if action.kind != "nftables" else
                    'banaction = f2bext-nftables.py with hooks="input,forward" (or, stock: chain_hook = prerouting, '
                    "chain_priority = -150, blocktype = drop: before DNAT, where the published port is seen)")

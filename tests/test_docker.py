@@ -2,13 +2,14 @@
 a real fail2ban-server whose jail names the published port: the ban holds for what the jail names,
 through a dockerd restart and a new container, on IPv4 and IPv6; the host is left as it was."""
 
+import json
 import os
 import subprocess
 import time
 
 import pytest
 
-from f2bext import lab, labdocker
+from f2bext import doctor, lab, labdocker
 
 PUBLISHED = 8025
 PORTS = f"submission,{PUBLISHED}"  # 587 on the host, 8025 published to the container
@@ -132,3 +133,29 @@ def test_a_forward_only_ipset_jail_bans_the_published_port_through_a_restart(hos
     f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, PUBLISHED), "the ban after the restart", timeout=5)
     assert not reach(hosts.attacker, lab.SERVER6, PUBLISHED)
     assert reach(hosts.bystander, lab.SERVER6, PUBLISHED)
+
+
+def test_doctor_names_the_published_and_the_container_port_for_a_stock_input_ban(hosts, workdir, dockerd, f2b, reach):
+    f2b.jails["postfix"].update(banaction="iptables-multiport", port=PORTS)
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    assert reach(hosts.attacker, lab.SERVER4, PUBLISHED), "the stock INPUT ban was expected to leak"
+    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--json")
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    bypass = [f for f in report["findings"] if f["code"] == "dnat-bypass"]
+    address = dockerd.addresses("smtp1")[0]
+    assert result.returncode == doctor.CRITICAL and bypass, result.stdout
+    assert bypass[0]["message"].startswith(f"{PUBLISHED} is forwarded to {address}:25")
+    assert "chain = DOCKER-USER, port = 25" in bypass[0]["fix"]
+
+
+@pytest.mark.parametrize("action", [
+    f'iptables-multiport[name=postfix-docker, port="25", chain="DOCKER-USER"]',
+    f'nftables-multiport[name=postfix, port="{PORTS}", chain_hook=prerouting, chain_priority=-150, blocktype=drop]',
+])
+def test_the_stock_fixes_the_doctor_gives_hold(hosts, dockerd, f2b, reach, action):
+    f2b.jails["postfix"].update(port=PORTS, action=action)
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, PUBLISHED), "the stock ban on the container")
+    assert reach(hosts.bystander, lab.SERVER4, PUBLISHED)

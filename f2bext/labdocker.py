@@ -38,8 +38,8 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 # One xtables lock for every iptables user in the namespace, as on a real host.
 if [ -e "$LAB/hostrun/xtables.lock" ]; then touch /run/xtables.lock; mount --bind "$LAB/hostrun/xtables.lock" /run/xtables.lock; fi
 umount -l "$LAB/hostrun"
-for d in /opt /etc/docker /etc/containerd; do [ -d "$d" ] && mount -t tmpfs -o mode=0755 tmpfs "$d"; done
-echo '{}' > /etc/docker/daemon.json
+# Where dockerd and containerd keep keys, plugins and config (only those that exist: none is made here).
+for d in /opt /etc/docker /etc/containerd; do if [ -d "$d" ]; then mount -t tmpfs -o mode=0755 tmpfs "$d"; fi; done
 # `ip netns exec` mounted a fresh /sys without the cgroup hierarchies: mount the ones this kernel runs.
 mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup
 v1=$(sed -n 's/^[1-9][0-9]*:\([^:]*\):.*/\1/p' /proc/self/cgroup)
@@ -105,6 +105,8 @@ class Dockerd:
 
     def start(self) -> None:
         os.makedirs(self.lab, exist_ok=True)
+        with open(os.path.join(self.lab, "daemon.json"), "w") as f:
+            f.write("{}\n")  # never the host's /etc/docker/daemon.json
         env = dict(os.environ, LAB=self.lab)
         self.holder = self.ns.popen(["sh", "-c", _MOUNTS], env=env, stdout=subprocess.PIPE,
                                     stderr=open(os.path.join(self.lab, "holder.stderr"), "w"))
@@ -119,7 +121,7 @@ class Dockerd:
     def daemon_argv(self) -> list[str]:
         argv = ["dockerd", "-H", "unix:///run/docker.sock", "--exec-root", "/run/docker",
                 "--pidfile", "/run/docker.pid", "--data-root", self.data_root,
-                "--config-file", "/etc/docker/daemon.json", "--storage-driver", "vfs",
+                "--config-file", os.path.join(self.lab, "daemon.json"), "--storage-driver", "vfs",
                 "--iptables=true", "--bip", BRIDGE4, "--cgroup-parent", self.cgroup_parent,
                 "--log-level", "info"]
         if self.ipv6:

@@ -87,9 +87,10 @@ class Dockerd:
     # ---- the namespace ----
 
     def enter(self, argv: Sequence[str]) -> list[str]:
-        """argv run in the daemon's network and mount namespaces."""
+        """argv run in the daemon's network and mount namespaces. Entering a mount namespace resets the
+        root to the namespace's own: --root keeps the holder's (a chroot's, as in CI's Debian 13 root)."""
         assert self.holder is not None
-        return ["nsenter", "--target", str(self.holder.pid), "--mount", "--net", *argv]
+        return ["nsenter", "--target", str(self.holder.pid), "--mount", "--net", "--root", "--wd", *argv]
 
     def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60,
             input: Optional[bytes] = None) -> subprocess.CompletedProcess:

@@ -5,21 +5,24 @@ published on the server's addresses. Nothing starts on the host, and nothing tou
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
+from urllib.parse import quote
 
 from .lab import PYTHON, lab_env
 from .netns import Netns
 
-DOCKER = "/usr/bin/docker"  # Debian's client; not another one earlier on PATH
 BUSYBOX = "/bin/busybox"  # busybox-static: runs in an image that holds nothing else
-IMAGE = "f2bext-lab/busybox:latest"
+IMAGE, IMAGE_TAG = "f2bext-lab/busybox", "latest"
 # Docker's own networks inside the namespace, documentation addresses (RFC 5737 / RFC 3849).
 BRIDGE4, BRIDGE6 = "192.0.2.1/24", "2001:db8:d0c::/64"
 CONTAINER_PORT = 25
@@ -92,17 +95,35 @@ class Dockerd:
         assert self.holder is not None
         return ["nsenter", "--target", str(self.holder.pid), "--mount", "--net", "--root", "--wd", *argv]
 
-    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60,
-            input: Optional[bytes] = None) -> subprocess.CompletedProcess:
-        done = subprocess.run(self.enter(argv), capture_output=True, timeout=timeout, input=input)
+    def run(self, argv: Sequence[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        done = subprocess.run(self.enter(argv), capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.decode(errors='replace')[-2000:]}")
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr[-2000:]}")
         return done
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 60,
-               input: Optional[bytes] = None) -> str:
-        return self.run([DOCKER, "-H", "unix:///run/docker.sock", *args], check=check, timeout=timeout,
-                        input=input).stdout.decode().strip()
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+        """One call to Docker's Engine API on the daemon's socket (Debian 13 ships the `docker` client
+        apart, Debian 12 with the daemon: the lab needs neither). JSON in and out; bytes go as a tar."""
+        conn = _UnixHTTPConnection(f"/proc/{self.holder.pid}/root/run/docker.sock", timeout)  # type: ignore[union-attr]
+        try:
+            if isinstance(body, bytes):
+                conn.request(method, path, body=body, headers={"Content-Type": "application/x-tar"})
+            elif body is not None:
+                conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            else:
+                conn.request(method, path)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        if response.status >= 400:
+            raise RuntimeError(f"Docker refused {method} {path}: {response.status} {raw[:500]!r}")
+        if response.getheader("Content-Type", "").startswith("application/json") and raw.strip():
+            try:
+                return json.loads(raw)
+            except ValueError:
+                return raw  # a stream of progress documents (an import)
+        return raw
 
     def start(self) -> None:
         os.makedirs(self.lab, exist_ok=True)
@@ -135,8 +156,11 @@ class Dockerd:
         self.daemon = subprocess.Popen(self.enter(self.daemon_argv()), stdout=log, stderr=log)
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.docker("info", "--format", "{{.ID}}", check=False, timeout=10):
-                return
+            try:
+                if self.api("GET", "/info", timeout=10).get("ID"):
+                    return
+            except (OSError, RuntimeError, http.client.HTTPException):
+                pass
             if self.daemon.poll() is not None:
                 break
             time.sleep(0.2)
@@ -166,26 +190,46 @@ class Dockerd:
     # ---- images and containers ----
 
     def import_image(self) -> None:
-        self.docker("import", "-", IMAGE, input=busybox_rootfs())
+        """`docker import`: the image from a root file system tar, no registry."""
+        progress = self.api("POST", f"/images/create?fromSrc=-&repo={quote(IMAGE)}&tag={IMAGE_TAG}",
+                            busybox_rootfs())
+        if b'"error"' in (progress if isinstance(progress, bytes) else json.dumps(progress).encode()):
+            raise RuntimeError(f"Docker could not import the image: {progress!r:.500}")
 
     def run_smtp(self, name: str, published: int, port: int = CONTAINER_PORT, restart: str = "always") -> str:
-        """A container answering on `port`, published on the server's `published` (IPv4 and IPv6)."""
-        return self.docker("run", "-d", "--init", "--name", name, "--restart", restart,
-                           "-p", f"{published}:{port}", IMAGE, "nc", "-ll", "-p", str(port), "-e", "/srv/smtp")
+        """`docker run -d --init --restart always -p PUBLISHED:PORT`: a container answering on `port`,
+        published on the server's `published` (IPv4 and IPv6)."""
+        spec = {"Image": f"{IMAGE}:{IMAGE_TAG}", "Cmd": ["nc", "-ll", "-p", str(port), "-e", "/srv/smtp"],
+                "ExposedPorts": {f"{port}/tcp": {}},
+                "HostConfig": {"PortBindings": {f"{port}/tcp": [{"HostIp": "", "HostPort": str(published)}]},
+                               "RestartPolicy": {"Name": restart}, "Init": True}}
+        created = self.api("POST", f"/containers/create?name={quote(name)}", spec)
+        self.api("POST", f"/containers/{created['Id']}/start")
+        return created["Id"]
+
+    def remove(self, name: str) -> None:
+        """`docker rm -f`."""
+        self.api("DELETE", f"/containers/{quote(name)}?force=1")
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        return self.api("GET", f"/containers/{quote(name)}/json")
 
     def addresses(self, name: str) -> list[str]:
         """The container's IPv4 and (with IPv6 on) IPv6 address on Docker's bridge."""
-        fields = "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.GlobalIPv6Address}}"
-        return self.docker("inspect", "-f", fields, name).split()
+        net = self.inspect(name)["NetworkSettings"]
+        return [a for a in (net.get("IPAddress"), net.get("GlobalIPv6Address")) if a]
 
     def wait_running(self, name: str, timeout: float = 30, port: int = CONTAINER_PORT) -> None:
         """Until the container answers on each of its addresses (its IPv6 one is usable only once
         duplicate address detection is over, a second or two after start)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.docker("inspect", "-f", "{{.State.Running}}", name, check=False) == "true":
-                if all(self.answers(address, port) for address in self.addresses(name)):
-                    return
+            try:
+                running = self.inspect(name)["State"]["Running"]
+            except (OSError, RuntimeError, http.client.HTTPException):
+                running = False
+            if running and all(self.answers(address, port) for address in self.addresses(name)):
+                return
             time.sleep(0.2)
         raise RuntimeError(f"container {name} is not serving: {self.log_tail()}")
 
@@ -200,7 +244,11 @@ class Dockerd:
         if self.holder is None:
             return
         if self.daemon and self.daemon.poll() is None:
-            self.docker("rm", "-f", *self.docker("ps", "-aq", check=False).split(), check=False)
+            try:
+                for container in self.api("GET", "/containers/json?all=1", timeout=10):
+                    self.remove(container["Id"])
+            except (OSError, RuntimeError, http.client.HTTPException):
+                pass  # a daemon that does not answer: its containers end with the namespace below
         self.stop_daemon()
         # Anything left in the namespaces (a shim, a containerd that outlived dockerd) ends with them.
         pids = subprocess.run(["ip", "netns", "pids", self.ns.name], capture_output=True, text=True).stdout.split()
@@ -240,3 +288,17 @@ def daemons_on_host() -> list[str]:
         except OSError:
             continue
     return found
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: how Docker's API is reached."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock

@@ -106,7 +106,7 @@ def test_the_ban_holds_through_a_dockerd_restart_and_a_new_container(hosts, dock
     assert reach(hosts.bystander, lab.SERVER4, PUBLISHED)
     for server in (lab.SERVER4, lab.SERVER6):
         assert reached(reach, hosts.attacker, server) == []
-    dockerd.docker("rm", "-f", "smtp1")
+    dockerd.remove("smtp1")
     dockerd.run_smtp("smtp2", PUBLISHED)
     dockerd.wait_running("smtp2")
     f2b.wait(lambda: reach(hosts.bystander, lab.SERVER4, PUBLISHED), "the new container served")

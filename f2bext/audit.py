@@ -32,12 +32,15 @@ class Rule:
     in_iface_negated: bool = False
     dports: Optional[tuple[PortRange, ...]] = None
     dports_negated: bool = False
+    orig_dports: Optional[tuple[PortRange, ...]] = None  # -m conntrack --ctorigdstport: before any DNAT
+    orig_dports_negated: bool = False
     states: Optional[frozenset[str]] = None
     states_negated: bool = False
     match_sets: list[tuple[str, str]] = field(default_factory=list)  # (set, "src"/"dst"), non-negated
     comment: str = ""
     unknown: list[str] = field(default_factory=list)  # modules or options we do not read
     reject_with: str = ""
+    to_destination: str = ""  # a DNAT's --to-destination
 
 
 @dataclass
@@ -77,6 +80,8 @@ def parse_rule(chain: str, tokens: list[str], position: int, text: str) -> Rule:
             pass  # traffic to one of the host's addresses may well be banned traffic
         elif tok in ("--dport", "--destination-port", "--dports", "--destination-ports"):
             rule.dports, rule.dports_negated = _ports(arg), negate
+        elif tok == "--ctorigdstport":
+            rule.orig_dports, rule.orig_dports_negated = _ports(arg), negate
         elif tok in ("--ctstate", "--state"):
             rule.states, rule.states_negated = frozenset(arg.upper().split(",")), negate
         elif tok == "--match-set":
@@ -94,6 +99,8 @@ def parse_rule(chain: str, tokens: list[str], position: int, text: str) -> Rule:
             rule.target = arg
         elif tok == "--reject-with":
             rule.reject_with = arg
+        elif tok == "--to-destination":
+            rule.to_destination = arg
         elif tok.startswith("-"):
             if tok in ("--sport", "--sports", "--source-port", "--source-ports", "--tcp-flags", "--syn"):
                 rule.unknown.append(tok)  # narrows the match, but we do not reason about it
@@ -137,8 +144,8 @@ def reach(rule: Rule, spec: JailSpec) -> Optional[str]:
         return None
     if rule.proto and rule.proto_negated and spec.protocols and set(spec.protocols) <= {rule.proto}:
         return None
-    if rule.dports is not None and spec.ports:
-        if not rule.dports_negated and not _overlaps(rule.dports, spec.ports):
+    for ports, negated in ((rule.dports, rule.dports_negated), (rule.orig_dports, rule.orig_dports_negated)):
+        if ports is not None and spec.ports and not negated and not _overlaps(ports, spec.ports):
             return None
     if rule.in_iface == "lo" and not rule.in_iface_negated:
         return None

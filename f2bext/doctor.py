@@ -23,7 +23,7 @@ from .addr import Network
 from .backends import ipset as ipset_backend
 from .backends import nft as nft_backend
 from .errors import InputError
-from .spec import JailSpec
+from .spec import JailSpec, PortRange
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -391,24 +391,91 @@ def _port_in(port: int, spec: JailSpec) -> bool:
     return spec.allports or any(lo <= port <= hi for lo, hi in spec.ports)
 
 
-def _dnat_rules(k: KernelInfo, spec: JailSpec) -> list[str]:
-    """NAT rules that redirect one of the jail's ports: that traffic crosses FORWARD, not INPUT."""
+@dataclass(frozen=True)
+class Dnat:
+    """A NAT rule that sends traffic on to another host or container (Docker's `-p 8025:25`)."""
+
+    published: Optional[tuple[PortRange, ...]]  # the ports clients connect to; None: every port
+    address: str  # where it goes
+    port: Optional[int]  # the port it arrives at there; None: unchanged
+    text: str
+
+    def reaches(self, spec: JailSpec) -> bool:
+        """Whether the jail names the published port: the one clients ask for."""
+        if spec.allports or self.published is None:
+            return True
+        return any(lo <= hi2 and lo2 <= hi for lo, hi in self.published for lo2, hi2 in spec.ports)
+
+    def describe(self) -> str:
+        published = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in self.published or ()) or "every port"
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{published} is forwarded to {address}:{self.port if self.port is not None else '(same port)'}"
+
+
+def _split_destination(text: str) -> tuple[str, Optional[int]]:
+    """`192.0.2.2:25`, `[2001:db8::2]:25`, `192.0.2.2` (a port range keeps its first port)."""
+    if text.startswith("["):
+        address, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    elif text.count(":") == 1:
+        address, port = text.split(":")
+    else:
+        address, port = text, ""
+    first = port.split("-")[0]
+    return address, int(first) if first.isdigit() else None
+
+
+def dnat_rules(k: KernelInfo) -> list[Dnat]:
+    """The DNAT rules of both iptables and of nftables: their traffic crosses FORWARD, not INPUT."""
     found = []
     for text in k.iptables.values():
-        for rule in audit.parse_save(text, "nat").chains.values():
-            for r in rule:
-                if r.target == "DNAT" and (r.dports is None or any(_port_in(lo, spec) or _port_in(hi, spec)
-                                                                   for lo, hi in r.dports)):
-                    found.append(r.text)
+        for rules in audit.parse_save(text, "nat").chains.values():
+            for r in rules:
+                if r.target == "DNAT":
+                    found.append(Dnat(r.dports, *_split_destination(r.to_destination), r.text))
     for item in k.nft.get("nftables", []):
         rule = item.get("rule")
-        if not rule or not any("dnat" in e for e in rule.get("expr", [])):
+        dnat = next((e["dnat"] for e in rule.get("expr", []) if "dnat" in e), None) if rule else None
+        if not isinstance(dnat, dict):
             continue
         ports = [e["match"]["right"] for e in rule["expr"] if "match" in e
                  and e["match"].get("left", {}).get("payload", {}).get("field") == "dport"]
-        if not ports or any(isinstance(p, int) and _port_in(p, spec) for p in ports):
-            found.append(f"nft {rule.get('family')} {rule.get('table')} {rule.get('chain')} handle {rule.get('handle')}")
+        published = tuple(sorted((p, p) for p in ports if isinstance(p, int))) or None
+        port = dnat.get("port")
+        found.append(Dnat(published, str(dnat.get("addr", "")), port if isinstance(port, int) else None,
+                          f"nft {rule.get('family')} {rule.get('table')} {rule.get('chain')} handle {rule.get('handle')}"))
     return found
+
+
+def _dnat_findings(jail: JailInfo, action: ActionInfo, spec: JailSpec, k: KernelInfo) -> list[Diagnosis]:
+    """Docker's DNAT, per action: where its ban sits and which port it can see there."""
+    out = []
+    chain = action.params.get("chain", "INPUT").upper()
+    for d in (d for d in dnat_rules(k) if d.reaches(spec)):
+        behind = d.port if d.port is not None else "the same port"
+        if action.kind.startswith("f2bext"):
+            if "forward" in spec.hooks:
+                continue  # the forward hook matches the port the client asked for too
+            where = "the ban sits in INPUT only"
+            fix = (f'action = {action.kind}.py[port="{action.params.get("port", "")}", hooks="input,forward"]   '
+                   "(the forward hook matches the port the client asked for, before DNAT)")
+        elif action.kind in ("iptables", "iptables-ipset") and chain in ("FORWARD", "DOCKER-USER"):
+            if d.port is None or _port_in(d.port, spec):
+                continue  # FORWARD sees the port behind the DNAT, and the jail names it
+            where = f"the ban sits in {chain}, which sees port {behind} after DNAT, not the published one"
+            fix = (f"port = {action.params.get('port', '')},{behind} (the container's port, as {chain} sees it), "
+                   "or banaction = f2bext-ipset.py with hooks=\"input,forward\"")
+        else:
+            where = "the ban sits in INPUT only" if action.kind != "nftables" else "the ban hooks input only"
+            fix = (f"keep this action for the host's ports and add one with chain = DOCKER-USER, port = {behind} "
+                   "(the container's port: DOCKER-USER sees it after DNAT); or banaction = f2bext-ipset.py "
+                   "with hooks=\"input,forward\", which matches the published port"
+                   if action.kind != "nftables" else
+                   'banaction = f2bext-nftables.py with hooks="input,forward" (or, stock: chain_hook = prerouting, '
+                   "chain_priority = -150, blocktype = drop: before DNAT, where the published port is seen)")
+        out.append(Diagnosis(jail.name, CRITICAL, "dnat-bypass",
+                             f"{d.describe()} (Docker?): that traffic crosses FORWARD, and {where}", d.text, fix))
+    return out
 
 
 def diagnose(snap: Snapshot) -> list[Diagnosis]:
@@ -453,11 +520,7 @@ def diagnose(snap: Snapshot) -> list[Diagnosis]:
                                        "; ".join(f"{f.peer} {f.proto}/{f.dport}" for f in outside[:8]),
                                        f"add them to the jail: port = {action.params.get('port', '')},"
                                        f"{','.join(p.split('/')[1] for p in ports)}"))
-            if "forward" not in spec.hooks:
-                for rule in _dnat_rules(k, spec):
-                    found.append(Diagnosis(jail.name, CRITICAL, "dnat-bypass", "the service is reached through "
-                                           "DNAT (Docker?), so its traffic crosses FORWARD, where this ban does not apply",
-                                           rule, "hooks = input,forward (f2bext) or chain = DOCKER-USER (stock iptables)"))
+            found += _dnat_findings(jail, action, spec, k)
         if jail.notices_day:
             causes = sorted({d.code for d in found if d.severity == CRITICAL})
             found.append(Diagnosis(

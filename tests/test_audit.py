@@ -76,10 +76,11 @@ def test_missing_jump_altered_rule_and_wrong_set_are_broken():
 
 def test_built_rules_are_what_the_check_expects():
     for spec in (POSTFIX, JailSpec.from_params("a", {"type": "allports", "protocol": "all", "hooks": "input,forward"}),
+                 JailSpec.from_params("d", {"port": "587,8025,9000:9010", "protocol": "tcp,udp", "chain": "DOCKER-USER"}),
                  JailSpec.from_params("m", {"port": ",".join(str(p) for p in range(1000, 1040, 2)),
                                             "protocol": "tcp,udp", "blocktype": "drop"})):
         for family in (4, 6):
-            lines = [f"-A {ipset.CHAINS[h]} " + " ".join(args) for h in spec.hooks for args in ipset.rule_args(spec, family)]
+            lines = [f"-A {ipset.CHAINS[h]} " + " ".join(args) for h in spec.hooks for args in ipset.rule_args(spec, family, h)]
             sets = {name: ("hash:net", "inet" if f == 4 else "inet6") for f in (4, 6) for name in ipset.set_names(spec.jail, f)}
             assert ipset.check_jail(spec, family, save(*lines), sets) == []
 
@@ -112,3 +113,33 @@ def test_set_headers_parse():
     text = ("Name: f2bext-postfix\nType: hash:net\nRevision: 7\nHeader: family inet hashsize 1024 maxelem 1048576\n"
             "Size in memory: 1\nReferences: 1\nNumber of entries: 0\n")
     assert ipset.parse_set_headers(text) == {"f2bext-postfix": ("hash:net", "inet")}
+
+
+DOCKER_JAIL = JailSpec.from_params("postfix", {"port": "587,8025", "hooks": "input,forward"})
+
+
+def test_forward_rules_also_match_the_port_the_client_asked_for_before_dnat():
+    forward = [" ".join(args) for args in ipset.rule_args(DOCKER_JAIL, 4, "forward")]
+    assert [r for r in forward if "--ctorigdstport" in r] == [
+        f"-p tcp -m conntrack --ctorigdstport {port} -m set --match-set {name} src -m comment --comment "
+        "f2bext:postfix -j REJECT --reject-with icmp-port-unreachable"
+        for name in ipset.set_names("postfix", 4) for port in (587, 8025)]
+    assert not any("--ctorigdstport" in " ".join(args) for args in ipset.rule_args(DOCKER_JAIL, 4, "input"))
+
+
+def test_forward_rules_without_the_original_port_match_are_altered():
+    lines = [f"-A {ipset.CHAINS[h]} " + " ".join(args) for h in DOCKER_JAIL.hooks
+             for args in ipset.rule_args(DOCKER_JAIL, 4, h) if h == "input" or "--ctorigdstport" not in args]
+    sets = {name: ("hash:net", "inet") for name in ipset.set_names("postfix", 4)}
+    assert [f.code for f in ipset.check_jail(DOCKER_JAIL, 4, save(*lines), sets)] == ["rule-altered"]
+
+
+def test_a_forward_accept_for_the_container_port_shadows_a_ban_on_the_published_port():
+    """Docker accepts `--dport 25` to the container after DNAT'ing 8025: in FORWARD the port an accept
+    names says nothing of the port the client asked for."""
+    ours = [f"-A FORWARD " + " ".join(args) for args in ipset.rule_args(DOCKER_JAIL, 4, "forward")]
+    table = save("-A FORWARD -o docker0 -j DOCKER", *ours,
+                 "-A DOCKER -d 192.0.2.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 25 -j ACCEPT")
+    spec = JailSpec.from_params("postfix", {"port": "587,8025", "hooks": "forward"})
+    assert [f.code for f in ipset.check_rules(spec, 4, table)] == ["shadowed"]
+    assert ipset.check_rules(spec, 4, save(*ours, "-A FORWARD -o docker0 -j DOCKER")) == []

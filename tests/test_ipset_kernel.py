@@ -137,3 +137,14 @@ def test_a_ban_the_set_cannot_take_rebuilds_the_jail_with_it(hosts, smtp, reach)
         assert backend.verify([POSTFIX]) == []
         assert set(backend.banned(POSTFIX)) == {net(lab.ATTACKER4), net("203.0.113.50")}
     assert not reach(hosts.attacker, lab.SERVER4, 25)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_rules_matching_the_original_port_read_back_as_built(hosts, variant):
+    spec = JailSpec.from_params("postfix", {"port": "587,8025,9000:9010", "chain": "DOCKER-USER"})
+    with hosts.server.entered():
+        backend = ipset.IpsetBackend(ipset.Xtables(variant))
+        backend.start(spec, [net(lab.ATTACKER4)])
+        assert backend.verify([spec]) == []
+    saved = hosts.server.run([lab.iptables(6, variant, "-save")]).stdout
+    assert "-A FORWARD -p tcp -m conntrack --ctorigdstport 9000:9010 -m set --match-set f2bext6-postfix src" in saved

@@ -136,3 +136,14 @@ def test_the_generation_moves_with_every_transaction_of_anyone(hosts):
         first = backend.nft.generation()
         hosts.server.nft("add", "table", "inet", "someone_else")
         assert backend.nft.generation() == first + 1
+
+
+def test_a_forward_jail_matching_the_original_port_reads_back_as_built(hosts):
+    """libnftables 1.0.6 lists `ct original proto-dst` values untyped: the check must still see its own rules."""
+    spec = JailSpec.from_params("postfix", {"port": "587,8025,9000:9010", "protocol": "tcp,udp",
+                                            "hooks": "input,forward"})
+    with hosts.server.entered():
+        backend = NftBackend()
+        backend.start(spec, [net(lab.ATTACKER4), net("2001:db8:7::/48")])
+        assert backend.verify([spec]) == [] and backend.ban(spec, [net(lab.ATTACKER6)], nothing) == []
+    assert "ct original proto-dst" in hosts.server.nft("list", "chain", "inet", "f2bext", "postfix-forward")

@@ -112,3 +112,34 @@ def test_generation_is_read_from_the_kernels_reply():
     payload = struct.pack("=BBH", 0, 0, 0)
     payload += struct.pack("=HH", 8, 1) + struct.pack(">L", 1234) + struct.pack("=HH", 8, 2) + struct.pack(">L", 99)
     assert netlink.parse_generation(payload) == 1234
+
+
+DOCKER_JAIL = JailSpec.from_params("postfix", {"port": "587,8025", "hooks": "input,forward"})
+
+
+def test_forward_chain_also_matches_the_port_the_client_asked_for_before_dnat():
+    rules = [c["add"]["rule"] for c in nft.build_structure(DOCKER_JAIL) if "rule" in c.get("add", {})]
+    forward = [r["expr"][2]["match"]["left"] for r in rules if r["chain"] == "postfix-forward"]
+    origdport = {"ct": {"key": "proto-dst", "dir": "original"}}
+    assert forward.count(origdport) == len(nft.SET_KINDS) == len(forward) - len(nft.SET_KINDS)
+    assert all(r["expr"][2]["match"]["left"] != origdport for r in rules if r["chain"] == "postfix-input")
+
+
+def test_original_port_values_listed_untyped_by_libnftables_1_0_6_read_back_as_ports():
+    """1.0.6 lists `ct original proto-dst 587` as "0x24b [invalid type]"; later ones as 587."""
+    built = {"expr": nft.build_rule_exprs(DOCKER_JAIL, "v4", nft.ORIGDPORT)}
+    listed = json.loads(json.dumps(built).replace("587", '"0x24b [invalid type]"')
+                        .replace("8025", '"0x1f59 [invalid type]"'))
+    assert nft.rule_signature(listed) == nft.rule_signature(built) == nft.Signature(
+        "postfix-v4", ("tcp",), ((587, 587), (8025, 8025)), "reject", nft.ORIGDPORT)
+    ranged = {"expr": [{"match": {"op": "==", "left": {"ct": {"key": "proto-dst", "dir": "original"}},
+                                  "right": {"range": ["0x1f40 [invalid type]", "0x1fa4 [invalid type]"]}}}]}
+    assert nft._ports_of(ranged["expr"][0]["match"]["right"]) == ((8000, 8100),)
+    assert nft._ports_of("0x24b [some other type]") is None and nft._ports_of("587") is None
+
+
+def test_forward_chain_missing_its_original_port_rules_is_altered():
+    seen = observed("healthy")
+    chain = "sshd-forward"
+    seen.rules[chain] = [r for r in seen.rules[chain] if '"ct"' not in json.dumps(r["expr"])]
+    assert codes(nft.check_jail(SSHD, seen)) == ["rule-altered"]

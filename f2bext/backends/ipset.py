@@ -6,12 +6,15 @@ and `f2bxr-J`/`f2bxr6-J` for the bans other servers shared (fleet sharing; apart
 and flushes never disturb them; short names keep within ipset's 31 characters),
 and in each chain the jail hooks (INPUT, FORWARD) rules at the head of the chain:
   -p PROTO -m multiport --dports PORTS -m set --match-set f2bext-J src -m comment --comment f2bext:J -j REJECT
+In FORWARD also, per port range, the port the client asked for, before Docker's DNAT rewrote it:
+  -p PROTO -m conntrack --ctorigdstport PORT[:PORT] -m set --match-set f2bext-J src ... -j REJECT
 An ACCEPT ahead of these would win, so every check reads the chain as iptables walks it (audit.py),
 and a repair moves our rules back to the head in one iptables-restore transaction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -65,8 +68,10 @@ def _port_chunks(ports: tuple[PortRange, ...]) -> list[tuple[PortRange, ...]]:
     return [tuple(c) for c in chunks]
 
 
-def rule_args(spec: JailSpec, family: int) -> list[list[str]]:
-    """The jail's rules for one family, as iptables arguments after the chain name."""
+def rule_args(spec: JailSpec, family: int, hook: str = "input") -> list[list[str]]:
+    """The jail's rules for one family and hook, as iptables arguments after the chain name. Forwarded
+    traffic may have been DNAT'ed from a port the jail names (Docker's `-p 8025:25`): FORWARD matches
+    the original destination port too (conntrack's takes one port or range per rule)."""
     if spec.blocktype == "drop":
         target = ["-j", "DROP"]
     else:
@@ -79,6 +84,10 @@ def rule_args(spec: JailSpec, family: int) -> list[list[str]]:
             if spec.ports:
                 for chunk in _port_chunks(spec.ports):
                     rules.append(head + ["-m", "multiport", "--dports", format_ports(chunk)] + match + target)
+                if hook == "forward":
+                    for low, high in spec.ports:
+                        rules.append(head + ["-m", "conntrack", "--ctorigdstport", format_ports(((low, high),))]
+                                     + match + target)
             else:
                 rules.append(head + match + target)
     return rules
@@ -91,12 +100,12 @@ def _is_ours(jail: str, family: int):
 
 
 def _shape(rule: audit.Rule) -> tuple:
-    return (rule.proto, rule.dports, tuple(rule.match_sets), rule.target, rule.reject_with, rule.in_iface,
-            rule.source, rule.states, tuple(rule.unknown), rule.comment)
+    return (rule.proto, rule.dports, rule.orig_dports, tuple(rule.match_sets), rule.target, rule.reject_with,
+            rule.in_iface, rule.source, rule.states, tuple(rule.unknown), rule.comment)
 
 
-def expected_shapes(spec: JailSpec, family: int, chain: str) -> Counter:
-    return Counter(_shape(audit.parse_rule(chain, args, 0, "")) for args in rule_args(spec, family))
+def expected_shapes(spec: JailSpec, family: int, hook: str) -> Counter:
+    return Counter(_shape(audit.parse_rule(CHAINS[hook], args, 0, "")) for args in rule_args(spec, family, hook))
 
 
 def build_rules_restore(spec: JailSpec, family: int, table: audit.Table) -> str:
@@ -109,7 +118,7 @@ def build_rules_restore(spec: JailSpec, family: int, table: audit.Table) -> str:
             if ours(rule):
                 lines.append("-D" + rule.text[2:])
     for hook in spec.hooks:
-        for args in reversed(rule_args(spec, family)):
+        for args in reversed(rule_args(spec, family, hook)):
             lines.append(shlex.join(["-I", CHAINS[hook], "1", *args]))
     return "\n".join(lines + ["COMMIT", ""])
 
@@ -199,10 +208,13 @@ def check_rules(spec: JailSpec, family: int, table: audit.Table) -> list[Finding
         if not mine:
             add(BROKEN, "jump-missing", f"{tool} {chain} has no rule for jail {spec.jail}")
             continue
-        if Counter(_shape(r) for r in mine) != expected_shapes(spec, family, chain):
+        if Counter(_shape(r) for r in mine) != expected_shapes(spec, family, hook):
             add(BROKEN, "rule-altered", f"{tool} {chain} rules of jail {spec.jail} differ from what it asks for",
                 "\n".join(r.text for r in mine))
-        for shadow in audit.shadows(chain, spec, table, ours):
+        # In FORWARD the port a rule sees may be DNAT's (Docker's `-p 8025:25` accepts --dport 25):
+        # an accept there lets banned traffic through whatever port it names.
+        seen_as = dataclasses.replace(spec, ports=()) if hook == "forward" else spec
+        for shadow in audit.shadows(chain, seen_as, table, ours):
             first = mine[0].position
             what = {audit.FULL: "accepts the banned traffic", audit.HELD: "accepts the held sessions of banned "
                     "addresses", audit.SOURCE: "accepts banned traffic from some sources"}[shadow.scope]

@@ -7,7 +7,9 @@ Layout, all in table `inet f2bext`, per jail J:
   sets J-net4, J-net6  CIDR bans (small interval sets, kept as the collapsed union of the jail's networks)
   sets J-rv4, J-rv6, J-rnet4, J-rnet6  the same for bans other servers shared (fleet sharing), apart so
                        that the local fail2ban's unbans, flushes and rebuilds never disturb them
-  chain J-input / J-forward  a base chain per hook at priority -10, one rule per set.
+  chain J-input / J-forward  a base chain per hook at priority -10, one rule per set; in J-forward a
+                       second rule per set matches the port the client asked for (`ct original
+                       proto-dst`): Docker's DNAT (prerouting, -100) has rewritten `th dport` by then.
 An accept in another base chain ends only that chain, so a drop here holds whatever else accepts.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +45,12 @@ SET_KINDS = {"v4": ("ipv4_addr", False), "net4": ("ipv4_addr", True),
              "rv4": ("ipv4_addr", False), "rnet4": ("ipv4_addr", True),
              "rv6": ("ipv6_addr", False), "rnet6": ("ipv6_addr", True)}
 _SADDR = {"ipv4_addr": "ip", "ipv6_addr": "ip6"}
+# Where a rule reads the destination port: the packet's (after any DNAT), or the original tuple's.
+DPORT, ORIGDPORT = "dport", "origdport"
+_PORT_EXPRS = {DPORT: {"payload": {"protocol": "th", "field": "dport"}},
+               ORIGDPORT: {"ct": {"key": "proto-dst", "dir": "original"}}}
+# libnftables 1.0.6 lists `ct original proto-dst` values without their type: 587 as "0x24b [invalid type]".
+_UNTYPED = re.compile(r"^0x([0-9a-f]{1,4}) \[invalid type\]$")
 
 Command = dict[str, Any]
 
@@ -85,14 +94,22 @@ def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
     return {"match": {"op": "==", "left": left, "right": right}}
 
 
-def build_rule_exprs(spec: JailSpec, kind: str) -> list[dict[str, Any]]:
+def port_keys(spec: JailSpec, hook: str) -> tuple[str, ...]:
+    """How the hook's rules read the port: forwarded traffic may have been DNAT'ed from the port the
+    jail names (Docker's `-p 8025:25`) or to it, so the forward hook matches both."""
+    if not spec.ports:
+        return (DPORT,)
+    return (DPORT, ORIGDPORT) if hook == "forward" else (DPORT,)
+
+
+def build_rule_exprs(spec: JailSpec, kind: str, key: str = DPORT) -> list[dict[str, Any]]:
     addr_type, _ = SET_KINDS[kind]
     exprs = [_match({"payload": {"protocol": _SADDR[addr_type], "field": "saddr"}}, "@" + set_name(spec.jail, kind))]
     if spec.protocols:
         protos = list(spec.protocols)
         exprs.append(_match({"meta": {"key": "l4proto"}}, protos[0] if len(protos) == 1 else {"set": protos}))
     if spec.ports:
-        exprs.append(_match({"payload": {"protocol": "th", "field": "dport"}}, _port_value(spec.ports)))
+        exprs.append(_match(_PORT_EXPRS[key], _port_value(spec.ports)))
     exprs.append({"counter": None})
     if spec.blocktype == "drop":
         exprs.append({"drop": None})
@@ -113,7 +130,9 @@ def build_structure(spec: JailSpec) -> list[Command]:
         chain = chain_name(spec.jail, hook)
         cmds.append({"add": _obj("chain", name=chain, type="filter", hook=hook, prio=PRIORITY, policy="accept")})
         for kind in SET_KINDS:
-            cmds.append({"add": _obj("rule", chain=chain, comment=RULE_COMMENT, expr=build_rule_exprs(spec, kind))})
+            for key in port_keys(spec, hook):
+                cmds.append({"add": _obj("rule", chain=chain, comment=RULE_COMMENT,
+                                         expr=build_rule_exprs(spec, kind, key))})
     return cmds
 
 
@@ -218,6 +237,7 @@ class Signature:
     protocols: tuple[str, ...]  # empty: every protocol
     ports: tuple[PortRange, ...]  # empty: every port
     verdict: str
+    port_key: str = DPORT
 
 
 @dataclass
@@ -253,16 +273,24 @@ def parse_ruleset(listing: dict[str, Any]) -> Observed:
     return seen
 
 
+def _port_of(value: Any) -> Optional[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    untyped = _UNTYPED.match(value) if isinstance(value, str) else None
+    return int(untyped.group(1), 16) if untyped else None
+
+
 def _ports_of(right: Any) -> Optional[tuple[PortRange, ...]]:
     values = right["set"] if isinstance(right, dict) and "set" in right else [right]
     ports = []
     for v in values:
-        if isinstance(v, int):
-            ports.append((v, v))
-        elif isinstance(v, dict) and "range" in v and all(isinstance(x, int) for x in v["range"]):
-            ports.append((v["range"][0], v["range"][1]))
+        if isinstance(v, dict) and "range" in v and len(v["range"]) == 2:
+            lo, hi = (_port_of(x) for x in v["range"])
         else:
+            lo = hi = _port_of(v)
+        if lo is None or hi is None:
             return None
+        ports.append((lo, hi))
     return tuple(sorted(ports))
 
 
@@ -270,6 +298,7 @@ def rule_signature(rule: dict[str, Any]) -> Optional[Signature]:
     """Reduce a listed rule to its Signature; None when it holds anything we did not put there."""
     target = protos = verdict = None
     ports: tuple[PortRange, ...] = ()
+    key = DPORT
     for expr in rule.get("expr", []):
         (kind, body), = expr.items()
         if kind == "counter":
@@ -294,16 +323,25 @@ def rule_signature(rule: dict[str, Any]) -> Optional[Signature]:
             ports = found
             if payload["protocol"] != "th":  # nft lists `meta l4proto tcp th dport` as `tcp dport`
                 protos = (payload["protocol"],)
+        elif left.get("ct") == _PORT_EXPRS[ORIGDPORT]["ct"]:
+            found = _ports_of(right)
+            if found is None:
+                return None
+            ports, key = found, ORIGDPORT
         else:
             return None
     if target is None or verdict is None:
         return None
-    return Signature(target, protos or (), ports, verdict)
+    return Signature(target, protos or (), ports, verdict, key)
 
 
-def expected_signatures(spec: JailSpec) -> list[Signature]:
-    return sorted((Signature(set_name(spec.jail, kind), tuple(sorted(spec.protocols)), spec.ports, spec.blocktype)
-                   for kind in SET_KINDS), key=lambda s: s.set)
+def _order(sig: Signature) -> tuple[str, str]:
+    return sig.set, sig.port_key
+
+
+def expected_signatures(spec: JailSpec, hook: str = "input") -> list[Signature]:
+    return sorted((Signature(set_name(spec.jail, kind), tuple(sorted(spec.protocols)), spec.ports, spec.blocktype, key)
+                   for kind in SET_KINDS for key in port_keys(spec, hook)), key=_order)
 
 
 def check_jail(spec: JailSpec, seen: Observed) -> list[Finding]:
@@ -321,7 +359,6 @@ def check_jail(spec: JailSpec, seen: Observed) -> list[Finding]:
             findings.append(broken("set-missing", f"set {name} is missing"))
         elif body.get("type") != addr_type or ("interval" in body.get("flags", [])) != interval:
             findings.append(broken("set-altered", f"set {name} has the wrong type or flags", json.dumps(body)))
-    expected = expected_signatures(spec)
     for hook in spec.hooks:
         name = chain_name(spec.jail, hook)
         body = seen.chains.get(name)
@@ -334,7 +371,7 @@ def check_jail(spec: JailSpec, seen: Observed) -> list[Finding]:
                                    f"{PRIORITY}", json.dumps(body)))
         rules = seen.rules.get(name, [])
         signatures = [rule_signature(r) for r in rules]
-        if None in signatures or sorted(signatures, key=lambda s: s.set) != expected:  # type: ignore[union-attr]
+        if None in signatures or sorted(signatures, key=_order) != expected_signatures(spec, hook):  # type: ignore[arg-type]
             findings.append(broken("rule-altered", f"rules of chain {name} differ from what the jail asks for",
                                    json.dumps([r.get("expr") for r in rules])[:2000]))
     for name in seen.chains:

@@ -44,12 +44,7 @@ debs:
 	@echo $(DEBS) $(PKG_DEBS)
 
 deps:
-	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  [ "$$(id -u)" -eq 0 ] || { echo "make: missing $$(echo $$missing); installing them needs root: sudo make deps" >&2; exit 1; }; \
-	  echo "installing: $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@tools/install-deps $(DEBS)
 
 test: deps
 	$(PYTHON) -m pytest -v -p no:cacheprovider -rs tests

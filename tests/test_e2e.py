@@ -5,6 +5,8 @@ import json
 import os
 import time
 
+import pytest
+
 from f2bext import lab
 
 
@@ -12,39 +14,100 @@ def fail_logins(hosts, workdir, server=lab.SERVER4, count=4):
     lab.tool(hosts.attacker, workdir, "fail-logins", server, "587", str(count), check=True)
 
 
-def hold_session(hosts, workdir, port=25, server=lab.SERVER4):
-    status = os.path.join(workdir, f"hold-{server}-{port}")
-    hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", server, str(port), status],
-                         env=lab.lab_env(workdir))
-    lab.Fail2banLab.wait(lambda: os.path.exists(status), "held session")
-    return status
-
-
 def read(path):
     with open(path) as f:
         return f.read()
 
 
-def test_held_session_is_cut_at_ban_and_every_port_refused(hosts, workdir, f2b, reach, fw):
+def test_held_session_is_cut_at_ban_and_every_port_refused(hosts, workdir, f2b, reach, fw, held_session):
     f2b.start()
-    held = hold_session(hosts, workdir)
-    assert read(held) == "open"
+    held = held_session(f2b.maillog)
     fail_logins(hosts, workdir)
     f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")
-    f2b.wait(lambda: read(held) != "open", "the held session to end", timeout=5)
-    assert read(held).startswith("ended")
+    held.assert_cut()
+    f2b.wait(lambda: held.client() != "open", "the client to see its session end")
     for port in lab.SMTP_PORTS:
         assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable"
     assert reach(hosts.bystander, lab.SERVER4, 25)
 
 
-def test_seed_firewall_put_on_top_after_start_does_not_let_a_new_ban_leak(hosts, workdir, f2b, fw, reach):
+# kill = ...: (the server's socket destroyed, its conntrack entry deleted)
+KILLS = {"conntrack,sockets": (True, True), "conntrack": (False, True), "sockets": (True, False), "none": (False, False)}
+
+
+def kill_jail(kill):
+    jail = {k: v for k, v in lab.DEFAULT_JAIL.items() if k != "banaction"}
+    jail["action"] = f'f2bext-nftables.py[port="smtp,ssmtp,submission", kill="{kill}"]'
+    return jail
+
+
+def cut_lines(f2b):
+    return [line.split("[postfix] f2bext ", 1)[1] for line in read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines()
+            if "[postfix] f2bext cut " in line]
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_each_kill_value_cuts_exactly_what_it_names_through_fail2bans_ban_path(hosts, f2b, held_session, reach,
+                                                                               kill):
+    f2b.jails["postfix"] = kill_jail(kill)
+    f2b.start()
+    held = held_session(f2b.maillog)
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    socket_cut, entry_cut = KILLS[kill]
+    if socket_cut or entry_cut:
+        f2b.wait(lambda: cut_lines(f2b), "the cut line")
+        assert cut_lines(f2b) == [f"cut {lab.ATTACKER4}/32: {int(entry_cut)} conntrack entries, "
+                                  f"{int(socket_cut)} sockets"]
+    # Whatever was cut, the ban ends the session for the client: a reset, or silence.
+    f2b.wait(lambda: held.client() != "open", "the client to see its session end")
+    if socket_cut:
+        held.assert_cut() if entry_cut else f2b.wait(lambda: held.server_end() != "", "the server to see the end")
+        assert held.server_end() == "Software caused connection abort"
+        assert held.client() == "ended: Connection reset by peer"
+    else:
+        assert held.established() and held.server_end() == "", "the server's socket was cut"
+        assert held.client() == "ended: no answer"
+    assert held.tracked() != entry_cut
+    assert not reach(hosts.attacker, lab.SERVER4, 25)
+    if kill == "none":
+        assert cut_lines(f2b) == []
+
+
+def test_a_session_that_cannot_be_cut_is_one_log_line_and_the_ban_stands(hosts, workdir, f2b, held_session, reach):
+    # The kernel refuses fail2ban-server sock_diag sockets (a container's seccomp profile may): sockets
+    # cannot be destroyed, conntrack entries still can.
+    f2b.server_argv = [lab.PYTHON, os.path.join(os.path.dirname(__file__), "files", "deny_sock_diag.py"),
+                       "fail2ban-server"]
+    f2b.start()
+    held = held_session(f2b.maillog)
+    held6 = held_session(f2b.maillog, server=lab.SERVER6, peer=lab.ATTACKER6)
+    fail_logins(hosts, workdir)
+    f2b.wait(lambda: cut_lines(f2b), "the cut line")
+    f2b.client("set", "postfix", "banip", lab.ATTACKER6)
+    f2b.wait(lambda: len(cut_lines(f2b)) == 2, "the IPv6 ban's cut line")
+    warnings = [line for line in read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines()
+                if "WARNING" in line and "[postfix] f2bext" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith("[postfix] f2bext: could not open a sock_diag netlink socket: Permission denied; "
+                                "the ban stands")
+    assert cut_lines(f2b)[0].startswith(f"cut {lab.ATTACKER4}/32: ") and cut_lines(f2b)[0].endswith(", 0 sockets")
+    assert cut_lines(f2b)[1] == f"cut {lab.ATTACKER6}/128: 1 conntrack entries, 0 sockets"
+    for session in (held, held6):  # what could not be cut lives on in the server...
+        assert session.established() and session.server_end() == ""
+    for port in lab.SMTP_PORTS:  # ...behind a ban that holds
+        assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable"
+    assert not reach(hosts.attacker, lab.SERVER6, 25)
+    assert reach(hosts.bystander, lab.SERVER4, 25)
+
+
+def test_seed_firewall_put_on_top_after_start_does_not_let_a_new_ban_leak(hosts, workdir, f2b, fw, reach,
+                                                                           held_session):
     f2b.start()
     lab.apply_seed_firewall(hosts.server, fw.variant, on_top=True)  # the admin's script, after fail2ban
-    held = hold_session(hosts, workdir)
+    held = held_session(f2b.maillog)
     fail_logins(hosts, workdir)
     f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")
-    f2b.wait(lambda: read(held) != "open", "the held session to end", timeout=5)
+    held.assert_cut()
     for port in lab.SMTP_PORTS:
         assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable"
     assert reach(hosts.bystander, lab.SERVER4, 587)

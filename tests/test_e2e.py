@@ -113,15 +113,25 @@ def test_seed_firewall_put_on_top_after_start_does_not_let_a_new_ban_leak(hosts,
     assert reach(hosts.bystander, lab.SERVER4, 587)
 
 
+def repair_lines(f2b):
+    """The jail's repair warnings: the watchdog's ("...; repairing") and the ban path's ("...; repaired")."""
+    return [line for line in read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines()
+            if "WARNING" in line and "[postfix] f2bext: " in line]
+
+
 def test_an_accept_for_another_port_triggers_no_repair(hosts, f2b, fw):
     f2b.start()
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)
     for family in (4, 6):
         hosts.server.run([lab.iptables(family, fw.variant), "-w", "-I", "INPUT", "1", "-p", "tcp", "--dport", "22",
                           "-j", "ACCEPT"])
-    time.sleep(2.5)  # two watchdog rounds
-    f2b.client("set", "postfix", "banip", lab.ATTACKER6)
-    assert "repairing" not in read(os.path.join(f2b.workdir, "fail2ban.log"))
+    time.sleep(2.5)  # a window of two watchdog rounds in which nothing may happen
+    f2b.client("set", "postfix", "banip", lab.ATTACKER6)  # the ban path verifies too
+    assert fw.holds("postfix", lab.ATTACKER6) and fw.holds("postfix", lab.ATTACKER4)
+    assert repair_lines(f2b) == []
+    fw.unhook("postfix")  # a real break, to show the check above would have seen a repair
+    f2b.wait(lambda: repair_lines(f2b), "the watchdog's repair")
+    assert all(line.endswith("(watchdog); repairing") for line in repair_lines(f2b)), repair_lines(f2b)
 
 
 def test_ipv6_attacker_is_banned_over_ipv6(hosts, workdir, f2b, reach, fw):
@@ -143,15 +153,14 @@ def test_cidr_ban_from_fail2ban_client(hosts, f2b, backend, reach):
     assert reach(hosts.attacker, lab.SERVER4, 587, source=lab.ATTACKER4)
 
 
-def test_firewall_reload_heals_within_two_seconds_without_a_new_ban(hosts, f2b, fw, reach):
+def test_firewall_reload_heals_without_a_new_ban(hosts, f2b, fw, reach):
     fw.save_baseline()
     f2b.start()
     f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
     assert not reach(hosts.attacker, lab.SERVER4, 25)
     fw.wipe()
-    wiped = time.time()
-    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 25), "the ban to come back", timeout=5, step=0.05)
-    assert time.time() - wiped < 2.5  # 2 s target plus one probe's round trip
+    # How soon it heals is measured in bench/, not asserted here: a loaded machine must not fail this.
+    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 25), "the ban to come back", timeout=20)
     assert not reach(hosts.attacker, lab.SERVER6, 25)
     assert f2b.banned("postfix") == sorted([lab.ATTACKER4, lab.ATTACKER6])
 

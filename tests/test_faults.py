@@ -344,6 +344,64 @@ def test_reload_unban_empties_the_sets_keeps_the_hooks_and_bans_again(hosts, wor
     assert_kernel_mirrors(f2b, fw, rules=rules)
 
 
+RESTORED, EXPIRED = 2400, 600  # bans in the database within the jail's maximum ban time, and past it
+MAXTIME = 1800
+
+
+def write_database(path, fresh, stale):
+    """A fail2ban database as fail2ban writes it (bench/dbgen.py's way), with `fresh` bans made 10 minutes
+    ago and `stale` ones 50 minutes ago, each for a day: the jail's maximum (30 minutes) ends the stale ones."""
+    from fail2ban.server.banmanager import BanTicket
+    from fail2ban.server.database import Fail2BanDb
+
+    class Jail:
+        name = JAIL
+
+        class actions:
+            getBanTime = staticmethod(lambda: 86400)
+    db = Fail2BanDb(path)
+    db.addJail(Jail)
+    add, now = Fail2BanDb.addBan.__wrapped__, time.time()  # one transaction: addBan commits per call
+    with db._lock, db._db:
+        cur = db._db.cursor()
+        for ips, age in ((fresh, 600), (stale, 3000)):
+            for ip in ips:
+                ticket = BanTicket(ip, now - age, [f"warning: unknown[{ip}]: SASL LOGIN authentication failed"])
+                ticket.setBanTime(86400)
+                ticket.setBanCount(1)
+                add(db, cur, Jail, ticket)
+        cur.close()
+    db.close()
+
+
+@pytest.mark.parametrize("backend", ["nftables", "ipset-nft"])
+def test_thousands_of_bans_restored_hold_through_a_repair_mid_restore_and_end_at_the_jails_maximum(
+        hosts, workdir, f2b, fw):
+    every = addresses(RESTORED + EXPIRED, start=1000)
+    fresh, stale = set(every[:RESTORED]), set(every[RESTORED:])
+    write_database(os.path.join(workdir, "fail2ban.sqlite3"), fresh, stale)
+    f2b.jails[JAIL].update({"bantime": "86400", "bantime.increment": "true", "bantime.maxtime": str(MAXTIME),
+                            # a second action, a shell command per ban, keeps fail2ban restoring for a while
+                            "action": f'{f2b.banaction}[port="{lab.DEFAULT_JAIL["port"]}"]\n'
+                                      f'        dummy[target="{workdir}/dummy.bans"]'})
+    fw.save_baseline()
+    f2b.start()
+    rules = hook_count(fw)
+    # While fail2ban works through its restored tickets, the ruleset is lost and rebuilt (by `f2bext repair`
+    # or the watchdog, whichever comes first): the rebuild must keep the bans fail2ban has not reached
+    # yet (it once kept only those it had: 38% were lost).
+    fw.wipe()
+    assert lab.f2bext_cmd(fw.ns, workdir, "repair", "--jail", JAIL, variant=fw.variant).returncode == 0
+    f2b.wait(lambda: hook_count(fw) == rules and kernel_bans(fw) >= fresh, "every restored ban after the repair")
+    assert len(f2b.banned(JAIL)) < RESTORED, "fail2ban had restored everything: the repair was not mid-restore"
+    f2b.wait(lambda: set(f2b.banned(JAIL)) == fresh, "fail2ban to restore its current bans", timeout=120)
+    assert_kernel_mirrors(f2b, fw, rules=rules)  # the stale bans, past the jail's maximum, were never loaded
+    assert not kernel_bans(fw) & stale
+    ends = f2b.client("get", JAIL, "banip", "--with-time").stdout.splitlines()
+    assert len(ends) == RESTORED and all(f"+ {MAXTIME} = " in line for line in ends), ends[:3]
+    assert not log_lines(f2b, "ERROR"), f2b.log_tail(12)
+
+
 # ---- the system's firewall service restores its saved rules -----------------------------------------
 
 ADMIN_NFT = """table inet filter {

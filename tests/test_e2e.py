@@ -35,9 +35,11 @@ def test_held_session_is_cut_at_ban_and_every_port_refused(hosts, workdir, f2b, 
 KILLS = {"conntrack,sockets": (True, True), "conntrack": (False, True), "sockets": (True, False), "none": (False, False)}
 
 
-def kill_jail(kill):
+def jail_with(banaction, **params):
+    """The lab's jail, its action given parameters in jail.local's own syntax."""
     jail = {k: v for k, v in lab.DEFAULT_JAIL.items() if k != "banaction"}
-    jail["action"] = f'f2bext-nftables.py[port="smtp,ssmtp,submission", kill="{kill}"]'
+    params.setdefault("port", jail["port"])
+    jail["action"] = f"{banaction}[" + ", ".join(f'{k}="{v}"' for k, v in params.items()) + "]"
     return jail
 
 
@@ -49,7 +51,7 @@ def cut_lines(f2b):
 @pytest.mark.parametrize("kill", list(KILLS))
 def test_each_kill_value_cuts_exactly_what_it_names_through_fail2bans_ban_path(hosts, f2b, held_session, reach,
                                                                                kill):
-    f2b.jails["postfix"] = kill_jail(kill)
+    f2b.jails["postfix"] = jail_with("f2bext-nftables.py", kill=kill)
     f2b.start()
     held = held_session(f2b.maillog)
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)
@@ -251,3 +253,61 @@ def test_action_loaded_as_fail2ban_1_1_1_loads_it_bans_and_holds(hosts, workdir,
     assert reach(hosts.bystander, lab.SERVER4, 25)
     fw.wipe()  # the watchdog, started from the bare module, heals it
     f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 25), "the ban back after a wipe")
+
+
+# ---- settings, on a real server ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, value, error", [
+    ("port", "smtp,99999", "InputError('port 99999 is out of range 0-65535')"),
+    ("protocol", "icmp", "InputError(\"unknown protocol 'icmp': use tcp, udp, sctp, a list of them, or all\")"),
+    ("bogus", "1", "InputError(\"unknown option 'bogus'; known: "),
+], ids=["port", "protocol", "unknown"])
+def test_a_bad_setting_in_jail_local_is_one_error_line_and_the_ruleset_stays_as_it_was(hosts, f2b, fw, reach, option,
+                                                                                      value, error):
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    before = fw.snapshot()
+    f2b.jails["postfix"] = jail_with(f2b.banaction, **{option: value})
+    f2b.write_config()
+    assert f2b.client("reload", check=False).returncode != 0
+    errors = [line for line in read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"has failed. Received {error}" in errors[0], errors
+    assert fw.snapshot() == before
+    assert f2b.banned("postfix") == [lab.ATTACKER4] and not reach(hosts.attacker, lab.SERVER4, 25)
+
+
+def probe(hosts, workdir, protocol, ns=None, server=lab.SERVER4):
+    """A probe's exit: 0 through, 1 refused, 2 no answer; TCP to 25, UDP to the echo port, SCTP to 5060."""
+    port, flag = {"tcp": (25, []), "udp": (lab.UDP_ECHO_PORT, ["--udp"]), "sctp": (5060, ["--sctp"])}[protocol]
+    return lab.tool(ns or hosts.attacker, workdir, "probe", server, str(port), *flag).returncode
+
+
+@pytest.mark.parametrize("blocktype, answer", [("reject", 1), ("drop", 2)])
+def test_blocktype_reject_refuses_and_drop_answers_nothing(hosts, workdir, f2b, backend, blocktype, answer):
+    f2b.jails["postfix"] = jail_with(f2b.banaction, blocktype=blocktype)
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
+    assert probe(hosts, workdir, "tcp") == answer
+    assert probe(hosts, workdir, "tcp", server=lab.SERVER6) == answer
+    assert probe(hosts, workdir, "tcp", ns=hosts.bystander) == 0
+
+
+# protocol setting -> (the jail's parameters, what the attacker's probes get once banned); port 25 is in
+# each list, so only the protocol keeps the TCP probe out of the ban
+PROTOCOLS = {
+    "udp": ({"protocol": "udp", "port": f"25,{lab.UDP_ECHO_PORT}"}, {"tcp": 0, "udp": 1, "sctp": 0}),
+    "sctp": ({"protocol": "sctp", "port": "25,5060"}, {"tcp": 0, "udp": 0, "sctp": 1}),
+    "all": ({"type": "allports", "protocol": "all", "port": "0:65535"}, {"tcp": 1, "udp": 1, "sctp": 1}),
+}
+
+
+@pytest.mark.parametrize("setting", list(PROTOCOLS))
+def test_udp_sctp_and_all_protocol_bans_refuse_exactly_their_traffic(hosts, workdir, f2b, backend, setting):
+    params, banned = PROTOCOLS[setting]
+    hosts.server.run(["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])  # an ICMP answer to every probe
+    f2b.jails["postfix"] = jail_with(f2b.banaction, **params)
+    f2b.start()
+    assert {p: probe(hosts, workdir, p) for p in banned} == {"tcp": 0, "udp": 0, "sctp": 0}
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    assert {p: probe(hosts, workdir, p) for p in banned} == banned
+    assert {p: probe(hosts, workdir, p, ns=hosts.bystander) for p in banned} == {"tcp": 0, "udp": 0, "sctp": 0}

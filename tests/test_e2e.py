@@ -259,6 +259,7 @@ def test_action_loaded_as_fail2ban_1_1_1_loads_it_bans_and_holds(hosts, workdir,
 
 # ---- settings, on a real server ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["nftables"])  # refused before any backend is asked
 @pytest.mark.parametrize("option, value, error", [
     ("port", "smtp,99999", "InputError('port 99999 is out of range 0-65535')"),
     ("protocol", "icmp", "InputError(\"unknown protocol 'icmp': use tcp, udp, sctp, a list of them, or all\")"),

@@ -20,6 +20,7 @@ ATTACKER4, ATTACKER6 = "203.0.113.7", "2001:db8::7"
 ATTACKER_NET_PEER4 = "203.0.113.77"  # a second attacker host inside 203.0.113.0/24, for CIDR bans
 BYSTANDER4, BYSTANDER6 = "198.51.100.20", "2001:db8::20"
 SMTP_PORTS = (25, 465, 587)
+UDP_ECHO_PORT = 5353  # the server also echoes datagrams here, for jails that ban UDP
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Fail2banLab:
     def start(self) -> None:
         self.write_config()
         self.smtp = self.ns.popen([PYTHON, "-m", "f2bext.labtools", "serve", "--log", self.maillog,
-                                             "--ports", ",".join(map(str, SMTP_PORTS))],
+                                   "--ports", ",".join(map(str, SMTP_PORTS)), "--udp", str(UDP_ECHO_PORT)],
                                             env=lab_env(self.workdir, self.variant), stdout=subprocess.PIPE, text=True)
         assert self.smtp.stdout is not None and self.smtp.stdout.readline().strip() == "ready"
         self.server = self.ns.popen([*self.server_argv, "-f", "-x", "-c", self.confdir],

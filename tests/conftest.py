@@ -165,3 +165,68 @@ def f2b(hosts, workdir, request):
     server = lab.Fail2banLab(hosts, workdir, backend=backend)
     yield server
     server.stop()
+
+
+class HeldSession:
+    """A session the attacker holds open on a lab server, seen from both ends: the client's status file,
+    and on the server its process's own log line when the socket ends, its socket and conntrack entry."""
+
+    def __init__(self, client_ns, server_ns, workdir, maillog, server=lab.SERVER4, port=25, peer=lab.ATTACKER4):
+        self.server_ns, self.maillog, self.port, self.peer = server_ns, maillog, port, peer
+        self.status = os.path.join(workdir, f"hold-{server}-{port}")
+        self.proc = client_ns.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", server, str(port), self.status],
+                                    env=lab.lab_env(workdir))
+        lab.Fail2banLab.wait(lambda: os.path.exists(self.status), "the held session")
+        assert self.client() == "open"
+        assert self.established() and self.tracked(), "the held session is not up on the server"
+
+    def client(self) -> str:
+        """What the client saw: "open", or "ended: <why>"."""
+        with open(self.status) as f:
+            return f.read()
+
+    def server_end(self) -> str:
+        """Why the server process saw its socket end (its log's disconnect line), or "" while it lives."""
+        with open(self.maillog) as f:
+            for line in f:
+                if f"disconnect from unknown[{self.peer}] port {self.port} (" in line:
+                    return line.rsplit("(", 1)[1].rstrip(")\n")
+        return ""
+
+    def established(self) -> bool:
+        """The server's kernel still holds the session's socket established."""
+        out = self.server_ns.run(["ss", "-Htn", "state", "established", "sport", "=", f":{self.port}"]).stdout
+        peers = {line.split()[-1].rsplit(":", 1)[0].strip("[]") for line in out.splitlines()}
+        return self.peer in peers or "::ffff:" + self.peer in peers
+
+    def tracked(self) -> bool:
+        """The server's conntrack table still holds the session's entry."""
+        family = "ipv6" if ":" in self.peer else "ipv4"
+        out = self.server_ns.run(["conntrack", "-L", "-f", family, "-p", "tcp", "-s", self.peer,
+                                  "--dport", str(self.port)], check=False).stdout
+        return bool(out.strip())
+
+    def assert_cut(self, timeout=10):
+        """The cut itself: the server's socket destroyed (the process sees ECONNABORTED), the entry gone."""
+        lab.Fail2banLab.wait(lambda: self.server_end() != "", "the server to see its socket end", timeout=timeout)
+        assert self.server_end() == "Software caused connection abort", self.server_end()
+        lab.Fail2banLab.wait(lambda: not self.tracked(), "the conntrack entry to go", timeout=timeout)
+        assert not self.established()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def held_session(hosts, workdir):
+    """held_session(maillog, server=..., port=..., ns=...) -> a HeldSession from the attacker; killed at the end."""
+    made = []
+
+    def hold(maillog, server=lab.SERVER4, port=25, ns=None, peer=lab.ATTACKER4, folder=None):
+        made.append(HeldSession(hosts.attacker, ns or hosts.server, folder or workdir, maillog, server, port, peer))
+        return made[-1]
+    yield hold
+    for session in made:
+        session.stop()

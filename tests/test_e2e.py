@@ -5,6 +5,8 @@ import json
 import os
 import time
 
+import pytest
+
 from f2bext import lab
 
 
@@ -12,42 +14,113 @@ def fail_logins(hosts, workdir, server=lab.SERVER4, count=4):
     lab.tool(hosts.attacker, workdir, "fail-logins", server, "587", str(count), check=True)
 
 
-def hold_session(hosts, workdir, port=25, server=lab.SERVER4):
-    status = os.path.join(workdir, f"hold-{server}-{port}")
-    hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", server, str(port), status],
-                         env=lab.lab_env(workdir))
-    lab.Fail2banLab.wait(lambda: os.path.exists(status), "held session")
-    return status
-
-
 def read(path):
     with open(path) as f:
         return f.read()
 
 
-def test_held_session_is_cut_at_ban_and_every_port_refused(hosts, workdir, f2b, reach, fw):
+def test_held_session_is_cut_at_ban_and_every_port_refused(hosts, workdir, f2b, reach, fw, held_session):
     f2b.start()
-    held = hold_session(hosts, workdir)
-    assert read(held) == "open"
+    held = held_session(f2b.maillog)
     fail_logins(hosts, workdir)
     f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")
-    f2b.wait(lambda: read(held) != "open", "the held session to end", timeout=5)
-    assert read(held).startswith("ended")
+    held.assert_cut()
+    f2b.wait(lambda: held.client() != "open", "the client to see its session end")
     for port in lab.SMTP_PORTS:
         assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable"
     assert reach(hosts.bystander, lab.SERVER4, 25)
 
 
-def test_seed_firewall_put_on_top_after_start_does_not_let_a_new_ban_leak(hosts, workdir, f2b, fw, reach):
+# kill = ...: (the server's socket destroyed, its conntrack entry deleted)
+KILLS = {"conntrack,sockets": (True, True), "conntrack": (False, True), "sockets": (True, False),
+         "none": (False, False)}
+
+
+def jail_with(banaction, **params):
+    """The lab's jail, its action given parameters in jail.local's own syntax."""
+    jail = {k: v for k, v in lab.DEFAULT_JAIL.items() if k != "banaction"}
+    params.setdefault("port", jail["port"])
+    jail["action"] = f"{banaction}[" + ", ".join(f'{k}="{v}"' for k, v in params.items()) + "]"
+    return jail
+
+
+def cut_lines(f2b):
+    """The jail's "cut" lines, from the words after the jail's name."""
+    lines = read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines()
+    return [line.split("[postfix] f2bext ", 1)[1] for line in lines if "[postfix] f2bext cut " in line]
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
+def test_each_kill_value_cuts_exactly_what_it_names_through_fail2bans_ban_path(hosts, f2b, held_session, reach,
+                                                                               kill):
+    f2b.jails["postfix"] = jail_with("f2bext-nftables.py", kill=kill)
+    f2b.start()
+    held = held_session(f2b.maillog)
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    socket_cut, entry_cut = KILLS[kill]
+    if socket_cut or entry_cut:
+        f2b.wait(lambda: cut_lines(f2b), "the cut line")
+        assert cut_lines(f2b) == [f"cut {lab.ATTACKER4}/32: {int(entry_cut)} conntrack entries, "
+                                  f"{int(socket_cut)} sockets"]
+    # Whatever was cut, the ban ends the session for the client: a reset, or silence.
+    f2b.wait(lambda: held.client() != "open", "the client to see its session end")
+    if socket_cut:
+        f2b.wait(lambda: held.server_end() != "", "the server to see its socket end")
+        assert held.server_end() == "Software caused connection abort"
+        assert held.client() == "ended: Connection reset by peer"
+    else:
+        assert held.established() and held.server_end() == "", "the server's socket was cut"
+        assert held.client() == "ended: no answer"
+    assert held.tracked() != entry_cut
+    assert not reach(hosts.attacker, lab.SERVER4, 25)
+    if kill == "none":
+        assert cut_lines(f2b) == []
+
+
+def test_a_session_that_cannot_be_cut_is_one_log_line_and_the_ban_stands(hosts, workdir, f2b, held_session, reach):
+    # The kernel refuses fail2ban-server sock_diag sockets (a container's seccomp profile may): sockets
+    # cannot be destroyed, conntrack entries still can.
+    f2b.server_argv = [lab.PYTHON, os.path.join(os.path.dirname(__file__), "files", "deny_sock_diag.py"),
+                       "fail2ban-server"]
+    f2b.start()
+    held = held_session(f2b.maillog)
+    held6 = held_session(f2b.maillog, server=lab.SERVER6, peer=lab.ATTACKER6)
+    fail_logins(hosts, workdir)
+    f2b.wait(lambda: cut_lines(f2b), "the cut line")
+    f2b.client("set", "postfix", "banip", lab.ATTACKER6)
+    f2b.wait(lambda: len(cut_lines(f2b)) == 2, "the IPv6 ban's cut line")
+    warnings = [line for line in read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines()
+                if "WARNING" in line and "[postfix] f2bext" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith("[postfix] f2bext: could not open a sock_diag netlink socket: Permission denied; "
+                                "the ban stands")
+    assert cut_lines(f2b)[0].startswith(f"cut {lab.ATTACKER4}/32: ") and cut_lines(f2b)[0].endswith(", 0 sockets")
+    assert cut_lines(f2b)[1] == f"cut {lab.ATTACKER6}/128: 1 conntrack entries, 0 sockets"
+    for session in (held, held6):  # what could not be cut lives on in the server...
+        assert session.established() and session.server_end() == ""
+    for port in lab.SMTP_PORTS:  # ...behind a ban that holds
+        assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable"
+    assert not reach(hosts.attacker, lab.SERVER6, 25)
+    assert reach(hosts.bystander, lab.SERVER4, 25)
+
+
+def test_seed_firewall_put_on_top_after_start_does_not_let_a_new_ban_leak(hosts, workdir, f2b, fw, reach,
+                                                                           held_session):
     f2b.start()
     lab.apply_seed_firewall(hosts.server, fw.variant, on_top=True)  # the admin's script, after fail2ban
-    held = hold_session(hosts, workdir)
+    held = held_session(f2b.maillog)
     fail_logins(hosts, workdir)
     f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")
-    f2b.wait(lambda: read(held) != "open", "the held session to end", timeout=5)
+    held.assert_cut()
     for port in lab.SMTP_PORTS:
         assert not reach(hosts.attacker, lab.SERVER4, port), f"port {port} still reachable"
     assert reach(hosts.bystander, lab.SERVER4, 587)
+
+
+def repair_lines(f2b):
+    """The jail's repair warnings: the watchdog's ("...; repairing") and the ban path's ("...; repaired")."""
+    return [line for line in read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines()
+            if "WARNING" in line and "[postfix] f2bext: " in line]
 
 
 def test_an_accept_for_another_port_triggers_no_repair(hosts, f2b, fw):
@@ -56,9 +129,13 @@ def test_an_accept_for_another_port_triggers_no_repair(hosts, f2b, fw):
     for family in (4, 6):
         hosts.server.run([lab.iptables(family, fw.variant), "-w", "-I", "INPUT", "1", "-p", "tcp", "--dport", "22",
                           "-j", "ACCEPT"])
-    time.sleep(2.5)  # two watchdog rounds
-    f2b.client("set", "postfix", "banip", lab.ATTACKER6)
-    assert "repairing" not in read(os.path.join(f2b.workdir, "fail2ban.log"))
+    time.sleep(2.5)  # a window of two watchdog rounds in which nothing may happen
+    f2b.client("set", "postfix", "banip", lab.ATTACKER6)  # the ban path verifies too
+    assert fw.holds("postfix", lab.ATTACKER6) and fw.holds("postfix", lab.ATTACKER4)
+    assert repair_lines(f2b) == []
+    fw.unhook("postfix")  # a real break, to show the check above would have seen a repair
+    f2b.wait(lambda: repair_lines(f2b), "the watchdog's repair")
+    assert all(line.endswith("(watchdog); repairing") for line in repair_lines(f2b)), repair_lines(f2b)
 
 
 def test_ipv6_attacker_is_banned_over_ipv6(hosts, workdir, f2b, reach, fw):
@@ -80,15 +157,14 @@ def test_cidr_ban_from_fail2ban_client(hosts, f2b, backend, reach):
     assert reach(hosts.attacker, lab.SERVER4, 587, source=lab.ATTACKER4)
 
 
-def test_firewall_reload_heals_within_two_seconds_without_a_new_ban(hosts, f2b, fw, reach):
+def test_firewall_reload_heals_without_a_new_ban(hosts, f2b, fw, reach):
     fw.save_baseline()
     f2b.start()
     f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
     assert not reach(hosts.attacker, lab.SERVER4, 25)
     fw.wipe()
-    wiped = time.time()
-    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 25), "the ban to come back", timeout=5, step=0.05)
-    assert time.time() - wiped < 2.5  # 2 s target plus one probe's round trip
+    # How soon it heals is measured in bench/, not asserted here: a loaded machine must not fail this.
+    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 25), "the ban to come back", timeout=20)
     assert not reach(hosts.attacker, lab.SERVER6, 25)
     assert f2b.banned("postfix") == sorted([lab.ATTACKER4, lab.ATTACKER6])
 
@@ -179,3 +255,62 @@ def test_action_loaded_as_fail2ban_1_1_1_loads_it_bans_and_holds(hosts, workdir,
     assert reach(hosts.bystander, lab.SERVER4, 25)
     fw.wipe()  # the watchdog, started from the bare module, heals it
     f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 25), "the ban back after a wipe")
+
+
+# ---- settings, on a real server ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["nftables"])  # refused before any backend is asked
+@pytest.mark.parametrize("option, value, error", [
+    ("port", "smtp,99999", "InputError('port 99999 is out of range 0-65535')"),
+    ("protocol", "icmp", "InputError(\"unknown protocol 'icmp': use tcp, udp, sctp, a list of them, or all\")"),
+    ("bogus", "1", "InputError(\"unknown option 'bogus'; known: "),
+], ids=["port", "protocol", "unknown"])
+def test_a_bad_setting_in_jail_local_is_one_error_line_and_the_ruleset_stays_as_it_was(hosts, f2b, fw, reach, option,
+                                                                                      value, error):
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    before = fw.snapshot()
+    f2b.jails["postfix"] = jail_with(f2b.banaction, **{option: value})
+    f2b.write_config()
+    assert f2b.client("reload", check=False).returncode != 0
+    errors = [line for line in read(os.path.join(f2b.workdir, "fail2ban.log")).splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"has failed. Received {error}" in errors[0], errors
+    assert fw.snapshot() == before
+    assert f2b.banned("postfix") == [lab.ATTACKER4] and not reach(hosts.attacker, lab.SERVER4, 25)
+
+
+def probe(hosts, workdir, protocol, ns=None, server=lab.SERVER4):
+    """A probe's exit: 0 through, 1 refused, 2 no answer; TCP to 25, UDP to the echo port, SCTP to 5060."""
+    port, flag = {"tcp": (25, []), "udp": (lab.UDP_ECHO_PORT, ["--udp"]), "sctp": (5060, ["--sctp"])}[protocol]
+    return lab.tool(ns or hosts.attacker, workdir, "probe", server, str(port), *flag).returncode
+
+
+@pytest.mark.parametrize("blocktype, answer", [("reject", 1), ("drop", 2)])
+def test_blocktype_reject_refuses_and_drop_answers_nothing(hosts, workdir, f2b, backend, blocktype, answer):
+    f2b.jails["postfix"] = jail_with(f2b.banaction, blocktype=blocktype)
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
+    assert probe(hosts, workdir, "tcp") == answer
+    assert probe(hosts, workdir, "tcp", server=lab.SERVER6) == answer
+    assert probe(hosts, workdir, "tcp", ns=hosts.bystander) == 0
+
+
+# protocol setting -> (the jail's parameters, what the attacker's probes get once banned); port 25 is in
+# each list, so only the protocol keeps the TCP probe out of the ban
+PROTOCOLS = {
+    "udp": ({"protocol": "udp", "port": f"25,{lab.UDP_ECHO_PORT}"}, {"tcp": 0, "udp": 1, "sctp": 0}),
+    "sctp": ({"protocol": "sctp", "port": "25,5060"}, {"tcp": 0, "udp": 0, "sctp": 1}),
+    "all": ({"type": "allports", "protocol": "all", "port": "0:65535"}, {"tcp": 1, "udp": 1, "sctp": 1}),
+}
+
+
+@pytest.mark.parametrize("setting", list(PROTOCOLS))
+def test_udp_sctp_and_all_protocol_bans_refuse_exactly_their_traffic(hosts, workdir, f2b, backend, setting):
+    params, banned = PROTOCOLS[setting]
+    hosts.server.run(["sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"])  # an ICMP answer to every probe
+    f2b.jails["postfix"] = jail_with(f2b.banaction, **params)
+    f2b.start()
+    assert {p: probe(hosts, workdir, p) for p in banned} == {"tcp": 0, "udp": 0, "sctp": 0}
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    assert {p: probe(hosts, workdir, p) for p in banned} == banned
+    assert {p: probe(hosts, workdir, p, ns=hosts.bystander) for p in banned} == {"tcp": 0, "udp": 0, "sctp": 0}

@@ -58,10 +58,11 @@ def mirror_problem(f2b, fw, jail=JAIL, rules=None) -> str:
     return "; ".join(problems)
 
 
-def assert_kernel_mirrors(f2b, fw, jail=JAIL, timeout=3.0, what="the kernel to hold what fail2ban holds",
+def assert_kernel_mirrors(f2b, fw, jail=JAIL, timeout=20.0, what="the kernel to hold what fail2ban holds",
                           rules=None):
-    """Within `timeout` seconds the kernel holds exactly the jail's banned list (fail2ban's truth), with
-    exactly `rules` hook rules when given (none missing, none duplicated)."""
+    """Within `timeout` seconds (a bound for a loaded machine; how soon is bench/'s to measure) the kernel
+    holds exactly the jail's banned list (fail2ban's truth), with exactly `rules` hook rules when given
+    (none missing, none duplicated)."""
     try:
         f2b.wait(lambda: not mirror_problem(f2b, fw, jail, rules), what, timeout=timeout, step=0.2)
     except TimeoutError:
@@ -151,7 +152,7 @@ def test_a_full_ipset_is_named_in_the_log_and_a_repair_brings_every_ban_back(hos
         f"no log line names {name} and its size limit:\n{f2b.log_tail(12)}"
     result = lab.f2bext_cmd(ns, workdir, "repair", "--jail", JAIL, variant=fw.variant)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert_kernel_mirrors(f2b, fw, timeout=3, what="every ban back after `f2bext repair`", rules=rules)
+    assert_kernel_mirrors(f2b, fw, what="every ban back after `f2bext repair`", rules=rules)
     assert f"maxelem {ipset_mod.MAXELEM}" in ns.run(["ipset", "list", "-t", name]).stdout
 
 
@@ -165,7 +166,7 @@ def test_ipset_missing_at_start_is_logged_and_every_ban_holds_once_it_is_install
     assert log_lines(f2b, "ERROR", JAIL, "ipset is not installed"), f2b.log_tail(12)
     os.symlink("/usr/sbin/ipset", os.path.join(tools, "ipset"))  # the package gets installed
     spec = JailSpec.from_params(JAIL, {"port": lab.DEFAULT_JAIL["port"]})
-    assert_kernel_mirrors(f2b, fw, timeout=3, what="the bans once ipset is there, with no new ban",
+    assert_kernel_mirrors(f2b, fw, what="the bans once ipset is there, with no new ban",
                           rules=sum(len(ipset_mod.rule_args(spec, f)) for f in (4, 6)))
 
 
@@ -258,7 +259,7 @@ def test_our_objects_removed_in_a_loop_while_banning_thousands_loses_no_ban(host
         stop.set()
         changer.join()
     assert len(f2b.banned(JAIL)) == count + 2
-    assert_kernel_mirrors(f2b, fw, timeout=3, what="every ban back once the other tool stopped", rules=rules)
+    assert_kernel_mirrors(f2b, fw, what="every ban back once the other tool stopped", rules=rules)
     assert log_lines(f2b, "WARNING", f"[{JAIL}] f2bext", "repair"), f2b.log_tail(12)
 
 
@@ -278,15 +279,13 @@ def test_a_ban_while_another_tool_holds_the_xtables_lock_lands_once_the_lock_is_
                               "echo reloaded && sleep 3", "-", *save_baselines(fw, workdir)]),
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "reloaded"
-    began = time.time()
     banning = threading.Thread(target=ban, args=(f2b, lab.ATTACKER6))
     banning.start()
-    time.sleep(1.5)  # a watchdog round: with the lock free, our rules would be back by now
+    time.sleep(1.5)  # a window of a watchdog round: with the lock free, our rules would be back by now
     assert hook_count(fw) == 0, "the lock did not hold f2bext back: the fault was not provoked"
     holder.wait()
     banning.join()
-    assert_kernel_mirrors(f2b, fw, timeout=3, what="both bans enforced after the lock is released", rules=rules)
-    assert time.time() - began < 6
+    assert_kernel_mirrors(f2b, fw, what="both bans enforced after the lock is released", rules=rules)
     assert log_lines(f2b, "WARNING", f"[{JAIL}] f2bext", "repair"), f2b.log_tail(12)
 
 
@@ -312,7 +311,7 @@ def test_fail2ban_killed_and_restarted_from_its_database_enforces_every_ban_once
     held = set(f2b.banned(JAIL))
     kill_and_restart(f2b)
     f2b.wait(lambda: set(f2b.banned(JAIL)) == held, "fail2ban to restore its bans")
-    assert_kernel_mirrors(f2b, fw, timeout=3, rules=rules)
+    assert_kernel_mirrors(f2b, fw, rules=rules)
     assert len(log_lines(f2b, f"[{JAIL}] Restore Ban")) == len(held)
     assert len(log_lines(f2b, f"[{JAIL}] f2bext", "enforcing")) == 2
 
@@ -328,7 +327,7 @@ def test_a_ban_that_expired_while_fail2ban_was_dead_is_lifted_at_its_restart(hos
     time.sleep(7)  # the bans run out while nobody is there to lift them
     kill_and_restart(f2b)
     assert f2b.banned(JAIL) == []
-    assert_kernel_mirrors(f2b, fw, timeout=3, what="the expired bans lifted")
+    assert_kernel_mirrors(f2b, fw, what="the expired bans lifted")
 
 
 @pytest.mark.parametrize("backend", ["nftables", "ipset-nft"])
@@ -338,11 +337,69 @@ def test_reload_unban_empties_the_sets_keeps_the_hooks_and_bans_again(hosts, wor
     ban(f2b, lab.ATTACKER4, lab.ATTACKER6, CIDR4, *addresses(20))
     f2b.client("reload", "--unban")
     assert f2b.banned(JAIL) == []
-    assert_kernel_mirrors(f2b, fw, timeout=2, rules=rules)
+    assert_kernel_mirrors(f2b, fw, rules=rules)
     assert lab.f2bext_cmd(hosts.server, workdir, "verify", "--jail", JAIL, variant=fw.variant).returncode == 0
     assert log_lines(f2b, f"[{JAIL}] Flush ticket(s) with f2bext-")
     ban(f2b, lab.ATTACKER4)
-    assert_kernel_mirrors(f2b, fw, timeout=2, rules=rules)
+    assert_kernel_mirrors(f2b, fw, rules=rules)
+
+
+RESTORED, EXPIRED = 2400, 600  # bans in the database within the jail's maximum ban time, and past it
+MAXTIME = 1800
+
+
+def write_database(path, fresh, stale):
+    """A fail2ban database as fail2ban writes it (bench/dbgen.py's way), with `fresh` bans made 10 minutes
+    ago and `stale` ones 50 minutes ago, each for a day: the jail's maximum (30 minutes) ends the stale ones."""
+    from fail2ban.server.banmanager import BanTicket
+    from fail2ban.server.database import Fail2BanDb
+
+    class Jail:
+        name = JAIL
+
+        class actions:
+            getBanTime = staticmethod(lambda: 86400)
+    db = Fail2BanDb(path)
+    db.addJail(Jail)
+    add, now = Fail2BanDb.addBan.__wrapped__, time.time()  # one transaction: addBan commits per call
+    with db._lock, db._db:
+        cur = db._db.cursor()
+        for ips, age in ((fresh, 600), (stale, 3000)):
+            for ip in ips:
+                ticket = BanTicket(ip, now - age, [f"warning: unknown[{ip}]: SASL LOGIN authentication failed"])
+                ticket.setBanTime(86400)
+                ticket.setBanCount(1)
+                add(db, cur, Jail, ticket)
+        cur.close()
+    db.close()
+
+
+@pytest.mark.parametrize("backend", ["nftables", "ipset-nft"])
+def test_thousands_of_bans_restored_hold_through_a_repair_mid_restore_and_end_at_the_jails_maximum(
+        hosts, workdir, f2b, fw):
+    every = addresses(RESTORED + EXPIRED, start=1000)
+    fresh, stale = set(every[:RESTORED]), set(every[RESTORED:])
+    write_database(os.path.join(workdir, "fail2ban.sqlite3"), fresh, stale)
+    f2b.jails[JAIL].update({"bantime": "86400", "bantime.increment": "true", "bantime.maxtime": str(MAXTIME),
+                            # a second action, a shell command per ban, keeps fail2ban restoring for a while
+                            "action": f'{f2b.banaction}[port="{lab.DEFAULT_JAIL["port"]}"]\n'
+                                      f'        dummy[target="{workdir}/dummy.bans"]'})
+    fw.save_baseline()
+    f2b.start()
+    rules = hook_count(fw)
+    # While fail2ban works through its restored tickets, the ruleset is lost and rebuilt (by `f2bext repair`
+    # or the watchdog, whichever comes first): the rebuild must keep the bans fail2ban has not reached
+    # yet (it once kept only those it had: 38% were lost).
+    fw.wipe()
+    assert lab.f2bext_cmd(fw.ns, workdir, "repair", "--jail", JAIL, variant=fw.variant).returncode == 0
+    f2b.wait(lambda: hook_count(fw) == rules and kernel_bans(fw) >= fresh, "every restored ban after the repair")
+    assert len(f2b.banned(JAIL)) < RESTORED, "fail2ban had restored everything: the repair was not mid-restore"
+    f2b.wait(lambda: set(f2b.banned(JAIL)) == fresh, "fail2ban to restore its current bans", timeout=120)
+    assert_kernel_mirrors(f2b, fw, rules=rules)  # the stale bans, past the jail's maximum, were never loaded
+    assert not kernel_bans(fw) & stale
+    ends = f2b.client("get", JAIL, "banip", "--with-time").stdout.splitlines()
+    assert len(ends) == RESTORED and all(f"+ {MAXTIME} = " in line for line in ends), ends[:3]
+    assert not log_lines(f2b, "ERROR"), f2b.log_tail(12)
 
 
 # ---- the system's firewall service restores its saved rules -----------------------------------------
@@ -370,7 +427,7 @@ def test_nft_restoring_a_ruleset_saved_before_f2bext_started_heals_every_ban(hos
     rules = hook_count(fw)
     ban(f2b, lab.ATTACKER4, lab.ATTACKER6, CIDR4, CIDR6, *addresses(30))
     nft_restore(hosts.server, workdir, "flush ruleset\n" + ADMIN_NFT)  # systemctl restart nftables
-    assert_kernel_mirrors(f2b, fw, timeout=2.5, rules=rules)
+    assert_kernel_mirrors(f2b, fw, rules=rules)
     assert "tcp dport 22 accept" in hosts.server.nft("list", "table", "inet", "filter")
     assert log_lines(f2b, "WARNING", f"[{JAIL}] f2bext", "is gone", "repairing")
 
@@ -382,12 +439,12 @@ def test_nft_restoring_a_ruleset_saved_while_f2bext_ran_brings_back_exactly_what
     rules = hook_count(fw)
     ban(f2b, lab.ATTACKER4, CIDR4)
     nft_restore(hosts.server, workdir, "flush ruleset\n" + ADMIN_NFT)  # the admin's file, as it was
-    assert_kernel_mirrors(f2b, fw, timeout=2.5, what="the watchdog's repair")
+    assert_kernel_mirrors(f2b, fw, what="the watchdog's repair")
     saved = "flush ruleset\n" + hosts.server.nft("list", "ruleset")  # `nft list ruleset > /etc/nftables.conf`
     f2b.client("set", JAIL, "unbanip", lab.ATTACKER4)
     ban(f2b, lab.ATTACKER6, CIDR6, *addresses(10))
     nft_restore(hosts.server, workdir, saved)  # systemctl restart nftables, hours later
-    assert_kernel_mirrors(f2b, fw, timeout=2.5, what="the bans made since the save, and not the lifted one",
+    assert_kernel_mirrors(f2b, fw, what="the bans made since the save, and not the lifted one",
                           rules=rules)
 
 
@@ -401,8 +458,8 @@ def test_iptables_restore_of_rules_saved_while_f2bext_ran_adds_no_duplicate_and_
     ban(f2b, CIDR6)
     fw.wipe()  # `netfilter-persistent reload`
     fw.wipe()
-    time.sleep(2.5)  # two watchdog rounds
-    assert_kernel_mirrors(f2b, fw, timeout=1, rules=rules)
+    time.sleep(2.5)  # a window of two watchdog rounds, for a duplicate to show if a repair adds one
+    assert_kernel_mirrors(f2b, fw, rules=rules)
 
 
 @pytest.mark.parametrize("backend", ["ipset-nft"])
@@ -412,7 +469,7 @@ def test_ipset_restore_of_sets_saved_earlier_does_not_bring_back_a_lifted_ban(ho
     saved = hosts.server.run(["ipset", "save"]).stdout  # the ipset-persistent plugin's file
     f2b.client("set", JAIL, "unbanip", lab.ATTACKER4, lab.ATTACKER6)
     hosts.server.run(["ipset", "restore", "-exist"], input=saved)  # `netfilter-persistent reload`
-    assert_kernel_mirrors(f2b, fw, timeout=2.5, what="the lifted bans to stay lifted")
+    assert_kernel_mirrors(f2b, fw, what="the lifted bans to stay lifted")
 
 
 # ---- no lockout -----------------------------------------------------------------------------------
@@ -439,7 +496,7 @@ def test_a_refused_direct_ban_stays_out_of_every_rebuild(hosts, f2b, fw, reach):
     f2b.wait(lambda: lab.ATTACKER4 in kernel_bans(fw), "the attacker's ban")
     assert len(log_lines(f2b, f"[{JAIL}] f2bext refus")) == len(OWN_OR_IGNORED)
     fw.wipe()  # a firewall reload: the watchdog rebuilds the jail from fail2ban's banned list
-    f2b.wait(lambda: fw.rules(JAIL) != [] and lab.ATTACKER4 in kernel_bans(fw), "the rebuild", timeout=5)
+    f2b.wait(lambda: fw.rules(JAIL) != [] and lab.ATTACKER4 in kernel_bans(fw), "the rebuild", timeout=20)
     assert_none_enforced(fw, JAIL, OWN_OR_IGNORED)
     assert reach(hosts.bystander, lab.SERVER4, 25)
     assert reach(hosts.server, lab.SERVER4, 25)
@@ -487,7 +544,7 @@ def test_the_leak_jail_asked_directly_never_bans_loopback_the_host_or_ignoreip_o
     f2b.wait(lambda: lab.ATTACKER4 in kernel_bans(fw, "f2bext-leak"), "the leak jail's allports ban")
     assert len(log_lines(f2b, "f2bext-leak", "refus")) >= len(refused), f2b.log_tail(20)
     hosts.server.nft("flush", "ruleset")  # the watchdog rebuilds the leak jail from fail2ban's list
-    f2b.wait(lambda: lab.ATTACKER4 in kernel_bans(fw, "f2bext-leak"), "the rebuild", timeout=5)
+    f2b.wait(lambda: lab.ATTACKER4 in kernel_bans(fw, "f2bext-leak"), "the rebuild", timeout=20)
     assert_none_enforced(fw, "f2bext-leak", refused)
     assert not reach(hosts.attacker, lab.SERVER4, 465)
     assert reach(hosts.bystander, lab.SERVER4, 25)
@@ -539,7 +596,7 @@ def test_foreign_tables_chains_rules_and_sets_are_untouched_by_every_cycle_and_n
     f2b.start()
     ban(f2b, lab.ATTACKER4, lab.ATTACKER6, CIDR4)
     fw.unhook(JAIL)  # someone removes our hook: the watchdog repairs it
-    f2b.wait(lambda: fw.rules(JAIL) != [] and not mirror_problem(f2b, fw), "the repair", timeout=5)
+    f2b.wait(lambda: fw.rules(JAIL) != [] and not mirror_problem(f2b, fw), "the repair", timeout=20)
     f2b.client("reload")
     f2b.client("reload", "--unban")
     ban(f2b, lab.ATTACKER6)

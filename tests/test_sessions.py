@@ -159,12 +159,15 @@ class Session:
         self.client.popen.stdin.flush()
         return self.client.next("echo")[2]
 
-    def server_closed(self) -> str:
-        """How the server saw the session end, or "" while it has not."""
-        for line in self.server.drain(0.2):
-            if line[0] == "closed" and line[1].split(">")[0] == self.tag:
-                return line[2]
-        return ""
+    def server_closed(self, within: float = 0.2) -> str:
+        """How the server saw the session end, or "" if it has not within `within` seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            for line in self.server.drain(0.05):
+                if line[0] == "closed" and line[1].split(">")[0] == self.tag:
+                    return line[2]
+            if time.monotonic() >= deadline:
+                return ""
 
 
 class Lab:
@@ -222,7 +225,7 @@ def sessions_lab(hosts):
 
 
 def assert_cut(lab_: Lab, session: Session) -> None:
-    assert session.server_closed() == "ConnectionAbortedError"  # the server process saw its session end
+    assert session.server_closed(within=10) == "ConnectionAbortedError"  # the server process saw its end
     assert session.ping() in ("ConnectionResetError", "BrokenPipeError")  # the client got a reset
     assert lab_.flows(session) == []
 
@@ -312,7 +315,7 @@ def test_each_kind_does_only_its_part_and_no_kind_does_nothing(sessions_lab):
     assert session.server_closed() == ""
 
     assert sessions_lab.kill([ATT4], kinds=frozenset({"sockets"})) == KillReport(0, 1, ())
-    assert session.server_closed() == "ConnectionAbortedError"
+    assert session.server_closed(within=10) == "ConnectionAbortedError"
 
 
 def test_conntrack_kill_follows_protocols_and_ports(sessions_lab):

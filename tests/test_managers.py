@@ -1,0 +1,158 @@
+"""The firewall managers admins run, for real, in the lab's server namespace: firewalld (both of its
+backends) on a private D-Bus bus, and ufw (also with MANAGE_BUILTINS=yes), each rewriting the ruleset
+the way it does on a real host, with a real fail2ban-server banning through our actions.
+
+A banned attacker must reach none of the jail's ports after every reload and restart, within the
+bound the watchdog gives (WATCH_INTERVAL, one second, plus its repair); the bystander stays served,
+and a held session stays cut. How long the attacker got through meanwhile is measured (leakwatch, every
+20 ms) and printed as MEASURED lines, not asserted: closing the ipset action's window is not this
+file's. The stock actions' fate is recorded the same way, as a comparison, not as a failure.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from f2bext import lab
+from f2bext import labmanagers as lm
+
+HEAL_BOUND = 10.0  # seconds: generous against the watchdog's ~2 s, on a loaded 2-core machine
+ACTIONS = ["nftables", "ipset-nft"]  # f2bext-nftables.py, and f2bext-ipset.py on iptables-nft
+
+
+def firewalld_backends():
+    """Both firewalld backends where the installed firewalld has both (1.x and 2.x do)."""
+    return ["nftables", "iptables"]
+
+
+@pytest.fixture
+def host_kept_out(workdir, hosts):
+    """The host's ruleset unchanged, and none of our daemons left anywhere, once the lab is gone."""
+    before = lm.host_ruleset()
+    yield
+    assert lm.host_ruleset() == before, "the host's ruleset changed"
+    for ns in hosts.all():
+        ns.delete()
+    assert lm.daemons_of(workdir) == [], "a firewalld or dbus-daemon of the test outlived its namespace"
+
+
+def only_in_server(hosts, workdir):
+    inside = lm.netns_id(hosts.server)
+    found = lm.daemons_of(workdir)
+    assert found and all(netns == inside for _, _, netns in found), found
+
+
+def measured(what, **facts):
+    print("MEASURED " + json.dumps(dict(what=what, **facts), sort_keys=True))
+
+
+def fail_logins(hosts, workdir):
+    lab.tool(hosts.attacker, workdir, "fail-logins", lab.SERVER4, "587", "4", check=True)
+
+
+def hold_session(hosts, workdir, port=25):
+    status = os.path.join(workdir, f"hold-{port}")
+    hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", lab.SERVER4, str(port), status],
+                         env=lab.lab_env(workdir))
+    lab.Fail2banLab.wait(lambda: os.path.exists(status), "held session")
+    return status
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def reaches_nothing(hosts, reach, source=""):
+    """None of the jail's ports over IPv4, nor 465 over IPv6 (ICMPv6 errors are rate-limited to one a
+    second: each further IPv6 probe costs a second)."""
+    return not any(reach(hosts.attacker, lab.SERVER4, port, source) for port in lab.SMTP_PORTS) \
+        and not reach(hosts.attacker, lab.SERVER6, 465)
+
+
+def banned_everywhere(hosts, reach, what):
+    """The attacker reaches none of the jail's ports (IPv4 and IPv6), the bystander all of them,
+    within the bound; returns the seconds until it held."""
+    took = lab.Fail2banLab.wait(lambda: reaches_nothing(hosts, reach), f"the ban to hold after {what}",
+                                timeout=HEAL_BOUND, step=0.2)
+    lab.Fail2banLab.wait(lambda: all(reach(hosts.bystander, lab.SERVER4, p) for p in lab.SMTP_PORTS),
+                         f"the bystander served after {what}", timeout=HEAL_BOUND)
+    assert reach(hosts.bystander, lab.SERVER6, 465)
+    return took
+
+
+class Leakwatch:
+    """Connections from the attacker, every 20 ms, to port 25 while an operation runs."""
+
+    def __init__(self, hosts, workdir, seconds):
+        self.proc = hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labmanagers", "leakwatch", lab.SERVER4, "25",
+                                          str(seconds)], env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
+
+    def through(self):
+        out, _ = self.proc.communicate(timeout=60)
+        return json.loads(out)
+
+
+def operate(hosts, workdir, reach, manager, action, name, op):
+    """Run one manager operation under the leakwatch, then check the ban holds within the bound."""
+    watch = Leakwatch(hosts, workdir, 5)
+    op()
+    through = watch.through()
+    banned_everywhere(hosts, reach, name)
+    measured(f"{manager} {name}", action=action, connections_through=len(through),
+             leak_window_s=round(through[-1] - through[0] + 0.02, 2) if through else 0.0)
+
+
+def ban_attacker(hosts, workdir, f2b, reach):
+    held = hold_session(hosts, workdir)
+    fail_logins(hosts, workdir)
+    f2b.wait(lambda: lab.ATTACKER4 in f2b.banned("postfix"), "the ban")
+    f2b.client("set", "postfix", "banip", lab.ATTACKER6)
+    f2b.wait(lambda: read(held) != "open", "the held session to end", timeout=5)
+    banned_everywhere(hosts, reach, "the ban")
+    return held
+
+
+@pytest.fixture
+def jail(hosts, workdir, backend):
+    """fail2ban with our action in the server namespace, behind the manager only (no seed rules)."""
+    server = lab.Fail2banLab(hosts, workdir, backend=backend)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("backend", ACTIONS)
+@pytest.mark.parametrize("fwd_backend", firewalld_backends())
+def test_a_ban_holds_through_firewalld_reloads_and_restart(host_kept_out, hosts, workdir, jail, reach, backend,
+                                                           fwd_backend):
+    fwd = lm.Firewalld(hosts.server, workdir, fwd_backend)
+    fwd.start()
+    try:
+        jail.start()
+        only_in_server(hosts, workdir)
+        held = ban_attacker(hosts, workdir, jail, reach)
+        for name, op in (("--reload", fwd.reload), ("--complete-reload", fwd.complete_reload),
+                         ("restart", fwd.restart)):
+            operate(hosts, workdir, reach, f"firewalld({fwd_backend})", jail.banaction, name, op)
+            assert read(held).startswith("ended")
+        assert jail.banned("postfix") == sorted([lab.ATTACKER4, lab.ATTACKER6])
+        only_in_server(hosts, workdir)
+    finally:
+        fwd.stop()
+
+
+@pytest.mark.parametrize("backend", ACTIONS)
+@pytest.mark.parametrize("manage_builtins", [False, True], ids=["MANAGE_BUILTINS=no", "MANAGE_BUILTINS=yes"])
+def test_a_ban_holds_through_ufw_reload_and_disable_enable(host_kept_out, hosts, workdir, jail, reach, backend,
+                                                          manage_builtins):
+    ufw = lm.Ufw(hosts.server, workdir, manage_builtins)
+    ufw.start()
+    jail.start()
+    held = ban_attacker(hosts, workdir, jail, reach)
+    manager = "ufw(MANAGE_BUILTINS=%s)" % ("yes" if manage_builtins else "no")
+    for name, op in (("reload", ufw.reload), ("disable; --force enable", ufw.cycle)):
+        operate(hosts, workdir, reach, manager, jail.banaction, name, op)
+        assert read(held).startswith("ended")
+    assert jail.banned("postfix") == sorted([lab.ATTACKER4, lab.ATTACKER6])

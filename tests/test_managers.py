@@ -12,6 +12,7 @@ file's. The stock actions' fate is recorded the same way, as a comparison, not a
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -156,3 +157,76 @@ def test_a_ban_holds_through_ufw_reload_and_disable_enable(host_kept_out, hosts,
         operate(hosts, workdir, reach, manager, jail.banaction, name, op)
         assert read(held).startswith("ended")
     assert jail.banned("postfix") == sorted([lab.ATTACKER4, lab.ATTACKER6])
+
+
+
+def stock_after(hosts, reach, sources, op=None):
+    """Per stock action, whether its banned source reaches port 25, 3 s after the operation (a stock
+    action has no watchdog: what it lost stays lost; 3 s is more than ours take)."""
+    if op:
+        op()
+        time.sleep(3)
+    return {action: reach(hosts.attacker, lab.SERVER4, 25, source) for action, source in sources.items()}
+
+
+def stock_lab(hosts, workdir, stock):
+    """fail2ban with one jail per stock action, each banning its own attacker address."""
+    return lab.Fail2banLab(hosts, workdir, jails={a.split("-")[0]: dict(lab.DEFAULT_JAIL, banaction=a) for a in stock})
+
+
+def ban_each(f2b, stock):
+    for action, source in stock.items():
+        f2b.client("set", action.split("-")[0], "banip", source)
+
+
+def still_believed(f2b, stock):
+    for action, source in stock.items():
+        assert f2b.banned(action.split("-")[0]) == [source]
+
+
+def test_stock_actions_through_firewalld_are_recorded(host_kept_out, hosts, workdir, reach, monkeypatch):
+    """iptables-multiport and firewallcmd-ipset on firewalld's default (nftables) backend: recorded as
+    MEASURED, not asserted, but that fail2ban goes on believing the addresses banned."""
+    fwd = lm.Firewalld(hosts.server, workdir, "nftables")
+    fwd.start()
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", fwd.env["DBUS_SYSTEM_BUS_ADDRESS"])  # firewall-cmd, from fail2ban
+    stock = {"iptables-multiport": lab.ATTACKER4, "firewallcmd-ipset": lab.ATTACKER_NET_PEER4}
+    f2b = stock_lab(hosts, workdir, stock)
+    try:
+        f2b.start()
+        ban_each(f2b, stock)
+        record = {"ban": stock_after(hosts, reach, stock)}
+        for name, op in (("--reload", fwd.reload), ("--complete-reload", fwd.complete_reload),
+                         ("restart", fwd.restart)):
+            record[name] = stock_after(hosts, reach, stock, op)
+        measured("stock actions under firewalld(nftables): does the banned attacker reach port 25", **record)
+        still_believed(f2b, stock)
+    finally:
+        f2b.stop()
+        fwd.stop()
+
+
+@pytest.mark.parametrize("manage_builtins", [False, True], ids=["MANAGE_BUILTINS=no", "MANAGE_BUILTINS=yes"])
+def test_stock_actions_through_ufw_are_recorded(host_kept_out, hosts, workdir, reach, monkeypatch, manage_builtins):
+    """iptables-multiport and fail2ban's ufw action (fail2ban-server inside ufw's private mounts, so its
+    `ufw prepend deny` writes the lab's user.rules), and a session held from before the ufw ban (fail2ban
+    issue 2545): recorded as MEASURED."""
+    ufw = lm.Ufw(hosts.server, workdir, manage_builtins)
+    ufw.start()
+    monkeypatch.setenv("TESTSTATE", "1")
+    stock = {"ufw": lab.ATTACKER4, "iptables-multiport": lab.ATTACKER_NET_PEER4}
+    f2b = stock_lab(hosts, workdir, stock)
+    f2b.server_argv = lm.in_mounts(ufw.binds, ["fail2ban-server"])
+    try:
+        f2b.start()
+        held = hold_session(hosts, workdir)
+        ban_each(f2b, stock)
+        lab.Fail2banLab.wait(lambda: "203.0.113.7" in ufw.run("status").stdout, "the ufw action's rule")
+        record = {"ban": stock_after(hosts, reach, stock), "held session after the ufw ban": read(held)}
+        for name, op in (("reload", ufw.reload), ("disable; --force enable", ufw.cycle)):
+            record[name] = stock_after(hosts, reach, stock, op)
+        record["held session at the end"] = read(held)
+        measured(f"stock actions under ufw(MANAGE_BUILTINS={'yes' if manage_builtins else 'no'}): does the banned attacker reach port 25", **record)
+        still_believed(f2b, stock)
+    finally:
+        f2b.stop()

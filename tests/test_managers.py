@@ -21,11 +21,13 @@ from f2bext import labmanagers as lm
 
 HEAL_BOUND = 10.0  # seconds: generous against the watchdog's ~2 s, on a loaded 2-core machine
 ACTIONS = ["nftables", "ipset-nft"]  # f2bext-nftables.py, and f2bext-ipset.py on iptables-nft
+ACTION_IDS = [lab.BACKENDS[b][0] for b in ACTIONS]
 
 
 def firewalld_backends():
-    """Both firewalld backends where the installed firewalld has both (1.x and 2.x do)."""
-    return ["nftables", "iptables"]
+    """Every backend the installed firewalld offers (1.3 and 2.3: nftables and iptables)."""
+    from firewall import config  # python3-firewall, firewalld's own package
+    return list(config.FIREWALL_BACKEND_VALUES)
 
 
 @pytest.fixture
@@ -124,8 +126,8 @@ def jail(hosts, workdir, backend):
     server.stop()
 
 
-@pytest.mark.parametrize("backend", ACTIONS)
-@pytest.mark.parametrize("fwd_backend", firewalld_backends())
+@pytest.mark.parametrize("backend", ACTIONS, ids=ACTION_IDS)
+@pytest.mark.parametrize("fwd_backend", firewalld_backends(), ids=lambda b: f"FirewallBackend={b}")
 def test_a_ban_holds_through_firewalld_reloads_and_restart(host_kept_out, hosts, workdir, jail, reach, backend,
                                                            fwd_backend):
     fwd = lm.Firewalld(hosts.server, workdir, fwd_backend)
@@ -144,7 +146,7 @@ def test_a_ban_holds_through_firewalld_reloads_and_restart(host_kept_out, hosts,
         fwd.stop()
 
 
-@pytest.mark.parametrize("backend", ACTIONS)
+@pytest.mark.parametrize("backend", ACTIONS, ids=ACTION_IDS)
 @pytest.mark.parametrize("manage_builtins", [False, True], ids=["MANAGE_BUILTINS=no", "MANAGE_BUILTINS=yes"])
 def test_a_ban_holds_through_ufw_reload_and_disable_enable(host_kept_out, hosts, workdir, jail, reach, backend,
                                                           manage_builtins):

@@ -78,6 +78,7 @@ class KernelInfo:
     flows: list[Flow] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)
     ufw_defaults: Optional[dict[str, str]] = None  # /etc/default/ufw, read when ufw's chains are there
+    firewalld_version: str = ""  # read when firewalld's rules are there
 
 
 @dataclass
@@ -180,8 +181,11 @@ def read_kernel(banned: Iterable[Network]) -> KernelInfo:
                 if "Members:" in out else []
             info.ipsets[name] = (header, members)
     info.flows = read_flows(list(banned))
-    if any(m.name == managers.UFW for m in managers.detect(info.nft, info.iptables)):
+    found = {m.name for m in managers.detect(info.nft, info.iptables)}
+    if managers.UFW in found:
         info.ufw_defaults = managers.read_ufw_defaults()
+    if managers.FIREWALLD in found:
+        info.firewalld_version = managers.read_firewalld_version()
     info.interfaces = [line.split(":")[1].strip().split("@")[0] for line in _run(["ip", "-o", "link"]).splitlines()
                        if line.count(":") >= 2]
     return info
@@ -424,7 +428,7 @@ def diagnose(snap: Snapshot) -> list[Diagnosis]:
     """Every reason, per jail, that a banned address could still get through."""
     out: list[Diagnosis] = []
     k = snap.kernel
-    found_managers = managers.detect(k.nft, k.iptables, k.ufw_defaults)
+    found_managers = managers.detect(k.nft, k.iptables, k.ufw_defaults, k.firewalld_version)
     for jail in snap.jails:
         found: list[Diagnosis] = []
         for action in jail.actions:

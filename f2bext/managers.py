@@ -21,6 +21,8 @@ class Manager:
     zones: tuple[str, ...] = ()  # firewalld's zones with rules in the kernel
     evidence: str = ""
     manage_builtins: Optional[bool] = None  # ufw's MANAGE_BUILTINS, when its defaults file was read
+    version: str = ""  # firewalld's, when its python package could be read
+    direct: bool = False  # firewalld holds direct rules (iptables chains *_direct)
 
 
 @dataclass(frozen=True)
@@ -41,17 +43,20 @@ def _zones(names: list[str], pattern: str) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def detect(nft: dict[str, Any], iptables: dict[int, str], ufw_defaults: Optional[dict[str, str]] = None) -> list[Manager]:
+def detect(nft: dict[str, Any], iptables: dict[int, str], ufw_defaults: Optional[dict[str, str]] = None,
+           firewalld_version: str = "") -> list[Manager]:
     """The managers whose rules are in the kernel: `nft -j list ruleset`, iptables-save text per family."""
     found: list[Manager] = []
     items = nft.get("nftables", [])
     fwd_chains = [i["chain"]["name"] for i in items if "chain" in i and i["chain"].get("table") == "firewalld"]
     filter4 = audit.parse_save(iptables.get(4, ""))
+    direct = any(name.endswith("_direct") for f in (4, 6) for name in audit.parse_save(iptables.get(f, "")).chains)
     if fwd_chains:
-        found.append(Manager(FIREWALLD, "nftables", _zones(fwd_chains, r"filter_IN_(\w+)"), "table inet firewalld"))
+        found.append(Manager(FIREWALLD, "nftables", _zones(fwd_chains, r"filter_IN_(\w+)"), "table inet firewalld",
+                             version=firewalld_version, direct=direct))
     elif "INPUT_ZONES" in filter4.chains:
         found.append(Manager(FIREWALLD, "iptables", _zones(list(filter4.chains), r"IN_(\w+)"),
-                             "iptables chain INPUT_ZONES"))
+                             "iptables chain INPUT_ZONES", version=firewalld_version, direct=direct))
     if "ufw-before-input" in filter4.chains:
         builtins = None
         if ufw_defaults is not None:
@@ -68,6 +73,25 @@ def read_ufw_defaults(path: str = "/etc/default/ufw") -> Optional[dict[str, str]
     except OSError:
         return None
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
+
+
+def read_firewalld_version() -> str:
+    """The installed firewalld's version (its python package says it), or "" when there is none."""
+    try:
+        from firewall import config  # python3-firewall: firewalld itself is python
+    except ImportError:
+        return ""
+    return str(getattr(config, "VERSION", ""))
+
+
+def flushes_iptables(manager: Manager) -> bool:
+    """Whether firewalld flushes every iptables table at reload, restart and stop. Measured: always on
+    its iptables backend; on its nftables backend 1.3.3 does, 2.3.1 only while it holds direct rules
+    (firewalld 2's may_skip_flush_direct_backends). An unknown version is taken to flush."""
+    if manager.backend == "iptables" or manager.direct:
+        return True
+    major = manager.version.split(".")[0]
+    return not major.isdigit() or int(major) < 2
 
 
 def _established_ahead(iptables: dict[int, str]) -> str:
@@ -88,6 +112,8 @@ def advise(manager: Manager, kind: str, iptables: dict[int, str]) -> list[Advice
     if manager.name == FIREWALLD:
         where = f"firewalld ({manager.backend} backend" + (f", zone {', '.join(manager.zones)}" if manager.zones else "") + ")"
         flush = f"{where} flushes every iptables table (iptables -F -X -Z) at each reload, complete-reload and restart"
+        if not flushes_iptables(manager) and kind != "firewallcmd-ipset":
+            return []
         fix = ("banaction = f2bext-nftables.py: firewalld replaces only its own rules (table inet firewalld on "
                "its nftables backend), and that ban never leaked through a reload or restart on either backend")
         if kind == "f2bext-ipset":

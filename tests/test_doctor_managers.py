@@ -12,14 +12,15 @@ FILES = os.path.join(os.path.dirname(__file__), "files", "managers")
 UFW_ESTABLISHED = "-A ufw-before-input -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
 
 
-def captured(name):
+def captured(name, firewalld_version=""):
     """A KernelInfo from the lab's capture `name` (firewalld-nftables, firewalld-iptables, ufw)."""
     def text(suffix):
         path = os.path.join(FILES, f"{name}.{suffix}")
         return open(path).read() if os.path.exists(path) else ""
     nft = text("nft.json")
     return doctor.KernelInfo(nft=json.loads(nft) if nft else {},
-                             iptables={4: text("iptables-save"), 6: text("ip6tables-save")}, interfaces=["lo", "eth0"])
+                             iptables={4: text("iptables-save"), 6: text("ip6tables-save")}, interfaces=["lo", "eth0"],
+                             firewalld_version=firewalld_version)
 
 
 def findings(kernel, action, kind, banned=(lab.ATTACKER4,)):
@@ -30,9 +31,10 @@ def findings(kernel, action, kind, banned=(lab.ATTACKER4,)):
 def test_firewalld_is_found_with_its_backend_and_zone():
     for backend in ("nftables", "iptables"):
         k = captured(f"firewalld-{backend}")
-        assert managers.detect(k.nft, k.iptables) == [
-            managers.Manager("firewalld", backend, ("public",), "table inet firewalld" if backend == "nftables"
-                             else "iptables chain INPUT_ZONES")]
+        [m] = managers.detect(k.nft, k.iptables, firewalld_version="1.3.3")
+        assert (m.name, m.backend, m.zones, m.version) == ("firewalld", backend, ("public",), "1.3.3")
+        assert m.evidence == ("table inet firewalld" if backend == "nftables" else "iptables chain INPUT_ZONES")
+        assert m.direct == (backend == "iptables")  # its iptables backend keeps empty *_direct chains
 
 
 def test_ufw_is_found_and_its_manage_builtins_read():
@@ -48,11 +50,19 @@ def test_a_host_without_a_manager_gets_no_manager_finding():
 
 
 def test_the_ipset_action_under_firewalld_is_told_of_the_flush_and_the_nftables_action():
-    for backend in ("nftables", "iptables"):
-        found = findings(captured(f"firewalld-{backend}"), "f2bext-ipset", "f2bext-ipset")
+    for backend, version in (("nftables", "1.3.3"), ("nftables", ""), ("iptables", "1.3.3"), ("iptables", "2.3.1")):
+        found = findings(captured(f"firewalld-{backend}", version), "f2bext-ipset", "f2bext-ipset")
         d = found["firewalld-flush"]
         assert d.severity == doctor.WARNING and "iptables -F -X -Z" in d.message and "zone public" in d.message
         assert d.fix.startswith("banaction = f2bext-nftables.py")
+
+
+def test_firewalld_2_on_nftables_flushes_iptables_only_while_it_holds_direct_rules():
+    k = captured("firewalld-nftables", "2.3.1")
+    assert "firewalld-flush" not in findings(k, "f2bext-ipset", "f2bext-ipset")
+    direct = k.iptables[4].replace(":OUTPUT ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n:INPUT_direct - [0:0]\n")
+    k = doctor.KernelInfo(**{**k.__dict__, "iptables": {4: direct, 6: k.iptables[6]}})
+    assert "firewalld-flush" in findings(k, "f2bext-ipset", "f2bext-ipset")
 
 
 def test_the_nftables_action_under_firewalld_gets_no_manager_finding():
@@ -92,14 +102,15 @@ def doctor_report(hosts, workdir, argv_wrap=lambda argv: argv):
 
 
 def test_doctor_on_a_real_firewalld_names_its_zone_and_advises_the_nftables_action(hosts, workdir):
-    fwd = lm.Firewalld(hosts.server, workdir, "nftables")
+    """On firewalld's iptables backend, which flushes iptables in every version (1.3 and 2.3)."""
+    fwd = lm.Firewalld(hosts.server, workdir, "iptables")
     fwd.start()
     f2b = lab.Fail2banLab(hosts, workdir, backend="ipset-nft")
     try:
         f2b.start()
         f2b.client("set", "postfix", "banip", lab.ATTACKER4)
         d = doctor_report(hosts, workdir)["firewalld-flush"]
-        assert "firewalld (nftables backend, zone public)" in d["message"] and "f2bext-nftables.py" in d["fix"]
+        assert "firewalld (iptables backend, zone public)" in d["message"] and "f2bext-nftables.py" in d["fix"]
     finally:
         f2b.stop()
         fwd.stop()

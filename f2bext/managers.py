@@ -54,9 +54,9 @@ def detect(nft: dict[str, Any], iptables: dict[int, str], ufw_defaults: Optional
     if fwd_chains:
         found.append(Manager(FIREWALLD, "nftables", _zones(fwd_chains, r"filter_IN_(\w+)"), "table inet firewalld",
                              version=firewalld_version, direct=direct))
-    elif "INPUT_ZONES" in filter4.chains:
+    elif "INPUT_direct" in filter4.chains:  # firewalld makes it on its iptables backend (1.x and 2.x alike)
         found.append(Manager(FIREWALLD, "iptables", _zones(list(filter4.chains), r"IN_(\w+)"),
-                             "iptables chain INPUT_ZONES", version=firewalld_version, direct=direct))
+                             "iptables chain INPUT_direct", version=firewalld_version, direct=direct))
     if "ufw-before-input" in filter4.chains:
         builtins = None
         if ufw_defaults is not None:

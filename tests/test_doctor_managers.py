@@ -33,8 +33,11 @@ def test_firewalld_is_found_with_its_backend_and_zone():
         k = captured(f"firewalld-{backend}")
         [m] = managers.detect(k.nft, k.iptables, firewalld_version="1.3.3")
         assert (m.name, m.backend, m.zones, m.version) == ("firewalld", backend, ("public",), "1.3.3")
-        assert m.evidence == ("table inet firewalld" if backend == "nftables" else "iptables chain INPUT_ZONES")
+        assert m.evidence == ("table inet firewalld" if backend == "nftables" else "iptables chain INPUT_direct")
         assert m.direct == (backend == "iptables")  # its iptables backend keeps empty *_direct chains
+    k = doctor.KernelInfo(iptables={4: open(os.path.join(FILES, "firewalld2-iptables.iptables-save")).read()})
+    [m] = managers.detect(k.nft, k.iptables)  # firewalld 2.3.1: INPUT_POLICIES where 1.3 had INPUT_ZONES
+    assert (m.backend, m.zones) == ("iptables", ("public",))
 
 
 def test_ufw_is_found_and_its_manage_builtins_read():

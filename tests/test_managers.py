@@ -176,9 +176,15 @@ def stock_lab(hosts, workdir, stock):
     return lab.Fail2banLab(hosts, workdir, jails={a.split("-")[0]: dict(lab.DEFAULT_JAIL, banaction=a) for a in stock})
 
 
-def ban_each(f2b, stock):
+def ban_each(hosts, reach, f2b, stock):
+    """Ban each stock action's address and wait (bounded) for every ban to hold: fail2ban may run
+    the action after `banip` returns. A ban that never holds is what the record then says."""
     for action, source in stock.items():
         f2b.client("set", action.split("-")[0], "banip", source)
+    try:
+        lab.Fail2banLab.wait(lambda: not any(stock_after(hosts, reach, stock).values()), "the stock bans", timeout=10)
+    except TimeoutError:
+        pass
 
 
 def still_believed(f2b, stock):
@@ -196,7 +202,7 @@ def test_stock_actions_through_firewalld_are_recorded(host_kept_out, hosts, work
     f2b = stock_lab(hosts, workdir, stock)
     try:
         f2b.start()
-        ban_each(f2b, stock)
+        ban_each(hosts, reach, f2b, stock)
         record = {"ban": stock_after(hosts, reach, stock)}
         for name, op in (("--reload", fwd.reload), ("--complete-reload", fwd.complete_reload),
                          ("restart", fwd.restart)):
@@ -222,7 +228,7 @@ def test_stock_actions_through_ufw_are_recorded(host_kept_out, hosts, workdir, r
     try:
         f2b.start()
         held = hold_session(hosts, workdir)
-        ban_each(f2b, stock)
+        ban_each(hosts, reach, f2b, stock)
         lab.Fail2banLab.wait(lambda: "203.0.113.7" in ufw.run("status").stdout, "the ufw action's rule")
         record = {"ban": stock_after(hosts, reach, stock), "held session after the ufw ban": read(held)}
         for name, op in (("reload", ufw.reload), ("disable; --force enable", ufw.cycle)):

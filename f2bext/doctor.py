@@ -8,6 +8,7 @@ correlates them into findings: each with a severity, a plain sentence, the evide
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -429,6 +430,9 @@ def diagnose(snap: Snapshot) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     k = snap.kernel
     found_managers = managers.detect(k.nft, k.iptables, k.ufw_defaults, k.firewalld_version)
+    if any(a.kind == "firewallcmd-ipset" for j in snap.jails for a in j.actions):  # it adds direct rules
+        found_managers = [dataclasses.replace(m, direct=True) if m.name == managers.FIREWALLD else m
+                          for m in found_managers]
     for jail in snap.jails:
         found: list[Diagnosis] = []
         for action in jail.actions:

@@ -22,7 +22,7 @@ class Manager:
     evidence: str = ""
     manage_builtins: Optional[bool] = None  # ufw's MANAGE_BUILTINS, when its defaults file was read
     version: str = ""  # firewalld's, when its python package could be read
-    direct: bool = False  # firewalld holds direct rules (iptables chains *_direct)
+    direct: bool = False  # firewalld holds direct rules (1.x: iptables chains *_direct; a firewallcmd-* action)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ def read_firewalld_version() -> str:
 def flushes_iptables(manager: Manager) -> bool:
     """Whether firewalld flushes every iptables table at reload, restart and stop. Measured: always on
     its iptables backend; on its nftables backend 1.3.3 does, 2.3.1 only while it holds direct rules
-    (firewalld 2's may_skip_flush_direct_backends). An unknown version is taken to flush."""
+    (firewalld 2's may_skip_flush_direct_backends), and also when the first one is added. Direct rules
+    of 2.x sit in the builtin chains, unnamed, so `direct` comes from the jails: a firewallcmd-* action.
+    An unknown version is taken to flush."""
     if manager.backend == "iptables" or manager.direct:
         return True
     major = manager.version.split(".")[0]

@@ -64,8 +64,13 @@ def test_firewalld_2_on_nftables_flushes_iptables_only_while_it_holds_direct_rul
     k = captured("firewalld-nftables", "2.3.1")
     assert "firewalld-flush" not in findings(k, "f2bext-ipset", "f2bext-ipset")
     direct = k.iptables[4].replace(":OUTPUT ACCEPT [0:0]\n", ":OUTPUT ACCEPT [0:0]\n:INPUT_direct - [0:0]\n")
-    k = doctor.KernelInfo(**{**k.__dict__, "iptables": {4: direct, 6: k.iptables[6]}})
-    assert "firewalld-flush" in findings(k, "f2bext-ipset", "f2bext-ipset")
+    assert "firewalld-flush" in findings(doctor.KernelInfo(**{**k.__dict__, "iptables": {4: direct, 6: k.iptables[6]}}),
+                                         "f2bext-ipset", "f2bext-ipset")
+    # firewallcmd-ipset adds direct rules (2.x puts them in INPUT itself): the ipset jail beside it is told
+    jails = [doctor.JailInfo("postfix", (lab.ATTACKER4,), (doctor.ActionInfo("f2bext-ipset", "f2bext-ipset"),)),
+             doctor.JailInfo("sshd", (), (doctor.ActionInfo("firewallcmd-ipset", "firewallcmd-ipset"),))]
+    codes = {(d.jail, d.code) for d in doctor.diagnose(doctor.Snapshot(jails, k))}
+    assert ("postfix", "firewalld-flush") in codes
 
 
 def test_the_nftables_action_under_firewalld_gets_no_manager_finding():

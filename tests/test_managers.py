@@ -192,10 +192,11 @@ def still_believed(f2b, stock):
         assert f2b.banned(action.split("-")[0]) == [source]
 
 
-def test_stock_actions_through_firewalld_are_recorded(host_kept_out, hosts, workdir, reach, monkeypatch):
-    """iptables-multiport and firewallcmd-ipset on firewalld's default (nftables) backend: recorded as
-    MEASURED, not asserted, but that fail2ban goes on believing the addresses banned."""
-    fwd = lm.Firewalld(hosts.server, workdir, "nftables")
+@pytest.mark.parametrize("fwd_backend", firewalld_backends(), ids=lambda b: f"FirewallBackend={b}")
+def test_stock_actions_through_firewalld_are_recorded(host_kept_out, hosts, workdir, reach, monkeypatch, fwd_backend):
+    """iptables-multiport and firewallcmd-ipset on each firewalld backend: recorded as MEASURED, not
+    asserted, but that fail2ban goes on believing the addresses banned."""
+    fwd = lm.Firewalld(hosts.server, workdir, fwd_backend)
     fwd.start()
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", fwd.env["DBUS_SYSTEM_BUS_ADDRESS"])  # firewall-cmd, from fail2ban
     stock = {"iptables-multiport": lab.ATTACKER4, "firewallcmd-ipset": lab.ATTACKER_NET_PEER4}
@@ -207,7 +208,7 @@ def test_stock_actions_through_firewalld_are_recorded(host_kept_out, hosts, work
         for name, op in (("--reload", fwd.reload), ("--complete-reload", fwd.complete_reload),
                          ("restart", fwd.restart)):
             record[name] = stock_after(hosts, reach, stock, op)
-        measured("stock actions under firewalld(nftables): does the banned attacker reach port 25", **record)
+        measured(f"stock actions under firewalld({fwd_backend}): does the banned attacker reach port 25", **record)
         still_believed(f2b, stock)
     finally:
         f2b.stop()

@@ -28,7 +28,7 @@ DAEMONS = ("firewalld", "dbus-daemon")
 
 def in_mounts(binds: Sequence[tuple[str, str]], argv: Sequence[str]) -> list[str]:
     """argv run in a private mount namespace where each private path is bound over its target."""
-    script = "".join(f'mount --bind "$1" "$2" && shift 2 && ' for _ in binds) + 'exec "$@"'
+    script = "".join('mount --bind "$1" "$2" && shift 2 && ' for _ in binds) + 'exec "$@"'
     flat = [p for pair in binds for p in pair]
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *flat, *argv]
 

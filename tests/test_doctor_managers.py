@@ -109,7 +109,7 @@ def doctor_report(hosts, workdir, argv_wrap=lambda argv: argv):
     return {f["code"]: f for f in json.loads(done.stdout[done.stdout.index("{"):])["findings"]}
 
 
-def test_doctor_on_a_real_firewalld_names_its_zone_and_advises_the_nftables_action(hosts, workdir):
+def test_doctor_on_a_real_firewalld_names_its_zone_and_advises_the_nftables_action(host_kept_out, hosts, workdir):
     """On firewalld's iptables backend, which flushes iptables in every version (1.3 and 2.3)."""
     fwd = lm.Firewalld(hosts.server, workdir, "iptables")
     fwd.start()
@@ -124,7 +124,8 @@ def test_doctor_on_a_real_firewalld_names_its_zone_and_advises_the_nftables_acti
         fwd.stop()
 
 
-def test_doctor_on_a_real_ufw_finds_the_established_accept_ahead_of_the_ufw_action(hosts, workdir, monkeypatch):
+def test_doctor_on_a_real_ufw_finds_the_established_accept_ahead_of_the_ufw_action(host_kept_out, hosts, workdir,
+                                                                                    monkeypatch):
     ufw = lm.Ufw(hosts.server, workdir)
     ufw.start()
     monkeypatch.setenv("TESTSTATE", "1")

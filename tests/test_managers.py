@@ -30,17 +30,6 @@ def firewalld_backends():
     return list(config.FIREWALL_BACKEND_VALUES)
 
 
-@pytest.fixture
-def host_kept_out(workdir, hosts):
-    """The host's ruleset unchanged, and none of our daemons left anywhere, once the lab is gone."""
-    before = lm.host_ruleset()
-    yield
-    assert lm.host_ruleset() == before, "the host's ruleset changed"
-    for ns in hosts.all():
-        ns.delete()
-    assert lm.daemons_of(workdir) == [], "a firewalld or dbus-daemon of the test outlived its namespace"
-
-
 def only_in_server(hosts, workdir):
     inside = lm.netns_id(hosts.server)
     found = lm.daemons_of(workdir)
@@ -235,7 +224,8 @@ def test_stock_actions_through_ufw_are_recorded(host_kept_out, hosts, workdir, r
         for name, op in (("reload", ufw.reload), ("disable; --force enable", ufw.cycle)):
             record[name] = stock_after(hosts, reach, stock, op)
         record["held session at the end"] = read(held)
-        measured(f"stock actions under ufw(MANAGE_BUILTINS={'yes' if manage_builtins else 'no'}): does the banned attacker reach port 25", **record)
+        setting = "yes" if manage_builtins else "no"
+        measured(f"stock actions under ufw(MANAGE_BUILTINS={setting}): does the banned attacker reach port 25", **record)
         still_believed(f2b, stock)
     finally:
         f2b.stop()

@@ -120,7 +120,7 @@ def advise(manager: Manager, kind: str, iptables: dict[int, str]) -> list[Advice
                "its nftables backend), and that ban never leaked through a reload or restart on either backend")
         if kind == "f2bext-ipset":
             return [Advice("firewalld-flush", False, f"{flush}: this jail's ban is gone until the watchdog's next pass "
-                           "(measured: up to 0.5 s a reload, 2.3 s a restart)", manager.evidence, fix)]
+                           "(measured: up to 0.8 s a reload, 2.8 s a restart)", manager.evidence, fix)]
         if kind in ("iptables", "iptables-ipset"):
             return [Advice("firewalld-flush", False, f"{flush}: this stock action's rules go with it, and fail2ban "
                            "never puts them back (every ban lost at the next reload)", manager.evidence, fix)]

@@ -34,7 +34,7 @@ RPMFLAGS    ?= $(if $(shell rpm --eval '%{?pyproject_wheel}' 2>/dev/null),,--nod
 # Debian packages the project needs (fail2ban is not on PyPI; the bindings must match the system).
 DEBS = fail2ban nftables python3-nftables python3-pyroute2 conntrack iproute2 iptables ipset \
        python3-pytest python3-hypothesis netbase procps redis-server python3-redis openssl \
-       docker.io busybox-static mount
+       docker.io busybox-static mount firewalld ufw dbus
 
 # What .ci/package builds and checks the packages with (the Debian 13 leg bakes these into its root).
 PKG_DEBS = build-essential debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools lintian rpm make

@@ -8,6 +8,7 @@ correlates them into findings: each with a severity, a plain sentence, the evide
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
-from . import audit, state
+from . import audit, managers, state
 from .addr import Network
 from .backends import ipset as ipset_backend
 from .backends import nft as nft_backend
@@ -47,7 +48,7 @@ class ActionInfo:
     """One ban action of a jail as fail2ban runs it: its kind and its parameters."""
 
     name: str
-    kind: str  # f2bext-nftables, f2bext-ipset, nftables, iptables, iptables-ipset, firewallcmd-ipset
+    kind: str  # f2bext-nftables, f2bext-ipset, nftables, iptables, iptables-ipset, firewallcmd-ipset, ufw
     params: dict[str, str] = field(default_factory=dict)
 
 
@@ -77,6 +78,8 @@ class KernelInfo:
     ipsets: dict[str, tuple[tuple[str, str], list[str]]] = field(default_factory=dict)  # name -> (header, members)
     flows: list[Flow] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)
+    ufw_defaults: Optional[dict[str, str]] = None  # /etc/default/ufw, read when ufw's chains are there
+    firewalld_version: str = ""  # read when firewalld's rules are there
 
 
 @dataclass
@@ -102,6 +105,8 @@ def action_kind(name: str, actionban: str) -> str:
         return "iptables-ipset"
     if name.startswith("iptables") or "-I f2b-" in actionban:
         return "iptables"
+    if name.startswith("ufw") or re.search(r"\bufw (?:prepend|insert|delete)\b", actionban):
+        return "ufw"
     return ""
 
 
@@ -177,6 +182,11 @@ def read_kernel(banned: Iterable[Network]) -> KernelInfo:
                 if "Members:" in out else []
             info.ipsets[name] = (header, members)
     info.flows = read_flows(list(banned))
+    found = {m.name for m in managers.detect(info.nft, info.iptables)}
+    if managers.UFW in found:
+        info.ufw_defaults = managers.read_ufw_defaults()
+    if managers.FIREWALLD in found:
+        info.firewalld_version = managers.read_firewalld_version()
     info.interfaces = [line.split(":")[1].strip().split("@")[0] for line in _run(["ip", "-o", "link"]).splitlines()
                        if line.count(":") >= 2]
     return info
@@ -291,6 +301,10 @@ def enforced_members(jail: JailInfo, action: ActionInfo, k: KernelInfo) -> list[
         return _nft_elements(k.nft, "f2b-table", [f"addr-set-{name}", f"addr6-set-{name}"])
     if action.kind == "f2bext-ipset":
         names = [ipset_backend.set_name(jail.name, f) for f in (4, 6)]
+    elif action.kind == "ufw":  # `ufw prepend deny from ADDR`: a rule in ufw's user chain
+        return [r.source for family, text in k.iptables.items()
+                for r in audit.parse_save(text).chains.get("ufw-user-input" if family == 4 else "ufw6-user-input", [])
+                if r.source and r.target in ("DROP", "REJECT")]
     elif action.kind in ("iptables-ipset", "firewallcmd-ipset"):
         names = [f"f2b-{_stock_name(jail, action)}", f"f2b-{_stock_name(jail, action)}6"]
     else:  # stock iptables: one `-s ADDR -j REJECT` rule per ban in chain f2b-<name>
@@ -338,8 +352,8 @@ def _hook_findings(jail: JailInfo, action: ActionInfo, spec: JailSpec, k: Kernel
             out.append(Diagnosis(jail.name, CRITICAL, "hook-missing", "table inet f2b-table has no input hook "
                                  "(a ruleset flush or reload removed it)", fix=_fix_for(jail.name, action)))
         return out
-    if action.kind == "firewallcmd-ipset":
-        return out  # firewalld's own rules: readable only through firewalld
+    if action.kind in ("firewallcmd-ipset", "ufw"):
+        return out  # the manager's own rules: what it does to them is managers.advise's
     for family in (4, 6):
         table = audit.parse_save(k.iptables.get(family, ""))
         tool = "iptables" if family == 4 else "ip6tables"
@@ -482,6 +496,10 @@ def diagnose(snap: Snapshot) -> list[Diagnosis]:
     """Every reason, per jail, that a banned address could still get through."""
     out: list[Diagnosis] = []
     k = snap.kernel
+    found_managers = managers.detect(k.nft, k.iptables, k.ufw_defaults, k.firewalld_version)
+    if any(a.kind == "firewallcmd-ipset" for j in snap.jails for a in j.actions):  # it adds direct rules
+        found_managers = [dataclasses.replace(m, direct=True) if m.name == managers.FIREWALLD else m
+                          for m in found_managers]
     for jail in snap.jails:
         found: list[Diagnosis] = []
         for action in jail.actions:
@@ -495,6 +513,10 @@ def diagnose(snap: Snapshot) -> list[Diagnosis]:
                     f"({action.name}: lost in a firewall reload?)", ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""),
                     _fix_for(jail.name, action), action.kind.startswith("f2bext")))
             found += _hook_findings(jail, action, spec, k)
+            for manager in found_managers:
+                for a in managers.advise(manager, action.kind, k.iptables):
+                    found.append(Diagnosis(jail.name, CRITICAL if a.critical else WARNING, a.code,
+                                           f"{action.name}: {a.message}", a.evidence, a.fix))
             if action.kind == "iptables-ipset" and "proto6" not in action.name and any(":" in ip for ip in jail.banned) \
                     and not any(d.code == "ipv6-uncovered" for d in found):
                 found.append(Diagnosis(jail.name, CRITICAL, "ipv6-uncovered", f"{action.name} enforces IPv4 only, "

@@ -230,3 +230,16 @@ def held_session(hosts, workdir):
     yield hold
     for session in made:
         session.stop()
+
+
+@pytest.fixture
+def host_kept_out(workdir, hosts):
+    """For the labs running real firewall managers: the host's ruleset unchanged, and no firewalld or
+    dbus-daemon of the test left anywhere once its namespaces are gone."""
+    from f2bext import labmanagers
+    before = labmanagers.host_ruleset()
+    yield
+    assert labmanagers.host_ruleset() == before, "the host's ruleset changed"
+    for ns in hosts.all():
+        ns.delete()
+    assert labmanagers.daemons_of(workdir) == [], "a firewalld or dbus-daemon of the test outlived its namespace"

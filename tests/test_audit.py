@@ -137,7 +137,7 @@ def test_forward_rules_without_the_original_port_match_are_altered():
 def test_a_forward_accept_for_the_container_port_shadows_a_ban_on_the_published_port():
     """Docker accepts `--dport 25` to the container after DNAT'ing 8025: in FORWARD the port an accept
     names says nothing of the port the client asked for."""
-    ours = [f"-A FORWARD " + " ".join(args) for args in ipset.rule_args(DOCKER_JAIL, 4, "forward")]
+    ours = ["-A FORWARD " + " ".join(args) for args in ipset.rule_args(DOCKER_JAIL, 4, "forward")]
     table = save("-A FORWARD -o docker0 -j DOCKER", *ours,
                  "-A DOCKER -d 192.0.2.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 25 -j ACCEPT")
     spec = JailSpec.from_params("postfix", {"port": "587,8025", "hooks": "forward"})

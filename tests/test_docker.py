@@ -150,7 +150,7 @@ def test_doctor_names_the_published_and_the_container_port_for_a_stock_input_ban
 
 
 @pytest.mark.parametrize("action", [
-    f'iptables-multiport[name=postfix-docker, port="25", chain="DOCKER-USER"]',
+    'iptables-multiport[name=postfix-docker, port="25", chain="DOCKER-USER"]',
     f'nftables-multiport[name=postfix, port="{PORTS}", chain_hook=prerouting, chain_priority=-150, blocktype=drop]',
 ])
 def test_the_stock_fixes_the_doctor_gives_hold(hosts, dockerd, f2b, reach, action):

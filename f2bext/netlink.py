@@ -43,30 +43,25 @@ def parse_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
         offset += (length + 3) & ~3
 
 
-def _ends(data: bytes, seq: int) -> bool:
-    """Whether the datagram holds the end of the answer to `seq`, or an error (headers only are read)."""
+def _headers(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(type, flags, seq) of each message header in a datagram; the payloads are not read."""
     offset = 0
     while offset + HEADER.size <= len(data):
-        length, msg_type, _, msg_seq, _ = HEADER.unpack_from(data, offset)
+        length, msg_type, flags, msg_seq, _ = HEADER.unpack_from(data, offset)
         if length < HEADER.size:
-            break
-        if msg_seq == seq and msg_type in (NLMSG_ERROR, NLMSG_DONE):
-            return True
+            return
+        yield msg_type, flags, msg_seq
         offset += (length + 3) & ~3
-    return False
+
+
+def _ends(data: bytes, seq: int) -> bool:
+    """Whether the datagram holds the end of the answer to `seq`, or an error."""
+    return any(msg_seq == seq and msg_type in (NLMSG_ERROR, NLMSG_DONE) for msg_type, _, msg_seq in _headers(data))
 
 
 def interrupted(data: bytes, seq: int) -> bool:
-    """Whether a message of the datagram answering `seq` carries NLM_F_DUMP_INTR (headers only are read)."""
-    offset = 0
-    while offset + HEADER.size <= len(data):
-        length, _, flags, msg_seq, _ = HEADER.unpack_from(data, offset)
-        if length < HEADER.size:
-            break
-        if msg_seq == seq and flags & NLM_F_DUMP_INTR:
-            return True
-        offset += (length + 3) & ~3
-    return False
+    """Whether a message of the datagram answering `seq` carries NLM_F_DUMP_INTR."""
+    return any(msg_seq == seq and flags & NLM_F_DUMP_INTR for _, flags, msg_seq in _headers(data))
 
 
 def consistent(read: Callable[[], tuple[list[bytes], bool]], tries: int = DUMP_TRIES) -> list[bytes]:

@@ -110,13 +110,13 @@ def _keeps(given: Optional[str], known: Sequence[Keep] = ()) -> list[Keep]:
     return list(dict.fromkeys(parse_list(given, IGNOREIP) + others))
 
 
-def _fail2ban_banned(jail: str, check: Guard) -> Optional[list[Network]]:
+def _fail2ban_banned(jail: str, check: Guard, sock: Optional[str] = None) -> Optional[list[Network]]:
     """The jail's banned list from a running fail2ban-server, less what f2bext refuses to ban (guard.py),
     the ignoreip fail2ban holds now included; [] when no fail2ban listens, None when one does but its
     answer could not be read (`set JAIL banip` runs a .conf action from the very thread that answers)."""
     from .f2bsocket import Fail2banSocket
     try:
-        f2b = Fail2banSocket(timeout=3.0)
+        f2b = Fail2banSocket(sock, timeout=3.0)
     except (FileNotFoundError, ConnectionRefusedError):
         return []
     except OSError as e:
@@ -325,7 +325,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         return doctor.UNKNOWN
     findings = doctor.diagnose(snap)
     if args.fix and any(d.owned for d in findings):
-        print(render_fixes(snap, findings))
+        print(render_fixes(snap, findings, args.socket))
         snap = doctor.collect(args.socket)
         findings = doctor.diagnose(snap)
     print(doctor.to_json(snap, findings) if args.json else doctor.render(snap, findings))
@@ -334,7 +334,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     return doctor.overall(findings)
 
 
-def render_fixes(snap, findings) -> str:
+def render_fixes(snap, findings, sock: Optional[str] = None) -> str:
     """Repair every jail f2bext owns that a finding names; say what was done."""
     from .sessions import kill_sessions
     done = []
@@ -343,8 +343,8 @@ def render_fixes(snap, findings) -> str:
         backend = get_backend(entry.backend)
         with state.JailLock(jail):  # fail2ban's list read anew under the lock: the snapshot is out of date
             check = Guard(entry.keeps)
-            banned = _fail2ban_banned(jail, check)
-            held = banned if banned is not None else _keep(backend, entry.spec, entry, None, check)
+            # As `f2bext repair` does: what the kernel and the record hold too, so a fix never shrinks.
+            held = _keep(backend, entry.spec, _reread(entry), _fail2ban_banned(jail, check, sock), check)
             backend.repair(entry.spec, held)
         done.append(f"repaired jail {jail} ({entry.backend}, {len(held)} bans)")
         if any(d.jail == jail and d.code == "sessions-alive" for d in findings):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import re
 import socket
 import struct
@@ -21,9 +22,12 @@ from .errors import InputError, KernelError
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 IGNOREIP = "the jail's ignoreip"  # the name a jail's ignoreip goes by in refusals and in the state files
+log = logging.getLogger("fail2ban.f2bext.guard")
+
 _REFRESH = 5.0  # seconds; addresses and routes change rarely, and a ban must stay cheap
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\.?")
+_WORD = re.compile(r"[A-Za-z0-9_.:/-]{1,253}")  # what an ignoreip entry fail2ban accepts is made of
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,13 @@ def host_keeps(fresh: bool = False) -> tuple[Keep, ...]:
         try:
             own, hops = _read_host()
         except OSError as e:
-            raise KernelError("cannot read this host's addresses and routes", str(e)) from None
+            if _cache[0] < 0:  # never read: nothing to guard with
+                raise KernelError("cannot read this host's addresses and routes", str(e)) from None
+            # A busy routing table (a dump interrupted again and again): the last good read, and the
+            # next try a few seconds on, rather than no ban at all.
+            log.warning("cannot read this host's addresses and routes (%s): guarding with the last read", e)
+            _cache = (time.monotonic(), _cache[1])
+            return _cache[1]
         keeps = {Keep(ipaddress.ip_network(a), f"an address of this host ({_interface(i)})") for a, i in own}
         keeps |= {Keep(ipaddress.ip_network(a), f"a gateway of this host ({_interface(i)})") for a, i in hops
                   if not any(k.net.network_address == a for k in keeps)}
@@ -209,8 +219,13 @@ def parse_list(text: str, why: str) -> list[Keep]:
         try:
             net = ipaddress.ip_network(word, strict=False)
         except ValueError:
-            if not word.isascii() or not _HOST_NAME.fullmatch(word):
+            if not _WORD.fullmatch(word):
                 raise InputError(f"not an address, CIDR or host name in {why}: {word[:64]!r}") from None
+            if not _HOST_NAME.fullmatch(word):
+                # fail2ban takes such a word (10.0.0/24, my_host) and matches nothing with it: so do
+                # we, rather than refuse every ban of the jail.
+                log.warning("%s: %r is not an address, CIDR or host name: left out", why, word[:64])
+                continue
             keeps += [Keep(k.net, why, listed=True) for k in resolve(word, why)]
             continue
         if isinstance(net, ipaddress.IPv6Network) and net.prefixlen == 128 and net.network_address.ipv4_mapped:

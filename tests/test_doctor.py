@@ -78,15 +78,20 @@ def test_a_restored_ruleset_that_lost_the_stock_bans_is_not_enforced(hosts, work
     assert "fail2ban-client restart postfix" in found["not-enforced"]["fix"]
 
 
-def test_fix_repairs_what_f2bext_owns_and_a_second_run_is_clean(hosts, workdir, f2b, reach):
+@pytest.mark.parametrize("socket_given", [False, True])
+def test_fix_repairs_what_f2bext_owns_and_a_second_run_is_clean(hosts, workdir, f2b, reach, socket_given):
     start(f2b, banaction="f2bext-nftables")  # the .conf twin: no watchdog to heal it first
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)
     hosts.server.nft("flush", "ruleset")
     assert reach(hosts.attacker, lab.SERVER4, 25)
     code, _, found = run_doctor(hosts, workdir)
     assert code == doctor.CRITICAL and found["not-enforced"]["owned"]
-    result = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--fix")
-    assert "fixed: repaired jail postfix" in result.stdout and result.returncode == 0
+    env, args = lab.lab_env(workdir), ["--fix"]
+    if socket_given:  # fail2ban on a socket of its own, named on the command line: the fix asks that one
+        args += ["--socket", env.pop("F2BEXT_FAIL2BAN_SOCKET")]
+        env["F2BEXT_FAIL2BAN_SOCKET"] = os.path.join(workdir, "no-fail2ban-here.sock")
+    result = hosts.server.run([lab.PYTHON, "-m", "f2bext", "doctor", *args], check=False, env=env)
+    assert "fixed: repaired jail postfix (nftables, 1 bans)" in result.stdout and result.returncode == 0, result.stdout
     assert not reach(hosts.attacker, lab.SERVER4, 25)
     assert lab.f2bext_cmd(hosts.server, workdir, "doctor").returncode == 0
 

@@ -230,6 +230,32 @@ def test_the_guard_reports_a_netlink_failure_as_a_kernel_error():
     assert out.stdout.startswith("KernelError cannot read this host's addresses and routes"), out.stderr
 
 
+
+def test_the_guard_keeps_its_last_read_when_the_kernel_cannot_answer_again():
+    # A good read, then no file descriptor left: the bans go on, guarded by the last read, said once.
+    code = ("import ipaddress, logging, resource\n"
+            "from f2bext import guard\n"
+            "logging.basicConfig(format='%(message)s')\n"
+            "first = guard.host_keeps()\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3))\n"
+            "assert guard.host_keeps(fresh=True) == first and first\n"
+            "guard.Guard().refuse([ipaddress.ip_network('203.0.113.7')])\n"
+            "print('guarded')\n")
+    out = subprocess.run([lab.PYTHON, "-c", code], capture_output=True, text=True, cwd=lab.PROJECT_ROOT)
+    assert out.stdout == "guarded\n", out.stderr
+    assert out.stderr.count("guarding with the last read") == 1, out.stderr
+
+
+def test_an_ignoreip_word_fail2ban_takes_but_matches_nothing_with_is_left_out_not_fatal():
+    # fail2ban accepts 10.0.0/24 or my_host in ignoreip and matches nothing with them; a .conf jail
+    # passing its ignoreip must not lose every ban over one such word.
+    keeps = guard.parse_list("10.0.0/24 my_host 198.51.100.20, 192.0.2.0/24", guard.IGNOREIP)
+    assert [str(k.net) for k in keeps] == ["198.51.100.20/32", "192.0.2.0/24"]
+    for text in ("198.51.100.20 $(reboot)", "a;b", "x`id`", "é"):
+        with pytest.raises(InputError, match="not an address, CIDR or host name"):
+            guard.parse_list(text, guard.IGNOREIP)
+
+
 # ---- the fleet: the size bound ----------------------------------------------------------------------
 
 def test_share_max_prefix_parses_and_bounds_a_peers_networks():

@@ -86,7 +86,7 @@ def test_a_ban_refuses_the_published_port_and_the_host_port_and_cuts_the_held_se
     assert read(held) == "open"
     fail_logins(hosts, workdir)
     f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")
-    f2b.wait(lambda: read(held) != "open", "the held session to the container to end", timeout=5)
+    f2b.wait(lambda: read(held) != "open", "the held session to the container to end")
     assert read(held).startswith("ended")
     time.sleep(1.5)  # a cut session whose next packet makes a new conntrack entry is DNAT'ed again
     assert reached(reach, hosts.attacker, lab.SERVER4) == []
@@ -101,18 +101,17 @@ def test_the_ban_holds_through_a_dockerd_restart_and_a_new_container(hosts, dock
     f2b.client("set", "postfix", "banip", lab.ATTACKER4, lab.ATTACKER6)
     dockerd.restart()  # SIGTERM and start again, as `systemctl restart docker` does
     dockerd.wait_running("smtp1")
-    # Docker puts its FORWARD accepts back at the head; the watchdog (one pass a second) moves ours back.
-    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, PUBLISHED), "the ban after the restart", timeout=5)
-    assert reach(hosts.bystander, lab.SERVER4, PUBLISHED)
+    # Docker puts its FORWARD accepts back at the head; the watchdog (one pass a second) moves ours
+    # back. Generous bounds: how fast is bench/'s to measure, and a loaded CI machine is slower.
     for server in (lab.SERVER4, lab.SERVER6):
-        assert reached(reach, hosts.attacker, server) == []
+        f2b.wait(lambda: reached(reach, hosts.attacker, server) == [], f"the ban on {server} after the restart")
+        f2b.wait(lambda: reach(hosts.bystander, server, PUBLISHED), f"the bystander served on {server} again")
     dockerd.remove("smtp1")
     dockerd.run_smtp("smtp2", PUBLISHED)
     dockerd.wait_running("smtp2")
-    f2b.wait(lambda: reach(hosts.bystander, lab.SERVER4, PUBLISHED), "the new container served")
     for server in (lab.SERVER4, lab.SERVER6):
+        f2b.wait(lambda: reached(reach, hosts.bystander, server) == [PUBLISHED, 587], f"the new container on {server}")
         assert reached(reach, hosts.attacker, server) == []
-        assert reached(reach, hosts.bystander, server) == [PUBLISHED, 587]
 
 
 @pytest.mark.parametrize("backend", ["ipset-nft"])
@@ -130,9 +129,11 @@ def test_a_forward_only_ipset_jail_bans_the_published_port_through_a_restart(hos
         assert reach(hosts.bystander, server, PUBLISHED)
     dockerd.restart()
     dockerd.wait_running("smtp1")
-    f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, PUBLISHED), "the ban after the restart", timeout=5)
-    assert not reach(hosts.attacker, lab.SERVER6, PUBLISHED)
-    assert reach(hosts.bystander, lab.SERVER6, PUBLISHED)
+    # Generous bounds: the watchdog moves our rules back ahead of Docker's within a round or two, and
+    # a loaded CI machine may take longer (the speed is bench/'s to measure).
+    for server in (lab.SERVER4, lab.SERVER6):
+        f2b.wait(lambda: not reach(hosts.attacker, server, PUBLISHED), f"the ban on {server} after the restart")
+        f2b.wait(lambda: reach(hosts.bystander, server, PUBLISHED), f"the bystander served on {server} again")
 
 
 def test_doctor_names_the_published_and_the_container_port_for_a_stock_input_ban(hosts, workdir, dockerd, f2b, reach):

@@ -392,8 +392,9 @@ def test_thousands_of_bans_restored_hold_through_a_repair_mid_restore_and_end_at
     # yet (it once kept only those it had: 38% were lost).
     fw.wipe()
     assert lab.f2bext_cmd(fw.ns, workdir, "repair", "--jail", JAIL, variant=fw.variant).returncode == 0
-    f2b.wait(lambda: hook_count(fw) == rules and kernel_bans(fw) >= fresh, "every restored ban after the repair")
     assert len(f2b.banned(JAIL)) < RESTORED, "fail2ban had restored everything: the repair was not mid-restore"
+    f2b.wait(lambda: hook_count(fw) == rules and kernel_bans(fw) >= fresh, "every restored ban after the repair",
+             timeout=120)
     f2b.wait(lambda: set(f2b.banned(JAIL)) == fresh, "fail2ban to restore its current bans", timeout=120)
     assert_kernel_mirrors(f2b, fw, rules=rules)  # the stale bans, past the jail's maximum, were never loaded
     assert not kernel_bans(fw) & stale

@@ -3,7 +3,6 @@ firewall, and every claim is checked on live traffic. Exit 0 when every step hel
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import tempfile
@@ -30,13 +29,6 @@ class Demo:
     def probe(self, ns: Any, host: str, port: int) -> int:
         return lab.tool(ns, self.wd, "probe", host, str(port)).returncode
 
-    def hold(self, host: str, port: int) -> str:
-        status = os.path.join(self.wd, f"hold-{port}")
-        self.hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", host, str(port), status],
-                                  env=lab.lab_env(self.wd))
-        self.f2b.wait(lambda: os.path.exists(status), "the held session")
-        return status
-
     def within(self, cond: Any, seconds: float) -> Optional[float]:
         """Seconds until cond() held, or None if it did not within `seconds`."""
         try:
@@ -59,7 +51,7 @@ class Demo:
         self.check(self.probe(h.attacker, s4, 25) == OPEN, "attacker reaches port 25 before any ban")
 
         print("2. The attacker holds an SMTP session on port 25, then fails logins on 587:")
-        held = self.hold(s4, 25)
+        held = lab.hold(h.attacker, self.wd, s4, 25)
         self.check(open(held).read() == "open", "session held open")
         took = self.ban_by_failing(s4, lab.ATTACKER4)
         self.check(took is not None, f"fail2ban banned {lab.ATTACKER4}" + (f" ({took:.1f}s after the first failure)"

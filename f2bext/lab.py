@@ -172,6 +172,15 @@ def tool(ns: Netns, workdir: str, *args: str, check: bool = False, timeout: floa
     return ns.run([PYTHON, "-m", "f2bext.labtools", *args], check=check, timeout=timeout, env=lab_env(workdir))
 
 
+def hold(ns: Netns, workdir: str, host: str, port: int) -> str:
+    """A session held open from `ns` to host:port (labtools hold); returns its status file, which reads
+    "open" until the session ends, then "ended: <why>"."""
+    status = os.path.join(workdir, f"hold-{host}-{port}")
+    ns.popen([PYTHON, "-m", "f2bext.labtools", "hold", host, str(port), status], env=lab_env(workdir))
+    Fail2banLab.wait(lambda: os.path.exists(status), "the held session")
+    return status
+
+
 def f2bext_cmd(ns: Netns, workdir: str, *args: str, check: bool = False, variant: str = "") -> subprocess.CompletedProcess:
     return ns.run([PYTHON, "-m", "f2bext", *args], check=check, env=lab_env(workdir, variant))
 

@@ -57,14 +57,6 @@ def fail_logins(hosts, workdir, server=lab.SERVER4):
     lab.tool(hosts.attacker, workdir, "fail-logins", server, "587", "4", check=True)
 
 
-def hold(hosts, workdir, server, port):
-    status = os.path.join(workdir, f"hold-{server}-{port}")
-    hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", server, str(port), status],
-                         env=lab.lab_env(workdir))
-    lab.Fail2banLab.wait(lambda: os.path.exists(status), "held session")
-    return status
-
-
 def read(path):
     with open(path) as f:
         return f.read()
@@ -82,7 +74,7 @@ def test_the_container_is_reached_on_the_published_port_before_any_ban(hosts, do
 def test_a_ban_refuses_the_published_port_and_the_host_port_and_cuts_the_held_session(
         hosts, workdir, dockerd, f2b, reach, fw):
     start_jail(f2b)
-    held = hold(hosts, workdir, lab.SERVER4, PUBLISHED)
+    held = lab.hold(hosts.attacker, workdir, lab.SERVER4, PUBLISHED)
     assert read(held) == "open"
     fail_logins(hosts, workdir)
     f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")

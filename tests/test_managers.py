@@ -44,14 +44,6 @@ def fail_logins(hosts, workdir):
     lab.tool(hosts.attacker, workdir, "fail-logins", lab.SERVER4, "587", "4", check=True)
 
 
-def hold_session(hosts, workdir, port=25):
-    status = os.path.join(workdir, f"hold-{port}")
-    hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", lab.SERVER4, str(port), status],
-                         env=lab.lab_env(workdir))
-    lab.Fail2banLab.wait(lambda: os.path.exists(status), "held session")
-    return status
-
-
 def read(path):
     with open(path) as f:
         return f.read()
@@ -98,7 +90,7 @@ def operate(hosts, workdir, reach, manager, action, name, op):
 
 
 def ban_attacker(hosts, workdir, f2b, reach):
-    held = hold_session(hosts, workdir)
+    held = lab.hold(hosts.attacker, workdir, lab.SERVER4, 25)
     fail_logins(hosts, workdir)
     f2b.wait(lambda: lab.ATTACKER4 in f2b.banned("postfix"), "the ban")
     f2b.client("set", "postfix", "banip", lab.ATTACKER6)
@@ -217,7 +209,7 @@ def test_stock_actions_through_ufw_are_recorded(host_kept_out, hosts, workdir, r
     f2b.server_argv = lm.in_mounts(ufw.binds, ["fail2ban-server"])
     try:
         f2b.start()
-        held = hold_session(hosts, workdir)
+        held = lab.hold(hosts.attacker, workdir, lab.SERVER4, 25)
         ban_each(hosts, reach, f2b, stock)
         lab.Fail2banLab.wait(lambda: "203.0.113.7" in ufw.run("status").stdout, "the ufw action's rule")
         record = {"ban": stock_after(hosts, reach, stock), "held session after the ufw ban": read(held)}

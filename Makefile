@@ -55,14 +55,14 @@ unit:
 demo: deps
 	$(PYTHON) -m f2bext demo
 
-# Side by side with fail2ban's stock actions, in namespaces, real fail2ban-server (about 12 minutes
-# on 2 cores); writes bench/out/ (results.json, tables.md, restore.png, fleet.json).
+# Side by side with fail2ban's stock actions, in namespaces, real fail2ban-server (about 35 minutes
+# on 2 cores: three runs of each restore case, the fleet included); writes bench/out/ (results.json,
+# tables.md, restore.png). `make bench BENCHFLAGS=--record` also keeps bench/results/<commit>.json.
 BENCH_DEBS = python3-matplotlib
 bench: deps
 	@dpkg-query -W -f='$${Status}\n' $(BENCH_DEBS) 2>/dev/null | grep -q '^install ok installed' || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_DEBS))
-	$(PYTHON) bench/run.py
-	$(PYTHON) bench/fleet.py
+	$(PYTHON) bench/run.py $(BENCHFLAGS)
 
 install: man
 	rm -rf $(DESTDIR)$(PYLIBDIR)/f2bext

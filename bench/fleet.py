@@ -1,5 +1,5 @@
 """Fleet sharing figures, in the namespace lab with real fail2ban-servers and a real redis-server:
-propagation latency A -> B at 100 bans/s, catch-up of 100,000 current bans on a fresh server, and
+propagation latency A -> B at 100 bans/s (from the ban asked of A, and from A's kernel), catch-up of 100,000 current bans on a fresh server, and
 Redis memory per 100,000 bans. Writes bench/out/fleet.json.
 
     /usr/bin/python3 bench/fleet.py [--bans 500] [--catchup 100000]
@@ -57,31 +57,41 @@ def addresses(n: int, base: str = "100.64.0.0") -> list[str]:
     return [str(ipaddress.IPv4Address(start + i)) for i in range(n)]
 
 
-def propagation(hosts: lab.Hosts, a: lab.Fail2banLab, b: lab.Fail2banLab, count: int, rate: float) -> list[float]:
-    """Seconds from A's ban (its action done) to B's kernel holding it, read from `nft monitor` on B."""
+def element_times(ns, set_name: str) -> tuple[dict[str, float], subprocess.Popen]:
+    """When each IPv4 address first appeared in `set_name` on `ns`, read from `nft monitor`."""
     seen: dict[str, float] = {}
-    monitor = b.ns.popen(["nft", "monitor", "elements"], stdout=subprocess.PIPE, text=True)
+    monitor = ns.popen(["nft", "monitor", "elements"], stdout=subprocess.PIPE, text=True)
 
     def read() -> None:
         for line in monitor.stdout:
             stamp = time.time()
-            if "postfix-rv4" in line:
+            if f" {set_name} " in line:
                 for token in line.replace("{", " ").replace("}", " ").replace(",", " ").split():
                     if token.count(".") == 3:
                         seen.setdefault(token, stamp)
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    threading.Thread(target=read, daemon=True).start()
+    return seen, monitor
+
+
+def propagation(hosts: lab.Hosts, a: lab.Fail2banLab, b: lab.Fail2banLab, count: int,
+                rate: float) -> tuple[list[float], list[float]]:
+    """Seconds from the ban being asked of A (`banip` sent) to B's kernel holding it, and from A's
+    kernel holding it to B's, both read from `nft monitor`."""
+    on_a, monitor_a = element_times(a.ns, "postfix-v4")
+    on_b, monitor_b = element_times(b.ns, "postfix-rv4")
     time.sleep(0.5)
-    sent: dict[str, float] = {}
+    asked: dict[str, float] = {}
     with Fail2banSocket(os.path.join(a.workdir, "fail2ban.sock")) as f2b:
         start = time.time()
         for i, ip in enumerate(addresses(count, "100.65.0.0")):
             time.sleep(max(0.0, start + i / rate - time.time()))
+            asked[ip] = time.time()  # the clock starts at the ban, before fail2ban has answered
             f2b.send(["set", "postfix", "banip", ip])
-            sent[ip] = time.time()
-    lab.Fail2banLab.wait(lambda: len(seen) >= count, "every ban on b", timeout=30)
-    monitor.kill()
-    return [seen[ip] - sent[ip] for ip in sent if ip in seen]
+    lab.Fail2banLab.wait(lambda: len(on_b) >= count and len(on_a) >= count, "every ban on a and b", timeout=30)
+    monitor_a.kill()
+    monitor_b.kill()
+    return ([on_b[ip] - asked[ip] for ip in asked if ip in on_b],
+            [on_b[ip] - on_a[ip] for ip in asked if ip in on_b and ip in on_a])
 
 
 def fill_redis(sock: str, count: int) -> int:
@@ -138,7 +148,8 @@ def main() -> int:
                 servers.append(lab.Fail2banLab(hosts, os.path.join(folder, name), jails={"postfix": share_jail(sock, name)},
                                                ns=ns))
                 servers[-1].start()
-            latencies = sorted(propagation(hosts, servers[0], servers[1], args.bans, args.rate))
+            latencies, kernel_to_kernel = (sorted(x) for x in propagation(hosts, servers[0], servers[1],
+                                                                          args.bans, args.rate))
             for server in servers:
                 server.stop()
             redis_client(sock).flushall()
@@ -149,21 +160,26 @@ def main() -> int:
                 server.stop()
             redis_proc.kill()
             redis_proc.wait()
+    def p99(values: list[float]) -> float:
+        return round(values[min(len(values) - 1, math.ceil(len(values) * 0.99) - 1)] * 1000, 1)
     result = {
         "propagation_bans": len(latencies), "rate_per_s": args.rate,
-        "propagation_p50_ms": round(statistics.median(latencies) * 1000, 1),
-        "propagation_p99_ms": round(latencies[min(len(latencies) - 1, math.ceil(len(latencies) * 0.99) - 1)] * 1000, 1),
+        "propagation_p50_ms": round(statistics.median(latencies) * 1000, 1), "propagation_p99_ms": p99(latencies),
+        "kernel_to_kernel_p50_ms": round(statistics.median(kernel_to_kernel) * 1000, 1),
+        "kernel_to_kernel_p99_ms": p99(kernel_to_kernel),
         "catchup_bans": args.catchup, "catchup_s": round(catchup, 2),
         "redis_bytes_per_100k_bans": round(memory * 100_000 / args.catchup),
     }
     with open(os.path.join(out_dir, "fleet.json"), "w") as f:
         json.dump(result, f, indent=2)
-    print(f"fleet: propagation A->B at {args.rate:.0f} bans/s: p50 {result['propagation_p50_ms']} ms, "
-          f"p99 {result['propagation_p99_ms']} ms ({len(latencies)} bans)")
+    print(f"fleet: ban asked of A -> B's kernel at {args.rate:.0f} bans/s: p50 {result['propagation_p50_ms']} ms, "
+          f"p99 {result['propagation_p99_ms']} ms ({len(latencies)} bans); A's kernel -> B's kernel: "
+          f"p50 {result['kernel_to_kernel_p50_ms']} ms, p99 {result['kernel_to_kernel_p99_ms']} ms", file=sys.stderr)
     print(f"fleet: catch-up of {args.catchup} current bans on a fresh server: {result['catchup_s']} s "
-          f"(fail2ban-server start to every ban in the kernel)")
+          f"(fail2ban-server start to every ban in the kernel)", file=sys.stderr)
     print(f"fleet: Redis memory for 100,000 bans (stream + current set): "
-          f"{result['redis_bytes_per_100k_bans'] / 1e6:.1f} MB")
+          f"{result['redis_bytes_per_100k_bans'] / 1e6:.1f} MB", file=sys.stderr)
+    print(json.dumps(result))
     return 0
 
 

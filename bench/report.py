@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import statistics
+from dataclasses import dataclass
 from typing import Optional
 
 STOCK = ["nftables-multiport", "iptables-multiport", "iptables-ipset-proto6"]
@@ -12,6 +14,7 @@ OURS = OURS_PY + OURS_CONF
 BASELINE = "bench-noop.py"  # fail2ban itself: an action that does nothing
 SIZES = (1_000, 10_000, 100_000)
 TWENTY_K = 20_000
+UNCAPPED_STOCK = STOCK[0]  # runs uncapped at TWENTY_K: the check of the extrapolation
 LABEL = {"f2bext-nftables": "f2bext-nftables.conf", "f2bext-ipset": "f2bext-ipset.conf",
          BASELINE: "baseline: no-op action"}
 
@@ -22,8 +25,24 @@ def label(action: str) -> str:
 
 # ---- restore estimates ------------------------------------------------------------------------
 
+def _samples(results: dict, action: str) -> dict[int, list[dict]]:
+    """The runs of each N, every sample of it."""
+    out: dict[int, list[dict]] = {}
+    for r in results["restore"]:
+        if r["action"] == action and r["series"]:
+            out.setdefault(r["n"], []).append(r)
+    return out
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The sample whose time is the median (the middle one by enforcement, capped ones last)."""
+    ordered = sorted(runs, key=lambda r: (r["enforced_s"] is None, r["enforced_s"] or 0, -r["series"][-1][1]))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def _runs(results: dict, action: str) -> dict[int, dict]:
-    return {r["n"]: r for r in results["restore"] if r["action"] == action and r["series"]}
+    """One run per N, the median sample: for the chart and the memory table."""
+    return {n: _median_run(runs) for n, runs in _samples(results, action).items()}
 
 
 def extrapolate(run: dict, n: int) -> Optional[float]:
@@ -40,22 +59,50 @@ def extrapolate(run: dict, n: int) -> Optional[float]:
     return t1 + (n - c1) / ((c1 - c0) / (t1 - t0))
 
 
-def restore_time(results: dict, action: str, n: int) -> tuple[Optional[float], bool]:
-    """(seconds until n bans were enforced, extrapolated?) from the run at n, else the nearest smaller one."""
-    runs = _runs(results, action)
-    if n in runs and runs[n]["enforced_s"] is not None:
-        return runs[n]["enforced_s"], False
-    basis = runs.get(n) or next((runs[m] for m in sorted(runs, reverse=True) if m < n), None)
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds until N bans were enforced over a case's samples: median and spread."""
+    median: Optional[float]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    samples: int = 0
+    basis: Optional[int] = None  # extrapolated from the capped runs at this N; None when measured
+
+    @property
+    def extrapolated(self) -> bool:
+        return self.basis is not None
+
+
+def _estimate(values: list[Optional[float]], basis: Optional[int]) -> Estimate:
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return Estimate(None)
+    return Estimate(statistics.median(known), known[0], known[-1], len(known), basis)
+
+
+def restore_time(results: dict, action: str, n: int, basis: Optional[int] = None) -> Estimate:
+    """Seconds until n bans were enforced: measured where every sample at n finished, else each
+    sample extrapolated from the run at n (capped) or from the nearest smaller N (`basis` forces one)."""
+    runs = _samples(results, action)
     if basis is None:
-        return None, False
-    return extrapolate(basis, n), True
+        if n in runs and all(r["enforced_s"] is not None for r in runs[n]):
+            return _estimate([r["enforced_s"] for r in runs[n]], None)
+        basis = n if n in runs else next((m for m in sorted(runs, reverse=True) if m < n), None)
+    if basis is None or basis not in runs:
+        return Estimate(None)
+    return _estimate([r["enforced_s"] if basis == n and r["enforced_s"] is not None else extrapolate(r, n)
+                      for r in runs[basis]], basis)
 
 
 def lost_after(run: dict) -> int:
     """Bans the kernel dropped again after it first held all N (a repair that forgot some)."""
-    if run.get("enforced_s") is None:
+    if not run or run.get("enforced_s") is None:
         return 0
     return run["n"] - min(c for t, c in run["series"] if t >= run["enforced_s"])
+
+
+def most_lost(results: dict, action: str, n: int) -> int:
+    return max((lost_after(r) for r in _samples(results, action).get(n, [])), default=0)
 
 
 def duration(seconds: Optional[float], extrapolated: bool = False) -> str:
@@ -68,6 +115,14 @@ def duration(seconds: Optional[float], extrapolated: bool = False) -> str:
     if seconds < 3600:
         return f"{mark}{seconds / 60:.1f} min{star}" if seconds < 600 else f"{mark}{seconds / 60:.0f} min{star}"
     return f"{mark}{seconds / 3600:.1f} h{star}"
+
+
+def spread(e: Estimate) -> str:
+    """`median (low–high, k runs)`, extrapolated ones marked."""
+    text = duration(e.median, e.extrapolated)
+    if e.samples > 1:
+        text += f" ({duration(e.low)} – {duration(e.high)})"
+    return text
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> str:
@@ -87,55 +142,95 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return [_row(head), _row(["---"] * len(head)), *(_row(r) for r in rows), ""]
 
 
+RESTORE_SIZES = (1_000, 10_000, TWENTY_K, 100_000)
+
+
+def vmhwm_mib(results: dict, action: str, n: int) -> Optional[float]:
+    """Median peak memory over the samples at n."""
+    values = [r["vmhwm_kib"] / 1024 for r in _samples(results, action).get(n, []) if r.get("vmhwm_kib")]
+    return statistics.median(values) if values else None
+
+
+def _capped(results: dict, action: str, n: int) -> bool:
+    return any(r["enforced_s"] is None for r in _samples(results, action).get(n, []))
+
+
 def restore_tables(results: dict) -> list[str]:
-    out = ["### 1. Restore at start: fail2ban-server start until every ban is in the kernel", ""]
+    out = ["### 1. Restore at start: fail2ban-server start until every ban is in the kernel", "",
+           f"Median of {results.get('samples', 1)} runs per case, (fastest–slowest) beside it.", ""]
+    rows, notes = [], []
+    for action in OURS + STOCK + [BASELINE]:
+        cells = [label(action)]
+        for n in RESTORE_SIZES:
+            e = restore_time(results, action, n)
+            if e.median is None:
+                cells.append("")
+                continue
+            lost = most_lost(results, action, n)
+            cells.append(spread(e) + (f", then {lost:,} lost †" if lost else ""))
+            if e.extrapolated:
+                notes.append(_basis_note(results, action, n, e.basis))
+        run = _runs(results, action).get(100_000, {})
+        cells.append(duration(run.get("fail2ban_s")) if run.get("fail2ban_s") is not None else "-")
+        rows.append(cells)
+    out += _table(["action", *(f"N = {n:,}" for n in RESTORE_SIZES), "fail2ban done, N = 100,000"], rows)
+    out += ["\\* extrapolated: the run was capped and the rest is assumed to go on at the rate of its last",
+            "stretch (its last 40%, at least 10 s), from the runs named below. Stock rates fall as the ruleset",
+            "grows, so these flatter the stock actions. *fail2ban done*: fail2ban has logged `Restore Ban` for",
+            "every address (its own bookkeeping). *baseline*: fail2ban-server with a Python action that does",
+            "nothing (bench/bench-noop.py): fail2ban's own cost of restoring N tickets, nothing enforced.",
+            "† after all N were enforced, the kernel lost that many again before the run ended (fail2ban.log",
+            "in bench/out/work/ says why).", "", "Extrapolated cells, and what each rests on:", ""]
+    out += [f"- {note}" for note in notes] + [""]
+    out += extrapolation_check(results)
+
+    out += ["Speed-up of restore at start (stock time ÷ f2bext time, medians):", ""]
+    rows = []
+    for action in OURS:
+        for n in RESTORE_SIZES:
+            ours = restore_time(results, action, n).median
+            if ours is None:
+                continue
+            rows.append([label(action), f"{n:,}"] + [ratio(restore_time(results, s, n).median, ours) for s in STOCK])
+    out += _table(["action", "N", *(f"vs {s}" for s in STOCK)], rows)
+    out += ["### 5. Peak memory of fail2ban-server (VmHWM, MiB, median) at the end of each restore run", ""]
     rows = []
     for action in OURS + STOCK + [BASELINE]:
         cells = [label(action)]
         for n in SIZES:
-            lost = lost_after(_runs(results, action).get(n, {}))
-            cells.append(duration(*restore_time(results, action, n)) + (f", then {lost:,} lost †" if lost else ""))
-        run = _runs(results, action).get(100_000, {})
-        cells.append(duration(run.get("fail2ban_s")) if run.get("fail2ban_s") is not None else "-")
+            mib = vmhwm_mib(results, action, n)
+            cells.append("n/a" if mib is None else f"{mib:.0f}" + (" (capped)" if _capped(results, action, n) else ""))
         rows.append(cells)
-    out += _table(["action", "N = 1,000", "N = 10,000", "N = 100,000", "fail2ban done, N = 100,000"], rows)
-    out += ["\\* extrapolated: the run was capped (see `cap` in results.json) and the rest is assumed to go on",
-            "at the rate of its last stretch. Stock rates fall as the ruleset grows, so these flatter the stock",
-            "actions. *fail2ban done*: fail2ban has logged `Restore Ban` for every address (its own bookkeeping,",
-            "after the kernel already enforces them all). *baseline*: fail2ban-server with a Python action that",
-            "does nothing (bench/bench-noop.py): fail2ban's own cost of restoring N tickets, nothing enforced.",
-            "† after all N were enforced, the kernel lost that many again before the run ended (fail2ban.log",
-            "in bench/out/work/ says why).", ""]
-
-    out += ["Speed-up of restore at start (stock time ÷ f2bext time):", ""]
-    rows = []
-    for action in OURS:
-        for n in SIZES:
-            ours = restore_time(results, action, n)[0]
-            rows.append([label(action), f"{n:,}"] + [ratio(restore_time(results, s, n)[0], ours) for s in STOCK])
-    ours20 = restore_time(results, OURS_PY[0], TWENTY_K)
-    rows.append([label(OURS_PY[0]), f"{TWENTY_K:,}"]
-                + [ratio(restore_time(results, s, TWENTY_K)[0], ours20[0]) for s in STOCK])
-    out += _table(["action", "N", *(f"vs {s}" for s in STOCK)], rows)
-    out += ["### 5. Peak memory of fail2ban-server (VmHWM, MiB) at the end of each restore run", ""]
-    rows = []
-    for action in OURS + STOCK + [BASELINE]:
-        runs = _runs(results, action)
-        rows.append([label(action)] + [
-            (f"{runs[n]['vmhwm_kib'] / 1024:.0f}" + ("" if runs[n]["enforced_s"] is not None else " (capped)"))
-            if n in runs and runs[n]["vmhwm_kib"] else "n/a" for n in SIZES])
     for action in OURS_PY:
         for stock in STOCK + [BASELINE]:
-            cells = [f"{label(action)} ÷ {label(stock)}"]
-            for n in SIZES:
-                a, b = (_runs(results, x).get(n, {}).get("vmhwm_kib") for x in (action, stock))
-                cells.append(ratio(a, b))
-            rows.append(cells)
+            rows.append([f"{label(action)} ÷ {label(stock)}"]
+                        + [ratio(vmhwm_mib(results, action, n), vmhwm_mib(results, stock, n)) for n in SIZES])
     out += _table(["action", "N = 1,000", "N = 10,000", "N = 100,000"], rows)
     out += ["A capped run stops early, but by then fail2ban has read every ticket from its database",
             "(restoreCurrentBans queues them all at once), so the capped figures are close to what a finished",
             "run would show; the baseline, which does finish, is the fairer yardstick at N = 100,000.", ""]
     return out
+
+
+def _basis_note(results: dict, action: str, n: int, basis: int) -> str:
+    runs = _samples(results, action)[basis]
+    reached = statistics.median(r["series"][-1][1] for r in runs)
+    seconds = statistics.median(r["series"][-1][0] for r in runs)
+    return (f"{label(action)}, N = {n:,}: from the {len(runs)} runs at N = {basis:,}, capped at "
+            f"{runs[0]['cap']:.0f} s, which had {reached:,.0f} of {basis:,} enforced after {seconds:.0f} s (medians)")
+
+
+def extrapolation_check(results: dict) -> list[str]:
+    """The uncapped stock run at 20,000 against what the capped 10,000 run predicted for it."""
+    measured = restore_time(results, UNCAPPED_STOCK, TWENTY_K)
+    predicted = restore_time(results, UNCAPPED_STOCK, TWENTY_K, basis=10_000)
+    if measured.median is None or measured.extrapolated or predicted.median is None:
+        return []
+    return [f"Check of the extrapolation: {label(UNCAPPED_STOCK)} ran uncapped at N = {TWENTY_K:,} and took "
+            f"{spread(measured)}; extrapolated from its capped runs at N = 10,000 it would have taken "
+            f"{duration(predicted.median, True)}, so the extrapolation is "
+            f"{abs(1 - predicted.median / measured.median) * 100:.0f}% "
+            f"{'short of' if predicted.median < measured.median else 'above'} the measured time.", ""]
 
 
 def _action_time(results: dict, action: str, preload: int, other_rules: int = 0) -> dict:
@@ -181,15 +276,69 @@ def action_tables(results: dict) -> list[str]:
             continue
         v = a["verify"]
         if "repair" in a:
-            heal = a["self_heal"]
             rows.append([label(action), "backend.verify()", f"{v['p50_ms']:.3f}", f"{v['p99_ms']:.3f}",
-                         f"{a['repair']['p50_ms']:.0f} (held(): {a['held']['p50_ms']:.0f})",
-                         f"{heal['all_bans_s']:.2f} s ({heal['bans']:,} bans back)"])
+                         f"{a['repair']['p50_ms']:.0f} (held(): {a['held']['p50_ms']:.0f})"])
         else:
             rows.append([label(action), "actioncheck", f"{v['p50_ms']:.3f}", f"{v['p99_ms']:.3f}",
                          "actionrepair: `f2bext repair`" if action in OURS_CONF
-                         else "none: stop, start, re-ban every ticket", "no watchdog"])
-    out += _table(["action", "check", "p50 ms", "p99 ms", "repair ms", "self-heal after `nft flush ruleset`"], rows)
+                         else "none: stop, start, re-ban every ticket"])
+    out += _table(["action", "check", "p50 ms", "p99 ms", "repair ms"], rows)
+    out += heal_table(results)
+    return out
+
+
+def heal_table(results: dict) -> list[str]:
+    rows = []
+    for action in OURS_PY:
+        heal = _action_time(results, action, 100_000).get("self_heal")
+        for case in (heal or {}).values():
+            times = sorted(r["all_bans_s"] for r in case["samples"])
+            rows.append([label(action), case["what"], f"{case['lost']:,.0f}", f"{case['structure_s']:.2f}",
+                         f"{case['all_bans_s']:.2f} ({times[0]:.2f}–{times[-1]:.2f})", f"{case['bans']:,}"])
+    if not rows:
+        return []
+    out = ["Self-heal with 100,000 bans: the watchdog (one pass a second) against a reload that takes the",
+           "jail's objects away. Seconds from the reload, median of the runs (fastest–slowest):", ""]
+    out += _table(["action", "what the reload does", "bans lost", "rules back s", "every ban back s",
+                   "bans at the end"], rows)
+    return out
+
+
+def set_type_table(results: dict) -> list[str]:
+    st = results.get("set_types")
+    if not st:
+        return []
+    out = [f"### 6. Set types and listings, libnftables, {st['elements']:,} elements per set", ""]
+    rows = [[f"add one address to a {name} set", f"{q['p50_ms']:.3f}", f"{q['max_ms']:.3f}"]
+            for name, q in st["add_one"].items()]
+    rows += [[f"`{name}`", f"{q['p50_ms']:.3f}", f"{q['max_ms']:.3f}"] for name, q in st["listing"].items()]
+    out += _table(["operation", "p50 ms", "max ms"], rows)
+    return out
+
+
+def fixed_memory_table(results: dict) -> list[str]:
+    fm = results.get("fixed_memory")
+    if not fm:
+        return []
+    out = ["### 7. Fixed memory cost: resident memory added to an interpreter that loaded fail2ban-server's",
+           "modules, by one action's backend (median of 3)", ""]
+    out += _table(["what is loaded", "MiB added"], [[name, f"{v['added_kib'] / 1024:.1f}"] for name, v in fm.items()])
+    return out
+
+
+def fleet_table(results: dict) -> list[str]:
+    fl = results.get("fleet")
+    if not fl:
+        return []
+    out = ["### 8. Fleet sharing through Redis, two real fail2ban-servers", ""]
+    out += _table(["measure", "value"], [
+        [f"ban asked of A (`banip`) until B's kernel holds it, {fl['rate_per_s']:.0f} bans/s, p50 / p99",
+         f"{fl['propagation_p50_ms']} / {fl['propagation_p99_ms']} ms"],
+        ["A's kernel holds it until B's kernel holds it, p50 / p99",
+         f"{fl['kernel_to_kernel_p50_ms']} / {fl['kernel_to_kernel_p99_ms']} ms"],
+        [f"fresh server: fail2ban-server start until {fl['catchup_bans']:,} shared bans are enforced",
+         f"{fl['catchup_s']} s"],
+        ["Redis memory per 100,000 bans (stream and current set)", f"{fl['redis_bytes_per_100k_bans'] / 1e6:.1f} MB"]])
     return out
 
 
@@ -210,18 +359,19 @@ def kill_table(results: dict) -> list[str]:
 
 def targets(results: dict) -> list[tuple[str, str, bool]]:
     nft, ips = OURS_PY
-    t100, _ = restore_time(results, nft, 100_000)
-    t100i, _ = restore_time(results, ips, 100_000)
-    stock20, _ = restore_time(results, "nftables-multiport", TWENTY_K)
-    ours20, _ = restore_time(results, nft, TWENTY_K)
+    stock20 = restore_time(results, "nftables-multiport", TWENTY_K)
+    ours20 = restore_time(results, nft, TWENTY_K).median
     out = []
-    for action, t in ((nft, t100), (ips, t100i)):
-        lost = lost_after(_runs(results, action).get(100_000, {}))
-        out.append((f"100,000 bans restored and enforced ≤ 10 s ({action})",
-                    duration(t) + (f", then {lost:,} lost" if lost else ""), bool(t and t <= 10 and not lost)))
+    for action in (nft, ips):
+        e = restore_time(results, action, 100_000)
+        lost = most_lost(results, action, 100_000)
+        out.append((f"100,000 bans restored and enforced ≤ 10 s ({action}, slowest run)",
+                    duration(e.high) + (f", then {lost:,} lost" if lost else ""),
+                    bool(e.high and e.high <= 10 and not e.extrapolated and not lost)))
     out += [
-        ("≥ 100× faster than stock nftables at 20,000 (extrapolated stock)", ratio(stock20, ours20),
-         bool(stock20 and ours20 and stock20 / ours20 >= 100)),
+        (f"≥ 100× faster than stock nftables at 20,000 ({'extrapolated' if stock20.extrapolated else 'measured'}"
+         " stock, medians)", ratio(stock20.median, ours20),
+         bool(stock20.median and ours20 and stock20.median / ours20 >= 100)),
     ]
     for action in OURS_PY:
         a = _action_time(results, action, 100_000)
@@ -235,10 +385,10 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
         out.append((f"session kill ≤ 50 ms (IPv{v}, p50)", f"{p50:.1f} ms", p50 <= 50))
     for action in OURS_PY:
         for n in SIZES:
-            ours = _runs(results, action).get(n, {}).get("vmhwm_kib")
-            worst = max((ours / s - 1 for s in (_runs(results, x).get(n, {}).get("vmhwm_kib") for x in STOCK) if s and ours),
+            ours = vmhwm_mib(results, action, n)
+            worst = max((ours / s - 1 for s in (vmhwm_mib(results, x, n) for x in STOCK) if s and ours),
                         default=None)
-            base = _runs(results, BASELINE).get(n, {}).get("vmhwm_kib")
+            base = vmhwm_mib(results, BASELINE, n)
             if worst is not None:
                 extra = f" (vs baseline {ours / base * 100 - 100:+.0f}%)" if base else ""
                 out.append((f"memory within 10% of stock at N = {n:,} ({action}, worst case)",
@@ -248,11 +398,13 @@ def targets(results: dict) -> list[tuple[str, str, bool]]:
 
 def tables(results: dict) -> str:
     m = results["machine"]
-    lines = [f"Measured {results['started']} on Debian {m['debian']}, kernel {m['kernel']}, {m['cores']} cores "
+    lines = [f"Commit {results.get('commit', '?')}{' (with uncommitted changes)' if results.get('dirty') else ''}. "
+             f"Measured {results['started']} on Debian {m['debian']}, kernel {m['kernel']}, {m['cores']} cores "
              f"({m['cpu']}), {m['memory_gib']} GiB; fail2ban {m['fail2ban']}, {m['nft']}, {m['iptables']}, "
              f"ipset {m['ipset']}. Load average {results['loadavg']['start']} at start, "
              f"{results['loadavg'].get('end', '?')} at the end. Whole run {results.get('total_s', 0) / 60:.1f} min.", ""]
     lines += restore_tables(results) + action_tables(results) + kill_table(results)
+    lines += set_type_table(results) + fixed_memory_table(results) + fleet_table(results)
     lines += ["### Targets", ""]
     lines += _table(["target", "measured", "met"], [[t, v, "yes" if ok else "**no**"] for t, v, ok in targets(results)])
     return "\n".join(lines)
@@ -278,12 +430,12 @@ def chart(results: dict, path: str) -> None:
             if not run:
                 continue
             xs, ys = zip(*[(max(t, 0.05), c) for t, c in run["series"]])
-            seconds, extrapolated = restore_time(results, action, n)
+            e = restore_time(results, action, n)
             lost = lost_after(run)
             longest = max(longest, xs[-1])
             ax.step(xs, ys, where="post", color=COLOURS[action], linewidth=2.4 if action in OURS_PY else 1.6,
                     linestyle="-" if action in OURS else "--",
-                    label=f"{label(action)}: {duration(seconds, extrapolated).replace(' *', ' (extrapolated)')}"
+                    label=f"{label(action)}: {duration(e.median, e.extrapolated).replace(' *', ' (extrapolated)')}"
                           + (f", then {lost:,} lost" if lost else ""))
         ax.axhline(n, color="#999999", linewidth=0.8, linestyle=":")
         ax.set_xscale("log")

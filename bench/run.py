@@ -3,10 +3,12 @@
 f2bext's actions against fail2ban's stock ones, side by side on this machine, each in a namespace of
 its own with a real fail2ban-server or fail2ban's own action objects.
 
-    sudo /usr/bin/python3 bench/run.py            # the whole run, about 10 minutes on 2 cores
-    sudo /usr/bin/python3 bench/run.py --quick    # short caps, a smoke test of the harness
+    sudo /usr/bin/python3 bench/run.py            # the whole run, about 35 minutes on 2 cores
+    sudo /usr/bin/python3 bench/run.py --quick    # one sample, short caps: a smoke test of the harness
+    sudo /usr/bin/python3 bench/run.py --record   # also keep the run as bench/results/<commit>.json
 
 Writes bench/out/results.json, bench/out/restore.png and bench/out/tables.md, and prints the tables.
+The README quotes a recorded run; `bench/report.py bench/results/<commit>.json` redraws its tables.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ import report  # noqa: E402
 import restore  # noqa: E402
 from f2bext import lab  # noqa: E402
 from f2bext.netns import Netns  # noqa: E402
-from report import BASELINE, OURS_CONF, OURS_PY, SIZES, STOCK, TWENTY_K  # noqa: E402
+from report import BASELINE, OURS_CONF, OURS_PY, SIZES, STOCK, TWENTY_K, UNCAPPED_STOCK  # noqa: E402
 
 OTHER_RULES = 1_000  # unrelated iptables rules, as on a host running Docker or firewalld
 
 
 def restore_plan(quick: bool) -> list[tuple[str, int, float]]:
-    """(action, N, cap in seconds). Fork-per-ban actions are capped and extrapolated: at N=100,000
-    they would need hours; the caps keep the whole run under 15 minutes on 2 cores."""
+    """(action, N, cap in seconds) of one round. Fork-per-ban actions are capped and extrapolated:
+    at N=100,000 they would need hours. One stock case runs uncapped at 20,000, so that the
+    extrapolation is checked against a finished run once."""
     plan = []
     for n in SIZES:
         plan.append((BASELINE, n, 60.0))
@@ -47,7 +50,17 @@ def restore_plan(quick: bool) -> list[tuple[str, int, float]]:
         for action in OURS_CONF:
             plan.append((action, n, 10.0 if quick else 20.0))
     plan.append((OURS_PY[0], TWENTY_K, 60.0))
+    plan.append((UNCAPPED_STOCK, TWENTY_K, 15.0 if quick else 900.0))
     return plan
+
+
+def commit() -> dict:
+    """The checkout the bench ran from: its commit, and whether files differed from it."""
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", "-C", ROOT, *argv], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+    return {"commit": git("rev-parse", "--short=12", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def machine() -> dict:
@@ -91,14 +104,40 @@ def in_namespace(role: str, argv: list[str], workdir: str, action: str = "", tim
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def in_process(argv: list[str], timeout: float = 600) -> dict:
+    """Run one of the bench's children that sets up namespaces of its own; its JSON answer."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([BENCH, ROOT]))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"{os.path.basename(argv[1])} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def restore_case(results: dict, action: str, n: int, cap: float, sample: int, db: str, work: str) -> None:
+    try:
+        run = restore.run(action, n, db, os.path.join(work, f"restore-{action}-{n}"), cap)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        say(f"   #{sample} {action:24} N={n:>7,}: failed: {e}")
+        results["restore"].append({"action": action, "n": n, "cap": cap, "sample": sample, "series": [],
+                                   "error": str(e)})
+        return
+    results["restore"].append({**run.to_json(), "sample": sample})
+    done = f"{run.enforced_s:.2f} s" if run.enforced_s is not None else f"capped at {cap:.0f} s"
+    say(f"   #{sample} {action:24} N={n:>7,}: {done:>16}, {run.series[-1][1]:>7,} enforced, "
+        f"fail2ban caught up {run.fail2ban_s if run.fail2ban_s is not None else '-'} s, "
+        f"VmHWM {run.vmhwm_kib and run.vmhwm_kib // 1024} MiB{'  ' + run.errors[0] if run.errors else ''}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(BENCH, "out"))
-    p.add_argument("--quick", action="store_true", help="short caps and few samples: checks the harness only")
+    p.add_argument("--quick", action="store_true", help="short caps and one sample: checks the harness only")
+    p.add_argument("--samples", type=int, help="runs of each restore case (default 3, 1 with --quick)")
+    p.add_argument("--record", action="store_true", help="also write bench/results/<commit>.json")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (network namespaces, firewalls, conntrack)", file=sys.stderr)
@@ -107,9 +146,10 @@ def main() -> int:
     work = os.path.join(args.out, "work")
     subprocess.run(["rm", "-rf", work])
     began = time.monotonic()
+    samples = args.samples or (1 if args.quick else 3)
     results: dict = {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                     "machine": machine(), "quick": args.quick, "loadavg": {"start": loadavg()},
-                     "restore": [], "action_time": [], "kill": None}
+                     **commit(), "machine": machine(), "quick": args.quick, "samples": samples,
+                     "loadavg": {"start": loadavg()}, "restore": [], "action_time": [], "kill": None}
 
     say("building fail2ban databases ...")
     dbs = {}
@@ -119,19 +159,11 @@ def main() -> int:
         dbgen.build(dbs[n], n)
 
     phase = time.monotonic()
-    say("1. restore at start")
-    for action, n, cap in restore_plan(args.quick):
-        try:
-            run = restore.run(action, n, dbs[n], os.path.join(work, f"restore-{action}-{n}"), cap)
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            say(f"   {action:24} N={n:>7,}: failed: {e}")
-            results["restore"].append({"action": action, "n": n, "cap": cap, "series": [], "error": str(e)})
-            continue
-        results["restore"].append(run.to_json())
-        done = f"{run.enforced_s:.2f} s" if run.enforced_s is not None else f"capped at {cap:.0f} s"
-        say(f"   {action:24} N={n:>7,}: {done:>16}, {run.series[-1][1]:>7,} enforced, "
-            f"fail2ban caught up {run.fail2ban_s if run.fail2ban_s is not None else '-'} s, "
-            f"VmHWM {run.vmhwm_kib and run.vmhwm_kib // 1024} MiB{'  ' + run.errors[0] if run.errors else ''}")
+    say(f"1. restore at start, {samples} round(s): each round runs every case once, so that a change")
+    say("   of the machine's load spreads over all of them")
+    for sample in range(1, samples + 1):
+        for action, n, cap in restore_plan(args.quick):
+            restore_case(results, action, n, cap, sample, dbs[n], work)
 
     results["phase_s"] = {"restore": round(time.monotonic() - phase)}
     phase = time.monotonic()
@@ -169,11 +201,35 @@ def main() -> int:
         say(f"   IPv{v}: p50 {k['p50_ms']:.1f} ms, max {k['max_ms']:.1f} ms, cut {k['cut'][0]} entries")
 
     results["phase_s"]["kill"] = round(time.monotonic() - phase)
+    for key, title, argv in (
+            ("set_types", "6. set types: one add, and the listings verification reads", ["settypes.py"]),
+            ("fixed_memory", "7. fixed memory cost in fail2ban-server", ["importcost.py"]),
+            ("fleet", "8. fleet sharing through Redis", ["fleet.py", *(["--bans", "100", "--catchup", "10000"]
+                                                                   if args.quick else [])])):
+        phase = time.monotonic()
+        say(title)
+        try:
+            if key == "fleet":  # builds a lab of its own: several namespaces
+                results[key] = in_process([lab.PYTHON, os.path.join(BENCH, argv[0]), *argv[1:]])
+            else:
+                results[key] = in_namespace(key, [os.path.join(BENCH, argv[0]), *argv[1:]],
+                                            os.path.join(work, key))
+            say("   " + json.dumps(results[key]))
+        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+            results[key] = None
+            say(f"   failed: {e}")
+        results["phase_s"][key] = round(time.monotonic() - phase)
     results["loadavg"]["end"] = loadavg()
     results["total_s"] = round(time.monotonic() - began, 1)
     report.finish(results, args.out)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    if args.record:
+        recorded = os.path.join(BENCH, "results", f"{results['commit']}.json")
+        os.makedirs(os.path.dirname(recorded), exist_ok=True)
+        with open(recorded, "w") as f:
+            json.dump(results, f, indent=1)
+        say(f"recorded {recorded}" + (" (the checkout had uncommitted changes)" if results["dirty"] else ""))
     with open(os.path.join(args.out, "tables.md")) as f:
         say("\n" + f.read())
     say(f"total {results['total_s'] / 60:.1f} min; wrote {args.out}/results.json, restore.png, tables.md")

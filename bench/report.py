@@ -163,7 +163,7 @@ def restore_tables(results: dict) -> list[str]:
         cells = [label(action)]
         for n in RESTORE_SIZES:
             e = restore_time(results, action, n)
-            if e.median is None:
+            if e.median is None or (n not in _samples(results, action) and action not in STOCK):
                 cells.append("")
                 continue
             lost = most_lost(results, action, n)
@@ -189,7 +189,7 @@ def restore_tables(results: dict) -> list[str]:
     for action in OURS:
         for n in RESTORE_SIZES:
             ours = restore_time(results, action, n).median
-            if ours is None:
+            if ours is None or n not in _samples(results, action):
                 continue
             rows.append([label(action), f"{n:,}"] + [ratio(restore_time(results, s, n).median, ours) for s in STOCK])
     out += _table(["action", "N", *(f"vs {s}" for s in STOCK)], rows)

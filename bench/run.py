@@ -221,9 +221,9 @@ def main() -> int:
         results["phase_s"][key] = round(time.monotonic() - phase)
     results["loadavg"]["end"] = loadavg()
     results["total_s"] = round(time.monotonic() - began, 1)
-    report.finish(results, args.out)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    report.finish(results, args.out)
     if args.record:
         recorded = os.path.join(BENCH, "results", f"{results['commit']}.json")
         os.makedirs(os.path.dirname(recorded), exist_ok=True)

@@ -46,9 +46,9 @@ def restore_plan(quick: bool) -> list[tuple[str, int, float]]:
         for action in OURS_PY:
             plan.append((action, n, 60.0))
         for action in STOCK:
-            plan.append((action, n, (15.0 if quick else {1_000: 45.0, 10_000: 60.0, 100_000: 40.0}[n])))
+            plan.append((action, n, (15.0 if quick else {1_000: 45.0, 10_000: 45.0, 100_000: 30.0}[n])))
         for action in OURS_CONF:
-            plan.append((action, n, 10.0 if quick else 20.0))
+            plan.append((action, n, 10.0 if quick else 15.0))
     plan.append((OURS_PY[0], TWENTY_K, 60.0))
     plan.append((UNCAPPED_STOCK, TWENTY_K, 15.0 if quick else 900.0))
     return plan

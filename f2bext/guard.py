@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from . import netlink
+from .kernel import netlink
 from .addr import Network, to_text
 from .errors import InputError, KernelError
 

@@ -16,9 +16,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
-from . import netlink
+from .kernel import netlink
 from .addr import Network, is_single
-from .netlink import NETLINK_NETFILTER, NETLINK_SOCK_DIAG, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
+from .kernel.netlink import NETLINK_NETFILTER, NETLINK_SOCK_DIAG, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from .spec import PROTOCOL_NUMBERS, PortRange
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from f2bext import netlink
+from f2bext.kernel import netlink
 from f2bext.backends import nft
 from f2bext.spec import JailSpec
 

@@ -17,7 +17,7 @@ from f2bext import lab
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from f2bext import sessions as sessions_mod
-from f2bext.netlink import NLMSG_DONE, parse_messages
+from f2bext.kernel.netlink import NLMSG_DONE, parse_messages
 from f2bext.sessions import (
     BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, CTA_ID, CTA_ZONE, INET_DIAG_REQ_BYTECODE, IPCTNL_MSG_CT_DELETE,
     IPCTNL_MSG_CT_GET, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY,

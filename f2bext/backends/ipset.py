@@ -26,7 +26,8 @@ import threading
 from collections import Counter
 from typing import Callable, Iterable, Optional, Sequence
 
-from .. import audit, netlink
+from .. import audit
+from ..kernel import netlink
 from ..addr import Network, to_text
 from ..errors import KernelError
 from ..spec import JailSpec, PortRange, format_ports

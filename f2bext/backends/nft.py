@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-from .. import netlink
+from ..kernel import netlink
 from ..addr import Network, is_single
 from ..errors import KernelError
 from ..spec import JailSpec, PortRange

@@ -14,7 +14,7 @@ import struct
 import threading
 from typing import Callable, Iterator
 
-from .errors import KernelError
+from ..errors import KernelError
 
 NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_NETFILTER = 0, 4, 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3

@@ -15,21 +15,18 @@ and a repair moves our rules back to the head in one iptables-restore transactio
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import os
 import shlex
-import socket
-import struct
 import subprocess
-import threading
 from collections import Counter
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from .. import audit
-from ..kernel import netlink
 from ..addr import Network, to_text
 from ..errors import KernelError
+from ..kernel import nftgen, xtables
+from ..kernel.ipset import Ipset, ipset_error
 from ..spec import JailSpec, PortRange, format_ports
 from .base import BROKEN, WARNING, Finding, Held, SharedBans
 
@@ -228,98 +225,6 @@ def check_rules(spec: JailSpec, family: int, table: audit.Table) -> list[Finding
     return findings
 
 
-# ---- ipset over netlink (pure) -----------------------------------------------------------------
-
-NFNL_SUBSYS_IPSET = 6
-IPSET_PROTOCOL = 7
-IPSET_CMD_LIST, IPSET_CMD_ADD, IPSET_CMD_DEL = 7, 9, 10
-IPSET_ATTR_PROTOCOL, IPSET_ATTR_SETNAME, IPSET_ATTR_TYPENAME, IPSET_ATTR_FAMILY = 1, 2, 3, 5
-IPSET_ATTR_FLAGS, IPSET_ATTR_DATA = 6, 7
-IPSET_ATTR_IP, IPSET_ATTR_CIDR, IPSET_ATTR_MAXELEM, IPSET_ATTR_ELEMENTS = 1, 3, 19, 24
-IPSET_ATTR_IPADDR_IPV4, IPSET_ATTR_IPADDR_IPV6 = 1, 2
-IPSET_FLAG_LIST_HEADER = 1 << 2
-NFPROTO_FAMILIES = {2: "inet", 10: "inet6"}
-IPSET_ERRORS = {4097: "protocol error", 4102: "the set is of another type", 4106: "the set is of another family",
-                4109: "not an IPv4 address", 4110: "not an IPv6 address", 4352: "the set is full (maxelem)"}
-
-
-def _ipset_msg(cmd: int, flags: int, seq: int, body: bytes) -> bytes:
-    return netlink.message(NFNL_SUBSYS_IPSET << 8 | cmd, netlink.NLM_F_REQUEST | flags, seq,
-                           netlink.NFGEN.pack(socket.AF_INET, 0, 0)
-                           + netlink.attr(IPSET_ATTR_PROTOCOL, bytes([IPSET_PROTOCOL])) + body)
-
-
-def pack_ipset_change(seq: int, op: str, name: str, net: Network) -> bytes:
-    """ADD or DEL of one network; without NLM_F_EXCL the kernel takes present (or absent) as done."""
-    kind = IPSET_ATTR_IPADDR_IPV4 if net.version == 4 else IPSET_ATTR_IPADDR_IPV6
-    data = netlink.nest(IPSET_ATTR_DATA,
-                        netlink.nest(IPSET_ATTR_IP, netlink.attr(kind | netlink.NLA_F_NET_BYTEORDER,
-                                                                 net.network_address.packed)),
-                        netlink.attr(IPSET_ATTR_CIDR | netlink.NLA_F_NET_BYTEORDER, bytes([net.prefixlen])))
-    cmd = IPSET_CMD_ADD if op == "add" else IPSET_CMD_DEL
-    return _ipset_msg(cmd, netlink.NLM_F_ACK, seq, netlink.attr(IPSET_ATTR_SETNAME, name.encode() + b"\0") + data)
-
-
-def pack_ipset_headers(seq: int) -> bytes:
-    """A dump of every set's header, no members: what `ipset list -t` prints."""
-    flags = netlink.attr(IPSET_ATTR_FLAGS | netlink.NLA_F_NET_BYTEORDER, struct.pack(">I", IPSET_FLAG_LIST_HEADER))
-    return _ipset_msg(IPSET_CMD_LIST, netlink.NLM_F_DUMP, seq, flags)
-
-
-def parse_ipset_header(payload: bytes) -> Optional[tuple[str, tuple[str, str, int, int]]]:
-    """One dumped header -> (set name, (type, family, maxelem, number of entries)), as parse_sets."""
-    found: dict[int, bytes] = {}
-    for kind, start, end in netlink.attrs(payload, netlink.NFGEN.size, len(payload)):
-        if kind == IPSET_ATTR_DATA:
-            for inner, i_start, i_end in netlink.attrs(payload, start, end):
-                if inner in (IPSET_ATTR_MAXELEM, IPSET_ATTR_ELEMENTS):
-                    found[0x100 | inner] = payload[i_start:i_end]
-        else:
-            found[kind] = payload[start:end]
-    if IPSET_ATTR_SETNAME not in found:
-        return None  # a member message: none are asked for
-
-    def text(kind: int) -> str:
-        return found.get(kind, b"").split(b"\0", 1)[0].decode(errors="replace")
-
-    def number(kind: int) -> int:
-        return int.from_bytes(found.get(0x100 | kind, b""), "big")
-    family = NFPROTO_FAMILIES.get(found.get(IPSET_ATTR_FAMILY, b"\0")[0], "")
-    return text(IPSET_ATTR_SETNAME), (text(IPSET_ATTR_TYPENAME), family, number(IPSET_ATTR_MAXELEM),
-                                      number(IPSET_ATTR_ELEMENTS))
-
-
-def ipset_error(e: OSError) -> str:
-    if e.errno is None:
-        return str(e) or "no answer"  # a timeout
-    return IPSET_ERRORS.get(e.errno) or ("no such set" if e.errno == errno.ENOENT else os.strerror(e.errno))
-
-
-# ---- iptables-legacy's rules, fingerprinted (pure) ---------------------------------------------
-# iptables-legacy keeps no generation; its table blob, read with getsockopt, stands in for one. Each
-# entry carries packet counters, which move with traffic, not with the rules: they are zeroed first.
-
-IPT_SO_GET_INFO, IPT_SO_GET_ENTRIES = 64, 65  # ip6t_ the same, at SOL_IPV6
-XT_TABLE_INFO = struct.Struct("=32sI5I5III")  # name, valid hooks, hook entries, underflows, entries, size
-XT_GET_ENTRIES = struct.Struct("=32sI4x")  # name, size, then the entries (aligned for their u64 counters)
-# Per family: where an entry's next_offset and its counters (two u64) sit.
-XT_ENTRY_LAYOUT = {4: (90, 96), 6: (142, 152)}
-
-
-def table_fingerprint(family: int, blob: bytes) -> bytes:
-    """The entries of a table as getsockopt returned them, their counters zeroed."""
-    next_at, counters_at = XT_ENTRY_LAYOUT[family]
-    out = bytearray(blob)
-    offset = 0
-    while offset + counters_at + 16 <= len(out):
-        out[offset + counters_at:offset + counters_at + 16] = bytes(16)
-        step = struct.unpack_from("=H", out, offset + next_at)[0]
-        if step == 0:
-            break
-        offset += step
-    return bytes(out)
-
-
 # ---- the kernel -------------------------------------------------------------------------------
 
 class Xtables:
@@ -332,9 +237,8 @@ class Xtables:
             raise KernelError(f"F2BEXT_IPTABLES must be nft or legacy, not {variant[:20]!r}")
         self.suffix = f"-{variant}" if variant else ""
         self.variant = variant or self._installed_variant()
-        self._lock = threading.Lock()
-        self._ipset: Optional[netlink.Socket] = None
-        self._generation = netlink.Generation() if self.variant == "nft" else None
+        self._ipset = Ipset()
+        self._generation = nftgen.Generation() if self.variant == "nft" else None
 
     def _run(self, argv: list[str], what: str, stdin: str = "") -> str:
         try:
@@ -361,7 +265,7 @@ class Xtables:
     def sets(self) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, int]]]:
         """Every set's (type, family) and (maxelem, entries): `ipset list -t`, over netlink."""
         try:
-            found = dict(filter(None, map(parse_ipset_header, self._ipset_ask(pack_ipset_headers))))
+            found = self._ipset.headers()
         except OSError as e:
             raise KernelError("cannot list ipsets", ipset_error(e)) from None
         return ({n: (kind, family) for n, (kind, family, _, _) in found.items()},
@@ -381,29 +285,16 @@ class Xtables:
     def change(self, op: str, name: str, net: Network) -> None:
         """One element in-process over netlink (no fork per ban); absent or present is not an error."""
         try:
-            for _ in self._ipset_ask(lambda seq: pack_ipset_change(seq, op, name, net)):
-                pass
+            self._ipset.change(op, name, net)
         except OSError as e:
             raise KernelError(f"ipset refused to {op} {to_text(net)} in {name}", ipset_error(e)) from None
-
-    def _ipset_ask(self, make: Callable[[int], bytes]) -> list[bytes]:
-        with self._lock:
-            if self._ipset is None:
-                self._ipset = netlink.Socket(netlink.NETLINK_NETFILTER)
-            try:
-                return list(self._ipset.ask(make))
-            except OSError as e:
-                if e.errno is None or e.errno < 4096:  # not ipset's own refusal: the socket may be mid-answer
-                    self._ipset.close()
-                    self._ipset = None
-                raise
 
     def rules_fingerprint(self) -> object:
         """Changes whenever any iptables rule does (ipsets aside): the nf_tables generation for
         iptables-nft, the filter tables' rules themselves for iptables-legacy."""
         if self._generation is not None:
             return self._generation.read()
-        return tuple(_legacy_table(family) for family in FAMILIES)
+        return tuple(xtables.legacy_fingerprint(family) for family in FAMILIES)
 
     def _installed_variant(self) -> str:
         """What plain `iptables` runs, as `iptables -V` says; legacy when unsure, whose fingerprint
@@ -413,42 +304,6 @@ class Xtables:
         except KernelError:
             return "legacy"
         return "nft" if "nf_tables" in said else "legacy"
-
-
-_libc = None
-
-
-def _legacy_table(family: int) -> bytes:
-    """The legacy filter table of `family`, fingerprinted: two getsockopt calls on a raw socket."""
-    import ctypes  # getsockopt with a filled-in buffer (the table's name), which Python's cannot send
-    global _libc
-    _libc = _libc or ctypes.CDLL(None, use_errno=True)
-    level = socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6
-    try:
-        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    except OSError as e:
-        raise KernelError("cannot read the iptables-legacy filter table", e.strerror or str(e)) from None
-    with sock:
-        def get(opt: int, buf: bytes) -> bytes:
-            data, size = ctypes.create_string_buffer(buf, len(buf)), ctypes.c_uint(len(buf))
-            if _libc.getsockopt(sock.fileno(), level, opt, data, ctypes.byref(size)) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code))
-            return data.raw[:size.value]
-        try:
-            for _ in range(5):
-                info = get(IPT_SO_GET_INFO, XT_TABLE_INFO.pack(b"filter", 0, *[0] * 10, 0, 0))
-                size = XT_TABLE_INFO.unpack(info)[-1]
-                try:
-                    blob = get(IPT_SO_GET_ENTRIES, XT_GET_ENTRIES.pack(b"filter", size) + bytes(size))
-                except OSError as e:
-                    if e.errno == errno.EAGAIN:  # the table was replaced between the two reads
-                        continue
-                    raise
-                return table_fingerprint(family, blob[XT_GET_ENTRIES.size:])
-        except OSError as e:
-            raise KernelError("cannot read the iptables-legacy filter table", e.strerror) from None
-    raise KernelError("cannot read the iptables-legacy filter table", "it kept changing")
 
 
 class IpsetBackend:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-from ..kernel import netlink
+from ..kernel import nftgen
 from ..addr import Network, is_single
 from ..errors import KernelError
 from ..spec import JailSpec, PortRange
@@ -411,7 +411,7 @@ class Nft:
         self._ctx = nftables.Nftables()
         self._ctx.set_json_output(True)
         self._lock = threading.Lock()
-        self._generation = netlink.Generation()
+        self._generation = nftgen.Generation()
 
     def generation(self) -> int:
         return self._generation.read()

@@ -75,7 +75,9 @@ def parse_ipset_header(payload: bytes) -> Optional[tuple[str, tuple[str, str, in
 def ipset_error(e: OSError) -> str:
     if e.errno is None:
         return str(e) or "no answer"  # a timeout
-    return IPSET_ERRORS.get(e.errno) or ("no such set" if e.errno == errno.ENOENT else os.strerror(e.errno))
+    if e.errno in IPSET_ERRORS:
+        return IPSET_ERRORS[e.errno]
+    return "no such set" if e.errno == errno.ENOENT else e.strerror or os.strerror(e.errno)
 
 
 class Ipset:

@@ -20,7 +20,7 @@ import os
 import shlex
 import subprocess
 from collections import Counter
-from typing import Iterable, Optional, Sequence
+from typing import Collection, Iterable, Optional, Sequence
 
 from .. import audit
 from ..addr import Network, to_text
@@ -28,7 +28,7 @@ from ..errors import KernelError
 from ..kernel import nftgen, xtables
 from ..kernel.ipset import Ipset, ipset_error
 from ..spec import JailSpec, PortRange, format_ports
-from .base import BROKEN, WARNING, Finding, Held, SharedBans
+from .base import BROKEN, WARNING, Finding, Held, Op, SharedBans, refused
 
 FAMILIES = (4, 6)
 CHAINS = {"input": "INPUT", "forward": "FORWARD"}
@@ -36,15 +36,22 @@ MAXELEM = 1048576  # fail2ban hosts with long bantimes collect hundreds of thous
 MULTIPORT_MAX = 15  # ports per multiport match (a range counts twice)
 
 
-def set_name(jail: str, family: int, remote: bool = False) -> str:
+def ipset_name(jail: str, family: int, remote: bool = False) -> str:
+    """The name of the jail's ipset of one family, its own or the shared one (ipset names are host-wide,
+    unlike nft.set_name's, which live in table inet f2bext)."""
     if remote:
         return f"f2bxr-{jail}" if family == 4 else f"f2bxr6-{jail}"
     return f"f2bext-{jail}" if family == 4 else f"f2bext6-{jail}"
 
 
-def set_names(jail: str, family: int) -> tuple[str, str]:
+def ipset_names(jail: str, family: int) -> tuple[str, str]:
     """The jail's local and shared set of one family."""
-    return set_name(jail, family), set_name(jail, family, remote=True)
+    return ipset_name(jail, family), ipset_name(jail, family, remote=True)
+
+
+def swap_name(jail: str, family: int) -> str:
+    """The set a repair fills before it swaps it in for the local one."""
+    return f"f2bxt-{jail}" if family == 4 else f"f2bxt6-{jail}"
 
 
 def comment(jail: str) -> str:
@@ -75,7 +82,7 @@ def rule_args(spec: JailSpec, family: int, hook: str = "input") -> list[list[str
     else:
         target = ["-j", "REJECT", "--reject-with", "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"]
     rules = []
-    for name in set_names(spec.jail, family):
+    for name in ipset_names(spec.jail, family):
         match = ["-m", "set", "--match-set", name, "src", "-m", "comment", "--comment", comment(spec.jail)]
         for proto in spec.protocols or (None,):
             head = ["-p", proto] if proto else []
@@ -93,7 +100,7 @@ def rule_args(spec: JailSpec, family: int, hook: str = "input") -> list[list[str
 
 def _is_ours(jail: str, family: int):
     def check(rule: audit.Rule) -> bool:
-        return rule.comment == comment(jail) or any(s in set_names(jail, family) for s, _ in rule.match_sets)
+        return rule.comment == comment(jail) or any(s in ipset_names(jail, family) for s, _ in rule.match_sets)
     return check
 
 
@@ -127,23 +134,50 @@ def build_rules_removal(jail: str, family: int, table: audit.Table) -> str:
     return "\n".join(["*filter", *deletes, "COMMIT", ""]) if deletes else ""
 
 
+def _create(name: str, family: int, exist: bool = True) -> str:
+    """The ipset restore line that creates one of our sets (if absent, with `exist`)."""
+    return (f"create {name} hash:net family {'inet' if family == 4 else 'inet6'} hashsize 1024 maxelem {MAXELEM}"
+            + (" -exist" if exist else ""))
+
+
 def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
                       remote: Optional[Iterable[Network]] = None) -> str:
     """ipset restore input: the jail's sets created if absent; the local ones optionally emptied, then
     filled; the shared ones replaced only when `remote` is given."""
     lines = []
     for family in FAMILIES:
-        for name in set_names(jail, family):
-            lines.append(f"create {name} hash:net family {'inet' if family == 4 else 'inet6'} "
-                         f"hashsize 1024 maxelem {MAXELEM} -exist")
+        lines += [_create(name, family) for name in ipset_names(jail, family)]
         if flush:
-            lines.append(f"flush {set_name(jail, family)}")
+            lines.append(f"flush {ipset_name(jail, family)}")
         if remote is not None:
-            lines.append(f"flush {set_name(jail, family, remote=True)}")
+            lines.append(f"flush {ipset_name(jail, family, remote=True)}")
     for net in nets:
-        lines.append(f"add {set_name(jail, net.version)} {to_text(net)} -exist")
+        lines.append(f"add {ipset_name(jail, net.version)} {to_text(net)} -exist")
     for net in remote or ():
-        lines.append(f"add {set_name(jail, net.version, remote=True)} {to_text(net)} -exist")
+        lines.append(f"add {ipset_name(jail, net.version, remote=True)} {to_text(net)} -exist")
+    return "\n".join(lines) + "\n"
+
+
+def build_set_swap(jail: str, held: Iterable[Network], present: Collection[str],
+                   remote: Optional[Iterable[Network]] = None) -> str:
+    """ipset restore input that refills the jail's sets while the bans hold throughout: each local set
+    is filled apart with exactly `held` and swapped in (so a set someone made too small is replaced);
+    the local sets not in `present` are created first; the shared ones are created if absent and
+    refilled only when `remote` is given."""
+    held, remote = list(held), None if remote is None else list(remote)
+    lines = []
+    for family in FAMILIES:
+        shared = ipset_name(jail, family, remote=True)
+        lines.append(_create(shared, family))
+        if remote is not None:
+            lines.append(f"flush {shared}")
+            lines += [f"add {shared} {to_text(n)} -exist" for n in remote if n.version == family]
+        name, tmp = ipset_name(jail, family), swap_name(jail, family)
+        if name not in present:
+            lines.append(_create(name, family, exist=False))
+        lines += [_create(tmp, family), f"flush {tmp}"]
+        lines += [f"add {tmp} {to_text(n)} -exist" for n in held if n.version == family]
+        lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
     return "\n".join(lines) + "\n"
 
 
@@ -183,7 +217,7 @@ def check_jail(spec: JailSpec, family: int, table: audit.Table, sets: dict[str, 
 def check_sets(spec: JailSpec, family: int, sets: dict[str, tuple[str, str]]) -> list[Finding]:
     want = ("hash:net", "inet" if family == 4 else "inet6")
     findings = []
-    for name in set_names(spec.jail, family):
+    for name in ipset_names(spec.jail, family):
         if name not in sets:
             findings.append(Finding(spec.jail, BROKEN, "set-missing", f"ipset {name} is missing"))
         elif sets[name] != want:
@@ -282,7 +316,7 @@ class Xtables:
         members = out.split("Members:", 1)[1].split() if "Members:" in out else []
         return [ipaddress.ip_network(m) for m in members]
 
-    def change(self, op: str, name: str, net: Network) -> None:
+    def change(self, op: Op, name: str, net: Network) -> None:
         """One element in-process over netlink (no fork per ban); absent or present is not an error."""
         try:
             self._ipset.change(op, name, net)
@@ -323,19 +357,19 @@ class IpsetBackend:
         self.xt.restore_sets(build_set_restore(spec.jail, held, flush=False))
         self._place_rules(spec, only_if_broken=True)
 
-    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[str]:
+    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
         try:
             for net in nets:
-                self.xt.change("add", set_name(spec.jail, net.version), net)
+                self.xt.change("add", ipset_name(spec.jail, net.version), net)
         except KernelError as e:
             self.repair(spec, list(held()) + list(nets))
-            return [str(e)]
+            return [refused(spec.jail, e)]
         # The add itself shows the set is there and takes the address. The sets' headers (type,
         # maxelem) are left to the watchdog's verify each second: the kernel counts a set's elements
         # to answer for its header, 0.5 ms at 100,000.
         if self._good.get(spec.jail) == self.xt.rules_fingerprint():
             return []
-        broken = [f.message for f in self.verify([spec]) if f.severity == BROKEN]
+        broken = [f for f in self.verify([spec]) if f.severity == BROKEN]
         if broken:
             self.repair(spec, list(held()) + list(nets))
         return broken
@@ -343,7 +377,7 @@ class IpsetBackend:
     def unban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         try:
             for net in nets:
-                self.xt.change("del", set_name(spec.jail, net.version), net)
+                self.xt.change("delete", ipset_name(spec.jail, net.version), net)
         except KernelError:
             self.repair(spec, held())
 
@@ -354,7 +388,7 @@ class IpsetBackend:
         for spec in specs:
             for family in FAMILIES:
                 findings += check_sets(spec, family, sets)
-                name = set_name(spec.jail, family)
+                name = ipset_name(spec.jail, family)
                 if name in limits and limits[name][0] < MAXELEM:
                     findings.append(Finding(spec.jail, BROKEN, "set-altered", f"ipset {name} holds at most "
                                             f"{limits[name][0]} entries, not {MAXELEM}"))
@@ -377,28 +411,13 @@ class IpsetBackend:
         held = list(held)
         sets = self.xt.set_headers()
         for family in FAMILIES:
-            for name in set_names(spec.jail, family):
+            for name in ipset_names(spec.jail, family):
                 if name in sets and sets[name] != ("hash:net", "inet" if family == 4 else "inet6"):
                     # A set of the wrong type cannot be changed in place: unhook it, then replace it.
                     self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
                     self.xt.destroy_set(name)
         # Shared sets survive iptables reloads; refill them only with what this process knows.
-        # Each existing local set is filled apart and swapped in: the bans hold throughout, and a set
-        # someone made too small (maxelem) is replaced.
-        present, remote = self.xt.set_headers(), self._remote.get(spec.jail)
-        lines = []
-        for family in FAMILIES:
-            kind = f"hash:net family {'inet' if family == 4 else 'inet6'} hashsize 1024 maxelem {MAXELEM}"
-            shared = set_name(spec.jail, family, remote=True)
-            lines += [f"create {shared} {kind} -exist"] + ([f"flush {shared}"] if remote is not None else [])
-            lines += [f"add {shared} {to_text(n)} -exist" for n in remote or () if n.version == family]
-            name, tmp = set_name(spec.jail, family), f"f2bxt{'' if family == 4 else '6'}-{spec.jail}"
-            if name not in present:
-                lines.append(f"create {name} {kind}")
-            lines += [f"create {tmp} {kind} -exist", f"flush {tmp}"]
-            lines += [f"add {tmp} {to_text(n)} -exist" for n in held if n.version == family]
-            lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
-        self.xt.restore_sets("\n".join(lines) + "\n")
+        self.xt.restore_sets(build_set_swap(spec.jail, held, self.xt.set_headers(), self._remote.get(spec.jail)))
         self._place_rules(spec, only_if_broken=False)
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
@@ -407,11 +426,11 @@ class IpsetBackend:
         if any(f.severity == BROKEN for f in self.verify([spec])):
             self.repair(spec, held())
 
-    def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
+    def change_remote(self, spec: JailSpec, op: Op, nets: Sequence[Network], held: Held) -> None:
         self._remote.change(spec.jail, op, nets)
         try:
             for net in nets:
-                self.xt.change("add" if op == "add" else "del", set_name(spec.jail, net.version, remote=True), net)
+                self.xt.change(op, ipset_name(spec.jail, net.version, remote=True), net)
         except KernelError:
             self.repair(spec, held())
 
@@ -429,7 +448,7 @@ class IpsetBackend:
 
     def flush(self, spec: JailSpec) -> None:
         sets = self.xt.set_headers()
-        text = "".join(f"flush {set_name(spec.jail, f)}\n" for f in FAMILIES if set_name(spec.jail, f) in sets)
+        text = "".join(f"flush {ipset_name(spec.jail, f)}\n" for f in FAMILIES if ipset_name(spec.jail, f) in sets)
         if text:
             self.xt.restore_sets(text)
 
@@ -438,16 +457,16 @@ class IpsetBackend:
             self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
         sets = self.xt.set_headers()
         for family in FAMILIES:
-            for name in set_names(spec.jail, family):
+            for name in ipset_names(spec.jail, family):
                 if name in sets:
                     self.xt.destroy_set(name)
 
     def entries(self, spec: JailSpec) -> int:
         """How many bans the jail's local sets hold (the sets' headers: 0.5 ms at 100,000)."""
         limits = self.xt.sets()[1]
-        return sum(limits.get(set_name(spec.jail, f), (0, 0))[1] for f in FAMILIES)
+        return sum(limits.get(ipset_name(spec.jail, f), (0, 0))[1] for f in FAMILIES)
 
     def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
         sets = self.xt.set_headers()
-        names = [set_name(spec.jail, f, remote) for f in FAMILIES]
+        names = [ipset_name(spec.jail, f, remote) for f in FAMILIES]
         return [n for name in names if name in sets for n in self.xt.members(name)]

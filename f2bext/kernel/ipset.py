@@ -33,13 +33,14 @@ def _ipset_msg(cmd: int, flags: int, seq: int, body: bytes) -> bytes:
 
 
 def pack_ipset_change(seq: int, op: str, name: str, net: Network) -> bytes:
-    """ADD or DEL of one network; without NLM_F_EXCL the kernel takes present (or absent) as done."""
+    """IPSET_CMD_ADD ("add") or IPSET_CMD_DEL ("delete") of one network; without NLM_F_EXCL the kernel
+    takes present (or absent) as done."""
     kind = IPSET_ATTR_IPADDR_IPV4 if net.version == 4 else IPSET_ATTR_IPADDR_IPV6
     data = netlink.nest(IPSET_ATTR_DATA,
                         netlink.nest(IPSET_ATTR_IP, netlink.attr(kind | netlink.NLA_F_NET_BYTEORDER,
                                                                  net.network_address.packed)),
                         netlink.attr(IPSET_ATTR_CIDR | netlink.NLA_F_NET_BYTEORDER, bytes([net.prefixlen])))
-    cmd = IPSET_CMD_ADD if op == "add" else IPSET_CMD_DEL
+    cmd = {"add": IPSET_CMD_ADD, "delete": IPSET_CMD_DEL}[op]
     return _ipset_msg(cmd, netlink.NLM_F_ACK, seq, netlink.attr(IPSET_ATTR_SETNAME, name.encode() + b"\0") + data)
 
 

@@ -1,5 +1,5 @@
 """No lockouts: what must stay reachable is never banned, whoever asks: this host's own addresses and
-gateways (read from the kernel over netlink), the jail's ignoreip, and the servers f2bext itself talks
+gateways (read from the kernel: kernel/rtnl.py), the jail's ignoreip, and the servers f2bext itself talks
 to (a share's Redis). A ban is refused when it overlaps any of them, not only when it starts there."""
 
 from __future__ import annotations

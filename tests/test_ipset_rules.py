@@ -62,3 +62,17 @@ def test_both_backends_implement_everything_the_interface_says():
     assert {"entries", "ban", "verify", "repair", "banned"} <= said
     for backend in (NftBackend, ipset.IpsetBackend):
         assert [name for name in sorted(said) if not hasattr(backend, name)] == [], backend
+
+
+def test_an_element_change_is_the_ipset_command_pyroute2_reads_it_as():
+    from pyroute2.netlink.nfnetlink.ipset import IPSET_CMD_ADD, IPSET_CMD_DEL, ipset_msg
+
+    from f2bext.kernel.ipset import pack_ipset_change
+    for op, cmd, target in (("add", IPSET_CMD_ADD, "2001:db8:7::/48"), ("delete", IPSET_CMD_DEL, "198.51.100.0/24")):
+        decoded = ipset_msg(pack_ipset_change(3, op, "f2bext-postfix", net(target)))
+        decoded.decode()
+        data = decoded.get_attr("IPSET_ATTR_DATA")
+        assert decoded["header"]["type"] == 6 << 8 | cmd and decoded.get_attr("IPSET_ATTR_SETNAME") == "f2bext-postfix"
+        address = data.get_attr("IPSET_ATTR_IP_FROM").get_attrs("IPSET_ATTR_IPADDR_IPV4") + \
+            data.get_attr("IPSET_ATTR_IP_FROM").get_attrs("IPSET_ATTR_IPADDR_IPV6")
+        assert net(f"{address[0]}/{data.get_attr('IPSET_ATTR_CIDR')}") == net(target)

@@ -300,7 +300,7 @@ def enforced_members(jail: JailInfo, action: ActionInfo, k: KernelInfo) -> list[
         name = _stock_name(jail, action)
         return _nft_elements(k.nft, "f2b-table", [f"addr-set-{name}", f"addr6-set-{name}"])
     if action.kind == "f2bext-ipset":
-        names = [ipset_backend.set_name(jail.name, f) for f in (4, 6)]
+        names = [ipset_backend.ipset_name(jail.name, f) for f in (4, 6)]
     elif action.kind == "ufw":  # `ufw prepend deny from ADDR`: a rule in ufw's user chain
         return [r.source for family, text in k.iptables.items()
                 for r in audit.parse_save(text).chains.get("ufw-user-input" if family == 4 else "ufw6-user-input", [])

@@ -198,7 +198,7 @@ class EnforcingAction(ActionBase):
             raise
         with self._lock:
             for why in self.backend.ban(self.spec, [net], self.held):
-                log.warning("[%s] f2bext: %s (found at the ban of %s); repaired", self._jail.name, why, ip)
+                log.warning("[%s] f2bext: %s (found at the ban of %s); repaired", self._jail.name, why.message, ip)
         if not aInfo["restored"]:  # a restart restores bans, not sessions worth cutting
             self._kill(net)
             self._publish("ban", net, aInfo)
@@ -313,12 +313,11 @@ class EnforcingAction(ActionBase):
     def resync(self) -> None:
         """Repair a jail whose sets hold another number of bans than fail2ban does, two rounds in a row:
         a restore of saved sets brings back lifted bans that no structural check can see."""
-        count = getattr(self.backend, "entries", None)  # only where the kernel keeps a count (ipset)
-        if count is None:
-            return
         with self._lock:
+            found = self.backend.entries(self.spec)
+            if found is None:  # the kernel keeps no count (nftables)
+                return
             expected = len(self.held_text())
-            found = count(self.spec)
             self._miscounts = self._miscounts + 1 if found != expected else 0
             if self._miscounts >= 2:
                 log.warning("[%s] f2bext: the kernel holds %d bans, fail2ban %d (saved sets restored?); "

@@ -3,25 +3,26 @@
 A ban rule only stops new packets from being accepted; a session the address already holds keeps its
 server process busy (and, with `ct state established accept` ahead of the ban, keeps flowing). Killing
 its conntrack entries and sockets makes the ban take effect at once, like `conntrack -D` plus `ss -K`.
+
+This module decides what to cut, in the ban's terms; kernel/ctnetlink.py and kernel/sockdiag.py carry
+the messages.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
-import socket
 import queue
-import struct
+import socket
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from . import netlink
-from .addr import Network, is_single
-from .netlink import NETLINK_NETFILTER, NETLINK_SOCK_DIAG, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
+from .addr import Address, Network, is_single
+from .kernel.ctnetlink import Conntrack, CtFilter, CtTuple, pack_tuple, parse_ct_handle, parse_ct_orig
+from .kernel.sockdiag import DiagSocket, SockDiag, diag_bytecode
 from .spec import PROTOCOL_NUMBERS, PortRange
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Ports = tuple[PortRange, ...]
 
 
@@ -41,10 +42,10 @@ def kill_sessions(nets: Sequence[Network], protocols: tuple[str, ...], ports: Po
     Kernel trouble and races end up in `problems`: a ban must never fail because of its sessions.
     """
     problems: list[str] = []
-    ct: Optional[_Conntrack] = None
+    ct: Optional[Conntrack] = None
     if "conntrack" in kinds:
         try:
-            ct = _Conntrack()
+            ct = Conntrack()
         except OSError as e:
             problems.append(f"could not open a conntrack netlink socket: {_why(e)}")
     try:
@@ -99,7 +100,7 @@ def diag_targets(nets: Sequence[Network]) -> list[tuple[int, Network]]:
     return targets
 
 
-# --- netlink ------------------------------------------------------------------------------------------
+# --- conntrack ----------------------------------------------------------------------------------------
 
 def _why(e: OSError) -> str:
     return e.strerror or str(e)  # a timeout has no errno
@@ -109,31 +110,10 @@ def _family_name(family: int) -> str:
     return "IPv4" if family == socket.AF_INET else "IPv6"
 
 
-# --- conntrack (ctnetlink) ----------------------------------------------------------------------------
-
-IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0x101, 0x102  # NFNL_SUBSYS_CTNETLINK << 8 | message
-CTA_TUPLE_ORIG, CTA_ID, CTA_ZONE, CTA_FILTER = 1, 12, 18, 25
-CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
-CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
-CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
-CTA_FILTER_ORIG_FLAGS = 1
-FILTER_IP_SRC, FILTER_IP_DST, FILTER_PROTO_NUM, FILTER_PROTO_DST_PORT = 1 << 0, 1 << 1, 1 << 3, 1 << 5
-
-
 # Up to this many ports, conntrack dumps are narrowed in the kernel one port at a time. Each such dump
-# walks the whole table (~25 ms per 100,000 entries), while one dump of the family and protocol costs
+# walks the whole table (~30 ms per 100,000 entries), while one dump of the family and protocol costs
 # ~3 us per entry it returns: with a table full of unrelated entries the two meet at about ten ports.
 NARROW_PORTS = 8
-
-
-class CtFilter(NamedTuple):
-    """A kernel-side filter for a conntrack dump, on the original direction; None matches anything."""
-
-    family: int
-    saddr: Optional[str] = None
-    daddr: Optional[str] = None
-    protocol: Optional[int] = None
-    dport: Optional[int] = None
 
 
 def narrow_ports(ports: Ports) -> list[int]:
@@ -172,111 +152,13 @@ def conntrack_filters(nets: Sequence[Network], protocols: tuple[str, ...], ports
     return list(dict.fromkeys(filters))
 
 
-class CtTuple(NamedTuple):
-    """One direction of a conntrack flow; no ports for protocols without them."""
-
-    protocol: int
-    src: Address
-    dst: Address
-    sport: Optional[int] = None
-    dport: Optional[int] = None
-
-
-def _ip_attrs(src: Optional[Address], dst: Optional[Address]) -> bytes:
-    """CTA_TUPLE_IP's contents: the addresses given."""
-    out = b""
-    for addr, v4, v6 in ((src, CTA_IP_V4_SRC, CTA_IP_V6_SRC), (dst, CTA_IP_V4_DST, CTA_IP_V6_DST)):
-        if addr is not None:
-            out += netlink.attr(v4 if addr.version == 4 else v6, addr.packed)
-    return out
-
-
-def pack_ct_dump_request(seq: int, wanted: CtFilter) -> bytes:
-    """IPCTNL_MSG_CT_GET dump of `wanted.family`'s entries, filtered in the kernel by CTA_FILTER."""
-    family, saddr, daddr, proto, dport = wanted
-    ip_part = _ip_attrs(saddr and ipaddress.ip_address(saddr), daddr and ipaddress.ip_address(daddr))
-    proto_part = b"" if proto is None else netlink.attr(CTA_PROTO_NUM, bytes([proto]))
-    proto_part += b"" if dport is None else netlink.attr(CTA_PROTO_DST_PORT, struct.pack("!H", dport))
-    flags = ((FILTER_IP_SRC if saddr else 0) | (FILTER_IP_DST if daddr else 0)
-             | (0 if proto is None else FILTER_PROTO_NUM) | (0 if dport is None else FILTER_PROTO_DST_PORT))
-    attrs = b""
-    if flags:  # without any, the family in the header is the filter
-        tuple_part = (netlink.nest(CTA_TUPLE_IP, ip_part) if ip_part else b"") + \
-            (netlink.nest(CTA_TUPLE_PROTO, proto_part) if proto_part else b"")
-        attrs = netlink.nest(CTA_TUPLE_ORIG, tuple_part) + \
-            netlink.nest(CTA_FILTER, netlink.attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
-    return netlink.message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, netlink.NFGEN.pack(family, 0, 0) + attrs)
-
-
-def pack_tuple(flow: CtTuple) -> bytes:
-    """CTA_TUPLE_ORIG naming `flow`: the kernel finds an entry by it in either direction."""
-    proto = [netlink.attr(CTA_PROTO_NUM, bytes([flow.protocol]))]
-    if flow.sport is not None and flow.dport is not None:
-        proto += [netlink.attr(CTA_PROTO_SRC_PORT, struct.pack("!H", flow.sport)),
-                  netlink.attr(CTA_PROTO_DST_PORT, struct.pack("!H", flow.dport))]
-    return netlink.nest(CTA_TUPLE_ORIG, netlink.nest(CTA_TUPLE_IP, _ip_attrs(flow.src, flow.dst)), netlink.nest(CTA_TUPLE_PROTO, *proto))
-
-
-def pack_ct_delete(seq: int, family: int, attrs: bytes) -> bytes:
-    return netlink.message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, netlink.NFGEN.pack(family, 0, 0) + attrs)
-
-
-def parse_ct_orig(payload: bytes) -> Optional[CtTuple]:
-    """The original tuple of a dumped entry (an nfgenmsg and its attributes); None if it has none."""
-    for kind, start, end in netlink.attrs(payload, netlink.NFGEN.size, len(payload)):
-        if kind != CTA_TUPLE_ORIG:
-            continue
-        found: dict[tuple[int, int], bytes] = {}  # (CTA_TUPLE_IP or _PROTO, field) -> value
-        for part, p_start, p_end in netlink.attrs(payload, start, end):
-            for field, f_start, f_end in netlink.attrs(payload, p_start, p_end):
-                found[(part, field)] = payload[f_start:f_end]
-        src = found.get((CTA_TUPLE_IP, CTA_IP_V4_SRC)) or found.get((CTA_TUPLE_IP, CTA_IP_V6_SRC))
-        dst = found.get((CTA_TUPLE_IP, CTA_IP_V4_DST)) or found.get((CTA_TUPLE_IP, CTA_IP_V6_DST))
-        proto = found.get((CTA_TUPLE_PROTO, CTA_PROTO_NUM))
-        if not (src and dst and proto):
-            return None
-        sport, dport = (found.get((CTA_TUPLE_PROTO, field)) for field in (CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT))
-        return CtTuple(proto[0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
-                       sport and int.from_bytes(sport, "big"), dport and int.from_bytes(dport, "big"))
-    return None
-
-
-def parse_ct_handle(payload: bytes) -> bytes:
-    """A dumped entry's CTA_TUPLE_ORIG, CTA_ID and CTA_ZONE, verbatim: sent back, they delete exactly
-    that entry (the id makes the kernel refuse a newer flow that reuses the tuple)."""
-    return b"".join(payload[start - netlink.ATTR.size:end] + bytes(-end % 4)
-                    for kind, start, end in netlink.attrs(payload, netlink.NFGEN.size, len(payload))
-                    if kind in (CTA_TUPLE_ORIG, CTA_ID, CTA_ZONE))
-
-
-class _Conntrack(netlink.Socket):
-    def __init__(self) -> None:
-        super().__init__(NETLINK_NETFILTER)
-
-    def dump(self, wanted: CtFilter, needles: tuple[bytes, ...] = ()) -> Iterator[bytes]:
-        """The dumped entries' payloads (none from datagrams without any of `needles`); read them to
-        the end before the next request."""
-        return self.ask(lambda seq: pack_ct_dump_request(seq, wanted), needles)
-
-    def delete(self, family: int, attrs: bytes) -> bool:
-        """Delete the entry `attrs` name; False when there is none."""
-        try:
-            for _ in self.ask(lambda seq: pack_ct_delete(seq, family, attrs)):
-                pass
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return False
-            raise
-        return True
-
-
 SWEEPERS = 4  # conntrack walks at once: more only queue for the same cores
 
 
-def _sweeper(sweep: Callable[[_Conntrack, CtFilter], None], todo: "queue.SimpleQueue[CtFilter]",
+def _sweeper(sweep: Callable[[Conntrack, CtFilter], None], todo: "queue.SimpleQueue[CtFilter]",
              problems: list[str]) -> None:
     try:
-        sock = _Conntrack()
+        sock = Conntrack()
     except OSError as e:
         problems.append(f"could not open a conntrack netlink socket: {_why(e)}")
         return
@@ -294,7 +176,7 @@ def _sweeper(sweep: Callable[[_Conntrack, CtFilter], None], todo: "queue.SimpleQ
         sock.close()
 
 
-def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports,
+def _delete_conntrack(ct: Conntrack, nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports,
                       problems: list[str]) -> int:
     """Delete the entries in scope that the socket pass did not: forwarded and DNAT'd flows, half-open
     ones, unconnected UDP, and those of sockets that ended meanwhile."""
@@ -303,9 +185,9 @@ def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[
     needles = tuple({net.network_address.packed[:net.prefixlen // 8] for net in nets})
     doomed: dict[bytes, int] = {}  # handle -> family
 
-    def sweep(sock: _Conntrack, wanted: CtFilter) -> None:
+    def sweep(sock: Conntrack, wanted: CtFilter) -> None:
         try:
-            for payload in sock.dump(wanted, needles):
+            for payload in sock.entries(wanted, needles):
                 if not any(needle in payload for needle in needles):
                     continue
                 orig = parse_ct_orig(payload)
@@ -340,96 +222,13 @@ def _delete_conntrack(ct: _Conntrack, nets: Sequence[Network], protocols: tuple[
     return deleted
 
 
-# --- sockets (NETLINK_SOCK_DIAG) --------------------------------------------------------------------
-
-SOCK_DIAG_BY_FAMILY = 20
-SOCK_DESTROY = 21
-INET_DIAG_REQ_BYTECODE = 1
-BC_JMP, BC_S_GE, BC_S_LE, BC_D_COND = 1, 2, 3, 8
+# --- sockets ------------------------------------------------------------------------------------------
 
 # Session states only: LISTEN and CLOSE hold no peer, TIME_WAIT is already over. Bits are 1 << state:
 # ESTABLISHED 1, SYN_SENT 2, SYN_RECV 3, FIN_WAIT1 4, FIN_WAIT2 5, CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11,
 # NEW_SYN_RECV 12 (a half-open connection).
 _TCP_STATES = sum(1 << s for s in (1, 2, 3, 4, 5, 8, 9, 11, 12))
 _UDP_STATES = 1 << 1  # connected UDP sockets (ESTABLISHED); unconnected ones are servers, not sessions
-
-_REQ = struct.Struct("=BBBxI")  # inet_diag_req_v2 up to its inet_diag_sockid
-_SOCKID_LEN = 48
-_OP = struct.Struct("=BBH")  # inet_diag_bc_op: code, yes, no
-_HOSTCOND = struct.Struct("=BBxxi")  # inet_diag_hostcond: family, prefix_len, port; the address follows
-_ACCEPT, _REJECT = -1, -2
-
-
-def diag_bytecode(net: Network, ports: Ports) -> bytes:
-    """inet_diag filter: remote address in `net`, and local port in one of `ports` (if any)."""
-    cond = _HOSTCOND.pack(socket.AF_INET if net.version == 4 else socket.AF_INET6, net.prefixlen, -1)
-    # Each op falls through to the next when true, as the kernel's bytecode audit requires; when
-    # false it jumps to an op index, to the end (_ACCEPT) or past it (_REJECT).
-    ops: list[tuple[int, bytes, int]] = [(BC_D_COND, cond + net.network_address.packed, _REJECT)]
-    for i, (low, high) in enumerate(ports):
-        last = i == len(ports) - 1
-        miss = _REJECT if last else len(ops) + 3  # the next range's first op, after GE, LE and JMP
-        ops.append((BC_S_GE, _OP.pack(0, 0, low), miss))
-        ops.append((BC_S_LE, _OP.pack(0, 0, high), miss))
-        if not last:
-            ops.append((BC_JMP, b"", _ACCEPT))
-    starts, size = [], 0
-    for _, arg, _ in ops:
-        starts.append(size)
-        size += _OP.size + len(arg)
-    code = b""
-    for (op, arg, miss), start in zip(ops, starts):
-        target = size if miss == _ACCEPT else size + 4 if miss == _REJECT else starts[miss]
-        code += _OP.pack(op, _OP.size + len(arg), target - start) + arg
-    return code
-
-
-def pack_dump_request(seq: int, family: int, protocol: int, states: int, bytecode: bytes) -> bytes:
-    """SOCK_DIAG_BY_FAMILY dump of `protocol` sockets in `states`, filtered by `bytecode`."""
-    request = _REQ.pack(family, protocol, 0, states) + bytes(_SOCKID_LEN) + netlink.attr(INET_DIAG_REQ_BYTECODE, bytecode)
-    return netlink.message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, request)
-
-
-@dataclass(frozen=True)
-class DiagSocket:
-    """One socket from a sock_diag dump."""
-
-    family: int
-    protocol: int
-    state: int
-    local: Address
-    local_port: int
-    remote: Address
-    remote_port: int
-    sockid: bytes  # the kernel's inet_diag_sockid, cookie included: destroy names exactly this socket
-
-
-def pack_destroy_request(seq: int, sock: DiagSocket) -> bytes:
-    request = _REQ.pack(sock.family, sock.protocol, 0, 1 << sock.state) + sock.sockid
-    return netlink.message(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, seq, request)
-
-
-def parse_diag_msg(protocol: int, payload: bytes) -> DiagSocket:
-    """An inet_diag_msg (as answered for `protocol`) to a DiagSocket."""
-    family, state = payload[0], payload[1]
-    sport, dport, src, dst = struct.unpack_from("!HH16s16s", payload, 4)
-    width = 4 if family == socket.AF_INET else 16
-    return DiagSocket(family, protocol, state, ipaddress.ip_address(src[:width]), sport,
-                      ipaddress.ip_address(dst[:width]), dport, payload[4:4 + _SOCKID_LEN])
-
-
-class _SockDiag(netlink.Socket):
-    def __init__(self) -> None:
-        super().__init__(NETLINK_SOCK_DIAG)
-
-    def dump(self, family: int, protocol: int, states: int, bytecode: bytes) -> list[DiagSocket]:
-        return [parse_diag_msg(protocol, p)
-                for p in self.ask(lambda seq: pack_dump_request(seq, family, protocol, states, bytecode))]
-
-    def destroy(self, sock: DiagSocket) -> None:
-        for _ in self.ask(lambda seq: pack_destroy_request(seq, sock)):
-            pass
-
 
 def socket_protocols(protocols: tuple[str, ...]) -> list[int]:
     """The protocols whose sockets can be listed and destroyed: TCP and UDP (SCTP's diag has no destroy)."""
@@ -448,11 +247,11 @@ def socket_flows(sock: DiagSocket) -> list[CtTuple]:
 
 
 def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports: Ports,
-                     ct: Optional[_Conntrack], problems: list[str]) -> tuple[int, int]:
+                     ct: Optional[Conntrack], problems: list[str]) -> tuple[int, int]:
     """Destroy the sockets in scope and, with `ct`, delete each one's conntrack entry by its exact
     tuple (a lookup, no table dump). Returns (sockets destroyed, entries deleted)."""
     try:
-        diag = _SockDiag()
+        diag = SockDiag()
     except OSError as e:
         problems.append(f"could not open a sock_diag netlink socket: {_why(e)}")
         return 0, 0
@@ -463,7 +262,7 @@ def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports:
             states = _TCP_STATES if protocol == socket.IPPROTO_TCP else _UDP_STATES
             for family, net in diag_targets(nets):
                 try:
-                    found = diag.dump(family, protocol, states, diag_bytecode(net, ports))
+                    found = diag.sockets(family, protocol, states, diag_bytecode(net, ports))
                 except OSError as e:
                     problems.append(f"kernel lacks {name} socket diagnostics (CONFIG_INET_{name}_DIAG)"
                                     if e.errno == errno.ENOENT else f"could not list {name} sockets: {_why(e)}")
@@ -494,7 +293,7 @@ def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports:
         diag.close()
 
 
-def _delete_flow(ct: _Conntrack, sock: DiagSocket, problems: list[str]) -> int:
+def _delete_flow(ct: Conntrack, sock: DiagSocket, problems: list[str]) -> int:
     """Delete the conntrack entry of a socket's flow, if it has one; 1 when deleted."""
     for flow in socket_flows(sock):
         family = socket.AF_INET if flow.src.version == 4 else socket.AF_INET6

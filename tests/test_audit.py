@@ -81,7 +81,7 @@ def test_built_rules_are_what_the_check_expects():
                                             "protocol": "tcp,udp", "blocktype": "drop"})):
         for family in (4, 6):
             lines = [f"-A {ipset.CHAINS[h]} " + " ".join(args) for h in spec.hooks for args in ipset.rule_args(spec, family, h)]
-            sets = {name: ("hash:net", "inet" if f == 4 else "inet6") for f in (4, 6) for name in ipset.set_names(spec.jail, f)}
+            sets = {name: ("hash:net", "inet" if f == 4 else "inet6") for f in (4, 6) for name in ipset.ipset_names(spec.jail, f)}
             assert ipset.check_jail(spec, family, save(*lines), sets) == []
 
 
@@ -123,14 +123,14 @@ def test_forward_rules_also_match_the_port_the_client_asked_for_before_dnat():
     assert [r for r in forward if "--ctorigdstport" in r] == [
         f"-p tcp -m conntrack --ctorigdstport {port} -m set --match-set {name} src -m comment --comment "
         "f2bext:postfix -j REJECT --reject-with icmp-port-unreachable"
-        for name in ipset.set_names("postfix", 4) for port in (587, 8025)]
+        for name in ipset.ipset_names("postfix", 4) for port in (587, 8025)]
     assert not any("--ctorigdstport" in " ".join(args) for args in ipset.rule_args(DOCKER_JAIL, 4, "input"))
 
 
 def test_forward_rules_without_the_original_port_match_are_altered():
     lines = [f"-A {ipset.CHAINS[h]} " + " ".join(args) for h in DOCKER_JAIL.hooks
              for args in ipset.rule_args(DOCKER_JAIL, 4, h) if h == "input" or "--ctorigdstport" not in args]
-    sets = {name: ("hash:net", "inet") for name in ipset.set_names("postfix", 4)}
+    sets = {name: ("hash:net", "inet") for name in ipset.ipset_names("postfix", 4)}
     assert [f.code for f in ipset.check_jail(DOCKER_JAIL, 4, save(*lines), sets)] == ["rule-altered"]
 
 

@@ -38,7 +38,7 @@ def kernel_bans(fw, jail=JAIL) -> set[str]:
             if listing.strip():
                 out |= {to_text(n) for n in nft.parse_elements(json.loads(listing))}
         return out
-    for name in (ipset_mod.set_name(jail, 4), ipset_mod.set_name(jail, 6)):
+    for name in (ipset_mod.ipset_name(jail, 4), ipset_mod.ipset_name(jail, 6)):
         listing = fw.ns.run(["ipset", "list", name], check=False).stdout
         if "Members:" in listing:
             out |= {to_text(ipaddress.ip_network(m)) for m in listing.split("Members:", 1)[1].split()}
@@ -140,7 +140,7 @@ def test_a_full_ipset_is_named_in_the_log_and_a_repair_brings_every_ban_back(hos
     first, more = ["198.18.0.1", "198.18.0.2", "198.18.0.3"], ["198.18.0.4", "198.18.0.5", "198.18.0.6"]
     ban(f2b, *first)
     # Another tool swaps in, under our rules, a set of the same type with room for 4 entries.
-    ns, name = hosts.server, ipset_mod.set_name(JAIL, 4)
+    ns, name = hosts.server, ipset_mod.ipset_name(JAIL, 4)
     ns.run(["ipset", "create", "admin-small", "hash:net", "family", "inet", "maxelem", "4"])
     for a in first:
         ns.run(["ipset", "add", "admin-small", a])

@@ -435,7 +435,7 @@ def test_built_iptables_rules_parse_back_to_the_shape_of_the_spec(spec):
             assert rule.proto in (spec.protocols or (None,))
             assert (rule.dports is None) == spec.allports
             groups.setdefault((rule.match_sets[0][0], rule.proto), []).extend(rule.dports or ())
-        assert (ipset_mod.set_name(spec.jail, family), (spec.protocols or (None,))[0]) in groups
+        assert (ipset_mod.ipset_name(spec.jail, family), (spec.protocols or (None,))[0]) in groups
         for (_, proto), ports in groups.items():  # every set and protocol gets every port, once
             assert sorted(ports) == list(spec.ports)
         assert {proto for _, proto in groups} == set(spec.protocols or (None,))
@@ -530,7 +530,7 @@ def test_ipset_builders_give_rules_iptables_takes_and_saves_back_as_the_spec(scr
         sets = xt.set_headers()
         for family in (4, 6):
             assert ipset_mod.check_jail(spec, family, xt.table(family), sets) == []
-        held = set(xt.members(ipset_mod.set_name(spec.jail, 4)) + xt.members(ipset_mod.set_name(spec.jail, 6)))
+        held = set(xt.members(ipset_mod.ipset_name(spec.jail, 4)) + xt.members(ipset_mod.ipset_name(spec.jail, 6)))
         assert held == set(nets)
         backend = ipset_mod.IpsetBackend(xt)
         backend.stop(spec)

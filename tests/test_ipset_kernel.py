@@ -45,10 +45,10 @@ def test_netlink_adds_and_deletes_are_idempotent_and_what_ipset_sees(hosts):
         xt = ipset.Xtables()
         xt.restore_sets(ipset.build_set_restore("postfix", [], flush=False))
         for n in nets + nets:
-            xt.change("add", ipset.set_name("postfix", n.version), n)
+            xt.change("add", ipset.ipset_name("postfix", n.version), n)
         for _ in range(2):
-            xt.change("del", "f2bext-postfix", net("203.0.113.7/32"))
-            xt.change("del", "f2bext6-postfix", net("2001:db8:ffff::1/128"))  # never added
+            xt.change("delete", "f2bext-postfix", net("203.0.113.7/32"))
+            xt.change("delete", "f2bext6-postfix", net("2001:db8:ffff::1/128"))  # never added
     assert ipset_cli(hosts.server, "list", "f2bext-postfix").split("Members:")[1].split() == ["198.51.100.0/24"]
     assert sorted(ipset_cli(hosts.server, "list", "f2bext6-postfix").split("Members:")[1].split()) == \
         ["2001:db8:1::/48", "2001:db8::7"]
@@ -101,7 +101,7 @@ def test_bans_fork_nothing_until_someone_else_changes_the_rules(hosts, smtp, rea
         assert backend.verify([POSTFIX]) == [] and forks == []
         hosts.server.run([lab.iptables(4, variant), "-I", "INPUT", "-p", "tcp", "--dport", "25", "-j", "ACCEPT"])
         reasons = backend.ban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("203.0.113.50")])
-        assert reasons and "before f2bext's rule" in reasons[0]
+        assert reasons and "before f2bext's rule" in reasons[0].message
         assert forks  # the change was seen, read and repaired
         assert backend.verify([POSTFIX]) == []
     assert not reach(hosts.attacker, lab.SERVER4, 25)
@@ -133,7 +133,7 @@ def test_a_ban_the_set_cannot_take_rebuilds_the_jail_with_it(hosts, smtp, reach)
         backend.xt.restore_sets("create f2bext-tiny hash:net family inet maxelem 1\nadd f2bext-tiny 192.0.2.1\n"
                                 "swap f2bext-tiny f2bext-postfix\n")
         reasons = backend.ban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("203.0.113.50")])
-        assert reasons and "full" in reasons[0]
+        assert reasons and "full" in reasons[0].message
         assert backend.verify([POSTFIX]) == []
         assert set(backend.banned(POSTFIX)) == {net(lab.ATTACKER4), net("203.0.113.50")}
     assert not reach(hosts.attacker, lab.SERVER4, 25)

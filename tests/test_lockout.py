@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from f2bext import guard, lab, netlink
+from f2bext import guard, lab
+from f2bext.kernel import netlink
 from f2bext.addr import parse_target
 from f2bext.errors import InputError
 from f2bext.share import check_origin, parse_max_prefix, redact, too_wide

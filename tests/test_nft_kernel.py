@@ -125,7 +125,7 @@ def test_a_ban_right_after_someone_elses_change_still_checks_and_repairs(hosts, 
         backend.ban(POSTFIX, [net("203.0.113.50")], nothing)  # only our own change since: no listing needed
         hosts.server.nft("insert", "rule", "inet", "f2bext", "postfix-input", "tcp", "dport", "25", "accept")
         reasons = backend.ban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("203.0.113.50")])
-        assert reasons and "differ" in reasons[0]
+        assert reasons and "differ" in reasons[0].message
         assert backend.verify([POSTFIX]) == []
     assert not reach(hosts.attacker, lab.SERVER4, 25)
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from f2bext import netlink
+from f2bext.kernel import nftgen
 from f2bext.backends import nft
 from f2bext.spec import JailSpec
 
@@ -111,7 +111,7 @@ def test_generation_is_read_from_the_kernels_reply():
     import struct
     payload = struct.pack("=BBH", 0, 0, 0)
     payload += struct.pack("=HH", 8, 1) + struct.pack(">L", 1234) + struct.pack("=HH", 8, 2) + struct.pack(">L", 99)
-    assert netlink.parse_generation(payload) == 1234
+    assert nftgen.parse_generation(payload) == 1234
 
 
 DOCKER_JAIL = JailSpec.from_params("postfix", {"port": "587,8025", "hooks": "input,forward"})

@@ -17,13 +17,18 @@ from f2bext import lab
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from f2bext import sessions as sessions_mod
-from f2bext.netlink import NLMSG_DONE, parse_messages
+from f2bext.kernel import ctnetlink
+from f2bext.kernel.ctnetlink import (
+    CTA_ID, CTA_ZONE, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, CtFilter, CtTuple, pack_ct_delete,
+    pack_ct_dump_request, pack_tuple, parse_ct_handle, parse_ct_orig,
+)
+from f2bext.kernel.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, parse_messages
+from f2bext.kernel.sockdiag import (
+    BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, INET_DIAG_REQ_BYTECODE, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY, DiagSocket,
+    diag_bytecode, pack_destroy_request, pack_dump_request, parse_diag_msg,
+)
 from f2bext.sessions import (
-    BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, CTA_ID, CTA_ZONE, INET_DIAG_REQ_BYTECODE, IPCTNL_MSG_CT_DELETE,
-    IPCTNL_MSG_CT_GET, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY,
-    CtFilter, CtTuple, DiagSocket, KillReport, conntrack_filters, conntrack_in_scope, diag_bytecode,
-    diag_targets, kill_sessions, mapped, narrow_ports, pack_ct_delete, pack_ct_dump_request, pack_destroy_request,
-    pack_dump_request, pack_tuple, parse_ct_handle, parse_ct_orig, parse_diag_msg,
+    KillReport, conntrack_filters, conntrack_in_scope, diag_targets, kill_sessions, mapped, narrow_ports,
     socket_flows, socket_protocols,
 )
 
@@ -359,8 +364,8 @@ def test_held_sessions_lose_their_entries_by_exact_tuple_with_no_dump(sessions_l
 def test_entries_without_a_socket_are_found_by_port_narrowed_dumps_for_ipv6_and_cidrs(sessions_lab, monkeypatch):
     server = sessions_lab.hosts.server
     dumps: list[CtFilter] = []
-    real_dump = sessions_mod._Conntrack.dump
-    monkeypatch.setattr(sessions_mod._Conntrack, "dump",
+    real_dump = ctnetlink.Conntrack.entries
+    monkeypatch.setattr(ctnetlink.Conntrack, "entries",
                         lambda ct, wanted, needles=(): dumps.append(wanted) or real_dump(ct, wanted, needles))
 
     flows = [(ATT6, SRV6, 25), (ATT6, SRV6, 8080), (lab.BYSTANDER6, SRV6, 25),

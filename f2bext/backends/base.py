@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Literal, Optional, Protocol, Sequence
 
 from ..addr import Network
 from ..spec import JailSpec
 
 # Everything the jail holds banned, asked for only when a change needs it (a rebuild, a CIDR set).
 Held = Callable[[], Iterable[Network]]
+Op = Literal["add", "delete"]  # a change of bans, as nft names it; the ipset layer says the same
 
 WARNING = "warning"
 BROKEN = "broken"
@@ -26,6 +27,11 @@ class Finding:
     evidence: str = ""
 
 
+def refused(jail: str, why: Exception) -> Finding:
+    """The kernel refused a change of the jail's bans (a set of the wrong type, a full one)."""
+    return Finding(jail, BROKEN, "refused", str(why))
+
+
 class SharedBans:
     """The bans other servers shared that this process put in each jail's remote sets, so that a
     rebuild puts them back."""
@@ -36,7 +42,7 @@ class SharedBans:
     def replace(self, jail: str, nets: Iterable[Network]) -> None:
         self._by_jail[jail] = set(nets)
 
-    def change(self, jail: str, op: str, nets: Iterable[Network]) -> set[Network]:
+    def change(self, jail: str, op: Op, nets: Iterable[Network]) -> set[Network]:
         current = self._by_jail.setdefault(jail, set())
         if op == "add":
             current.update(nets)
@@ -55,7 +61,7 @@ class Backend(Protocol):
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         """Create the jail's objects (or rebuild them) holding every address in `held`."""
 
-    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[str]:
+    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
         """Add addresses, then check the jail and rebuild it with `held()` if anything is off;
         returns what was off (empty when nothing was)."""
 
@@ -77,8 +83,12 @@ class Backend(Protocol):
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         """Replace the jail's shared bans (from other servers) with exactly `nets`, in one go."""
 
-    def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
+    def change_remote(self, spec: JailSpec, op: Op, nets: Sequence[Network], held: Held) -> None:
         """Add ("add") or remove ("delete") shared bans; absent ones are not an error."""
+
+    def entries(self, spec: JailSpec) -> Optional[int]:
+        """How many bans the jail's local sets hold, where the kernel keeps the count (cheap to ask);
+        None where only a listing of every element would tell."""
 
     def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
         """The addresses the kernel holds for the jail, its own or the shared ones (reads every

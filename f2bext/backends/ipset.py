@@ -15,22 +15,20 @@ and a repair moves our rules back to the head in one iptables-restore transactio
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import os
 import shlex
-import socket
-import struct
 import subprocess
-import threading
 from collections import Counter
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Collection, Iterable, Optional, Sequence
 
-from .. import audit, netlink
+from .. import audit
 from ..addr import Network, to_text
 from ..errors import KernelError
+from ..kernel import nftgen, xtables
+from ..kernel.ipset import Ipset, ipset_error
 from ..spec import JailSpec, PortRange, format_ports
-from .base import BROKEN, WARNING, Finding, Held, SharedBans
+from .base import BROKEN, WARNING, Finding, Held, Op, SharedBans, refused
 
 FAMILIES = (4, 6)
 CHAINS = {"input": "INPUT", "forward": "FORWARD"}
@@ -38,15 +36,22 @@ MAXELEM = 1048576  # fail2ban hosts with long bantimes collect hundreds of thous
 MULTIPORT_MAX = 15  # ports per multiport match (a range counts twice)
 
 
-def set_name(jail: str, family: int, remote: bool = False) -> str:
+def ipset_name(jail: str, family: int, remote: bool = False) -> str:
+    """The name of the jail's ipset of one family, its own or the shared one (ipset names are host-wide,
+    unlike nft.set_name's, which live in table inet f2bext)."""
     if remote:
         return f"f2bxr-{jail}" if family == 4 else f"f2bxr6-{jail}"
     return f"f2bext-{jail}" if family == 4 else f"f2bext6-{jail}"
 
 
-def set_names(jail: str, family: int) -> tuple[str, str]:
+def ipset_names(jail: str, family: int) -> tuple[str, str]:
     """The jail's local and shared set of one family."""
-    return set_name(jail, family), set_name(jail, family, remote=True)
+    return ipset_name(jail, family), ipset_name(jail, family, remote=True)
+
+
+def swap_name(jail: str, family: int) -> str:
+    """The set a repair fills before it swaps it in for the local one."""
+    return f"f2bxt-{jail}" if family == 4 else f"f2bxt6-{jail}"
 
 
 def comment(jail: str) -> str:
@@ -77,7 +82,7 @@ def rule_args(spec: JailSpec, family: int, hook: str = "input") -> list[list[str
     else:
         target = ["-j", "REJECT", "--reject-with", "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"]
     rules = []
-    for name in set_names(spec.jail, family):
+    for name in ipset_names(spec.jail, family):
         match = ["-m", "set", "--match-set", name, "src", "-m", "comment", "--comment", comment(spec.jail)]
         for proto in spec.protocols or (None,):
             head = ["-p", proto] if proto else []
@@ -95,7 +100,7 @@ def rule_args(spec: JailSpec, family: int, hook: str = "input") -> list[list[str
 
 def _is_ours(jail: str, family: int):
     def check(rule: audit.Rule) -> bool:
-        return rule.comment == comment(jail) or any(s in set_names(jail, family) for s, _ in rule.match_sets)
+        return rule.comment == comment(jail) or any(s in ipset_names(jail, family) for s, _ in rule.match_sets)
     return check
 
 
@@ -129,23 +134,50 @@ def build_rules_removal(jail: str, family: int, table: audit.Table) -> str:
     return "\n".join(["*filter", *deletes, "COMMIT", ""]) if deletes else ""
 
 
+def _create(name: str, family: int, exist: bool = True) -> str:
+    """The ipset restore line that creates one of our sets (if absent, with `exist`)."""
+    return (f"create {name} hash:net family {'inet' if family == 4 else 'inet6'} hashsize 1024 maxelem {MAXELEM}"
+            + (" -exist" if exist else ""))
+
+
 def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
                       remote: Optional[Iterable[Network]] = None) -> str:
     """ipset restore input: the jail's sets created if absent; the local ones optionally emptied, then
     filled; the shared ones replaced only when `remote` is given."""
     lines = []
     for family in FAMILIES:
-        for name in set_names(jail, family):
-            lines.append(f"create {name} hash:net family {'inet' if family == 4 else 'inet6'} "
-                         f"hashsize 1024 maxelem {MAXELEM} -exist")
+        lines += [_create(name, family) for name in ipset_names(jail, family)]
         if flush:
-            lines.append(f"flush {set_name(jail, family)}")
+            lines.append(f"flush {ipset_name(jail, family)}")
         if remote is not None:
-            lines.append(f"flush {set_name(jail, family, remote=True)}")
+            lines.append(f"flush {ipset_name(jail, family, remote=True)}")
     for net in nets:
-        lines.append(f"add {set_name(jail, net.version)} {to_text(net)} -exist")
+        lines.append(f"add {ipset_name(jail, net.version)} {to_text(net)} -exist")
     for net in remote or ():
-        lines.append(f"add {set_name(jail, net.version, remote=True)} {to_text(net)} -exist")
+        lines.append(f"add {ipset_name(jail, net.version, remote=True)} {to_text(net)} -exist")
+    return "\n".join(lines) + "\n"
+
+
+def build_set_swap(jail: str, held: Iterable[Network], present: Collection[str],
+                   remote: Optional[Iterable[Network]] = None) -> str:
+    """ipset restore input that refills the jail's sets while the bans hold throughout: each local set
+    is filled apart with exactly `held` and swapped in (so a set someone made too small is replaced);
+    the local sets not in `present` are created first; the shared ones are created if absent and
+    refilled only when `remote` is given."""
+    held, remote = list(held), None if remote is None else list(remote)
+    lines = []
+    for family in FAMILIES:
+        shared = ipset_name(jail, family, remote=True)
+        lines.append(_create(shared, family))
+        if remote is not None:
+            lines.append(f"flush {shared}")
+            lines += [f"add {shared} {to_text(n)} -exist" for n in remote if n.version == family]
+        name, tmp = ipset_name(jail, family), swap_name(jail, family)
+        if name not in present:
+            lines.append(_create(name, family, exist=False))
+        lines += [_create(tmp, family), f"flush {tmp}"]
+        lines += [f"add {tmp} {to_text(n)} -exist" for n in held if n.version == family]
+        lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +217,7 @@ def check_jail(spec: JailSpec, family: int, table: audit.Table, sets: dict[str, 
 def check_sets(spec: JailSpec, family: int, sets: dict[str, tuple[str, str]]) -> list[Finding]:
     want = ("hash:net", "inet" if family == 4 else "inet6")
     findings = []
-    for name in set_names(spec.jail, family):
+    for name in ipset_names(spec.jail, family):
         if name not in sets:
             findings.append(Finding(spec.jail, BROKEN, "set-missing", f"ipset {name} is missing"))
         elif sets[name] != want:
@@ -227,98 +259,6 @@ def check_rules(spec: JailSpec, family: int, table: audit.Table) -> list[Finding
     return findings
 
 
-# ---- ipset over netlink (pure) -----------------------------------------------------------------
-
-NFNL_SUBSYS_IPSET = 6
-IPSET_PROTOCOL = 7
-IPSET_CMD_LIST, IPSET_CMD_ADD, IPSET_CMD_DEL = 7, 9, 10
-IPSET_ATTR_PROTOCOL, IPSET_ATTR_SETNAME, IPSET_ATTR_TYPENAME, IPSET_ATTR_FAMILY = 1, 2, 3, 5
-IPSET_ATTR_FLAGS, IPSET_ATTR_DATA = 6, 7
-IPSET_ATTR_IP, IPSET_ATTR_CIDR, IPSET_ATTR_MAXELEM, IPSET_ATTR_ELEMENTS = 1, 3, 19, 24
-IPSET_ATTR_IPADDR_IPV4, IPSET_ATTR_IPADDR_IPV6 = 1, 2
-IPSET_FLAG_LIST_HEADER = 1 << 2
-NFPROTO_FAMILIES = {2: "inet", 10: "inet6"}
-IPSET_ERRORS = {4097: "protocol error", 4102: "the set is of another type", 4106: "the set is of another family",
-                4109: "not an IPv4 address", 4110: "not an IPv6 address", 4352: "the set is full (maxelem)"}
-
-
-def _ipset_msg(cmd: int, flags: int, seq: int, body: bytes) -> bytes:
-    return netlink.message(NFNL_SUBSYS_IPSET << 8 | cmd, netlink.NLM_F_REQUEST | flags, seq,
-                           netlink.NFGEN.pack(socket.AF_INET, 0, 0)
-                           + netlink.attr(IPSET_ATTR_PROTOCOL, bytes([IPSET_PROTOCOL])) + body)
-
-
-def pack_ipset_change(seq: int, op: str, name: str, net: Network) -> bytes:
-    """ADD or DEL of one network; without NLM_F_EXCL the kernel takes present (or absent) as done."""
-    kind = IPSET_ATTR_IPADDR_IPV4 if net.version == 4 else IPSET_ATTR_IPADDR_IPV6
-    data = netlink.nest(IPSET_ATTR_DATA,
-                        netlink.nest(IPSET_ATTR_IP, netlink.attr(kind | netlink.NLA_F_NET_BYTEORDER,
-                                                                 net.network_address.packed)),
-                        netlink.attr(IPSET_ATTR_CIDR | netlink.NLA_F_NET_BYTEORDER, bytes([net.prefixlen])))
-    cmd = IPSET_CMD_ADD if op == "add" else IPSET_CMD_DEL
-    return _ipset_msg(cmd, netlink.NLM_F_ACK, seq, netlink.attr(IPSET_ATTR_SETNAME, name.encode() + b"\0") + data)
-
-
-def pack_ipset_headers(seq: int) -> bytes:
-    """A dump of every set's header, no members: what `ipset list -t` prints."""
-    flags = netlink.attr(IPSET_ATTR_FLAGS | netlink.NLA_F_NET_BYTEORDER, struct.pack(">I", IPSET_FLAG_LIST_HEADER))
-    return _ipset_msg(IPSET_CMD_LIST, netlink.NLM_F_DUMP, seq, flags)
-
-
-def parse_ipset_header(payload: bytes) -> Optional[tuple[str, tuple[str, str, int, int]]]:
-    """One dumped header -> (set name, (type, family, maxelem, number of entries)), as parse_sets."""
-    found: dict[int, bytes] = {}
-    for kind, start, end in netlink.attrs(payload, netlink.NFGEN.size, len(payload)):
-        if kind == IPSET_ATTR_DATA:
-            for inner, i_start, i_end in netlink.attrs(payload, start, end):
-                if inner in (IPSET_ATTR_MAXELEM, IPSET_ATTR_ELEMENTS):
-                    found[0x100 | inner] = payload[i_start:i_end]
-        else:
-            found[kind] = payload[start:end]
-    if IPSET_ATTR_SETNAME not in found:
-        return None  # a member message: none are asked for
-
-    def text(kind: int) -> str:
-        return found.get(kind, b"").split(b"\0", 1)[0].decode(errors="replace")
-
-    def number(kind: int) -> int:
-        return int.from_bytes(found.get(0x100 | kind, b""), "big")
-    family = NFPROTO_FAMILIES.get(found.get(IPSET_ATTR_FAMILY, b"\0")[0], "")
-    return text(IPSET_ATTR_SETNAME), (text(IPSET_ATTR_TYPENAME), family, number(IPSET_ATTR_MAXELEM),
-                                      number(IPSET_ATTR_ELEMENTS))
-
-
-def ipset_error(e: OSError) -> str:
-    if e.errno is None:
-        return str(e) or "no answer"  # a timeout
-    return IPSET_ERRORS.get(e.errno) or ("no such set" if e.errno == errno.ENOENT else os.strerror(e.errno))
-
-
-# ---- iptables-legacy's rules, fingerprinted (pure) ---------------------------------------------
-# iptables-legacy keeps no generation; its table blob, read with getsockopt, stands in for one. Each
-# entry carries packet counters, which move with traffic, not with the rules: they are zeroed first.
-
-IPT_SO_GET_INFO, IPT_SO_GET_ENTRIES = 64, 65  # ip6t_ the same, at SOL_IPV6
-XT_TABLE_INFO = struct.Struct("=32sI5I5III")  # name, valid hooks, hook entries, underflows, entries, size
-XT_GET_ENTRIES = struct.Struct("=32sI4x")  # name, size, then the entries (aligned for their u64 counters)
-# Per family: where an entry's next_offset and its counters (two u64) sit.
-XT_ENTRY_LAYOUT = {4: (90, 96), 6: (142, 152)}
-
-
-def table_fingerprint(family: int, blob: bytes) -> bytes:
-    """The entries of a table as getsockopt returned them, their counters zeroed."""
-    next_at, counters_at = XT_ENTRY_LAYOUT[family]
-    out = bytearray(blob)
-    offset = 0
-    while offset + counters_at + 16 <= len(out):
-        out[offset + counters_at:offset + counters_at + 16] = bytes(16)
-        step = struct.unpack_from("=H", out, offset + next_at)[0]
-        if step == 0:
-            break
-        offset += step
-    return bytes(out)
-
-
 # ---- the kernel -------------------------------------------------------------------------------
 
 class Xtables:
@@ -331,9 +271,8 @@ class Xtables:
             raise KernelError(f"F2BEXT_IPTABLES must be nft or legacy, not {variant[:20]!r}")
         self.suffix = f"-{variant}" if variant else ""
         self.variant = variant or self._installed_variant()
-        self._lock = threading.Lock()
-        self._ipset: Optional[netlink.Socket] = None
-        self._generation = netlink.Generation() if self.variant == "nft" else None
+        self._ipset = Ipset()
+        self._generation = nftgen.Generation() if self.variant == "nft" else None
 
     def _run(self, argv: list[str], what: str, stdin: str = "") -> str:
         try:
@@ -360,7 +299,7 @@ class Xtables:
     def sets(self) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, int]]]:
         """Every set's (type, family) and (maxelem, entries): `ipset list -t`, over netlink."""
         try:
-            found = dict(filter(None, map(parse_ipset_header, self._ipset_ask(pack_ipset_headers))))
+            found = self._ipset.headers()
         except OSError as e:
             raise KernelError("cannot list ipsets", ipset_error(e)) from None
         return ({n: (kind, family) for n, (kind, family, _, _) in found.items()},
@@ -377,32 +316,19 @@ class Xtables:
         members = out.split("Members:", 1)[1].split() if "Members:" in out else []
         return [ipaddress.ip_network(m) for m in members]
 
-    def change(self, op: str, name: str, net: Network) -> None:
+    def change(self, op: Op, name: str, net: Network) -> None:
         """One element in-process over netlink (no fork per ban); absent or present is not an error."""
         try:
-            for _ in self._ipset_ask(lambda seq: pack_ipset_change(seq, op, name, net)):
-                pass
+            self._ipset.change(op, name, net)
         except OSError as e:
             raise KernelError(f"ipset refused to {op} {to_text(net)} in {name}", ipset_error(e)) from None
-
-    def _ipset_ask(self, make: Callable[[int], bytes]) -> list[bytes]:
-        with self._lock:
-            if self._ipset is None:
-                self._ipset = netlink.Socket(netlink.NETLINK_NETFILTER)
-            try:
-                return list(self._ipset.ask(make))
-            except OSError as e:
-                if e.errno is None or e.errno < 4096:  # not ipset's own refusal: the socket may be mid-answer
-                    self._ipset.close()
-                    self._ipset = None
-                raise
 
     def rules_fingerprint(self) -> object:
         """Changes whenever any iptables rule does (ipsets aside): the nf_tables generation for
         iptables-nft, the filter tables' rules themselves for iptables-legacy."""
         if self._generation is not None:
             return self._generation.read()
-        return tuple(_legacy_table(family) for family in FAMILIES)
+        return tuple(xtables.legacy_fingerprint(family) for family in FAMILIES)
 
     def _installed_variant(self) -> str:
         """What plain `iptables` runs, as `iptables -V` says; legacy when unsure, whose fingerprint
@@ -412,42 +338,6 @@ class Xtables:
         except KernelError:
             return "legacy"
         return "nft" if "nf_tables" in said else "legacy"
-
-
-_libc = None
-
-
-def _legacy_table(family: int) -> bytes:
-    """The legacy filter table of `family`, fingerprinted: two getsockopt calls on a raw socket."""
-    import ctypes  # getsockopt with a filled-in buffer (the table's name), which Python's cannot send
-    global _libc
-    _libc = _libc or ctypes.CDLL(None, use_errno=True)
-    level = socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6
-    try:
-        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    except OSError as e:
-        raise KernelError("cannot read the iptables-legacy filter table", e.strerror or str(e)) from None
-    with sock:
-        def get(opt: int, buf: bytes) -> bytes:
-            data, size = ctypes.create_string_buffer(buf, len(buf)), ctypes.c_uint(len(buf))
-            if _libc.getsockopt(sock.fileno(), level, opt, data, ctypes.byref(size)) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code))
-            return data.raw[:size.value]
-        try:
-            for _ in range(5):
-                info = get(IPT_SO_GET_INFO, XT_TABLE_INFO.pack(b"filter", 0, *[0] * 10, 0, 0))
-                size = XT_TABLE_INFO.unpack(info)[-1]
-                try:
-                    blob = get(IPT_SO_GET_ENTRIES, XT_GET_ENTRIES.pack(b"filter", size) + bytes(size))
-                except OSError as e:
-                    if e.errno == errno.EAGAIN:  # the table was replaced between the two reads
-                        continue
-                    raise
-                return table_fingerprint(family, blob[XT_GET_ENTRIES.size:])
-        except OSError as e:
-            raise KernelError("cannot read the iptables-legacy filter table", e.strerror) from None
-    raise KernelError("cannot read the iptables-legacy filter table", "it kept changing")
 
 
 class IpsetBackend:
@@ -467,19 +357,19 @@ class IpsetBackend:
         self.xt.restore_sets(build_set_restore(spec.jail, held, flush=False))
         self._place_rules(spec, only_if_broken=True)
 
-    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[str]:
+    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
         try:
             for net in nets:
-                self.xt.change("add", set_name(spec.jail, net.version), net)
+                self.xt.change("add", ipset_name(spec.jail, net.version), net)
         except KernelError as e:
             self.repair(spec, list(held()) + list(nets))
-            return [str(e)]
+            return [refused(spec.jail, e)]
         # The add itself shows the set is there and takes the address. The sets' headers (type,
         # maxelem) are left to the watchdog's verify each second: the kernel counts a set's elements
         # to answer for its header, 0.5 ms at 100,000.
         if self._good.get(spec.jail) == self.xt.rules_fingerprint():
             return []
-        broken = [f.message for f in self.verify([spec]) if f.severity == BROKEN]
+        broken = [f for f in self.verify([spec]) if f.severity == BROKEN]
         if broken:
             self.repair(spec, list(held()) + list(nets))
         return broken
@@ -487,7 +377,7 @@ class IpsetBackend:
     def unban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         try:
             for net in nets:
-                self.xt.change("del", set_name(spec.jail, net.version), net)
+                self.xt.change("delete", ipset_name(spec.jail, net.version), net)
         except KernelError:
             self.repair(spec, held())
 
@@ -498,7 +388,7 @@ class IpsetBackend:
         for spec in specs:
             for family in FAMILIES:
                 findings += check_sets(spec, family, sets)
-                name = set_name(spec.jail, family)
+                name = ipset_name(spec.jail, family)
                 if name in limits and limits[name][0] < MAXELEM:
                     findings.append(Finding(spec.jail, BROKEN, "set-altered", f"ipset {name} holds at most "
                                             f"{limits[name][0]} entries, not {MAXELEM}"))
@@ -521,28 +411,13 @@ class IpsetBackend:
         held = list(held)
         sets = self.xt.set_headers()
         for family in FAMILIES:
-            for name in set_names(spec.jail, family):
+            for name in ipset_names(spec.jail, family):
                 if name in sets and sets[name] != ("hash:net", "inet" if family == 4 else "inet6"):
                     # A set of the wrong type cannot be changed in place: unhook it, then replace it.
                     self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
                     self.xt.destroy_set(name)
         # Shared sets survive iptables reloads; refill them only with what this process knows.
-        # Each existing local set is filled apart and swapped in: the bans hold throughout, and a set
-        # someone made too small (maxelem) is replaced.
-        present, remote = self.xt.set_headers(), self._remote.get(spec.jail)
-        lines = []
-        for family in FAMILIES:
-            kind = f"hash:net family {'inet' if family == 4 else 'inet6'} hashsize 1024 maxelem {MAXELEM}"
-            shared = set_name(spec.jail, family, remote=True)
-            lines += [f"create {shared} {kind} -exist"] + ([f"flush {shared}"] if remote is not None else [])
-            lines += [f"add {shared} {to_text(n)} -exist" for n in remote or () if n.version == family]
-            name, tmp = set_name(spec.jail, family), f"f2bxt{'' if family == 4 else '6'}-{spec.jail}"
-            if name not in present:
-                lines.append(f"create {name} {kind}")
-            lines += [f"create {tmp} {kind} -exist", f"flush {tmp}"]
-            lines += [f"add {tmp} {to_text(n)} -exist" for n in held if n.version == family]
-            lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
-        self.xt.restore_sets("\n".join(lines) + "\n")
+        self.xt.restore_sets(build_set_swap(spec.jail, held, self.xt.set_headers(), self._remote.get(spec.jail)))
         self._place_rules(spec, only_if_broken=False)
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
@@ -551,11 +426,11 @@ class IpsetBackend:
         if any(f.severity == BROKEN for f in self.verify([spec])):
             self.repair(spec, held())
 
-    def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
+    def change_remote(self, spec: JailSpec, op: Op, nets: Sequence[Network], held: Held) -> None:
         self._remote.change(spec.jail, op, nets)
         try:
             for net in nets:
-                self.xt.change("add" if op == "add" else "del", set_name(spec.jail, net.version, remote=True), net)
+                self.xt.change(op, ipset_name(spec.jail, net.version, remote=True), net)
         except KernelError:
             self.repair(spec, held())
 
@@ -573,7 +448,7 @@ class IpsetBackend:
 
     def flush(self, spec: JailSpec) -> None:
         sets = self.xt.set_headers()
-        text = "".join(f"flush {set_name(spec.jail, f)}\n" for f in FAMILIES if set_name(spec.jail, f) in sets)
+        text = "".join(f"flush {ipset_name(spec.jail, f)}\n" for f in FAMILIES if ipset_name(spec.jail, f) in sets)
         if text:
             self.xt.restore_sets(text)
 
@@ -582,16 +457,16 @@ class IpsetBackend:
             self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
         sets = self.xt.set_headers()
         for family in FAMILIES:
-            for name in set_names(spec.jail, family):
+            for name in ipset_names(spec.jail, family):
                 if name in sets:
                     self.xt.destroy_set(name)
 
     def entries(self, spec: JailSpec) -> int:
         """How many bans the jail's local sets hold (the sets' headers: 0.5 ms at 100,000)."""
         limits = self.xt.sets()[1]
-        return sum(limits.get(set_name(spec.jail, f), (0, 0))[1] for f in FAMILIES)
+        return sum(limits.get(ipset_name(spec.jail, f), (0, 0))[1] for f in FAMILIES)
 
     def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
         sets = self.xt.set_headers()
-        names = [set_name(spec.jail, f, remote) for f in FAMILIES]
+        names = [ipset_name(spec.jail, f, remote) for f in FAMILIES]
         return [n for name in names if name in sets for n in self.xt.members(name)]

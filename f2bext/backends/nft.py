@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-from .. import netlink
+from ..kernel import nftgen
 from ..addr import Network, is_single
 from ..errors import KernelError
 from ..spec import JailSpec, PortRange
-from .base import BROKEN, Finding, Held, SharedBans
+from .base import BROKEN, Finding, Held, Op, SharedBans, refused
 
 FAMILY = "inet"
 TABLE = "f2bext"
@@ -136,7 +136,7 @@ def build_structure(spec: JailSpec) -> list[Command]:
     return cmds
 
 
-def build_elements(op: str, jail: str, nets: Iterable[Network], remote: bool = False) -> list[Command]:
+def build_elements(op: Op, jail: str, nets: Iterable[Network], remote: bool = False) -> list[Command]:
     """`add` or `delete` element commands, grouped by set and chunked."""
     by_set: dict[str, list[Any]] = {}
     for net in nets:
@@ -411,7 +411,7 @@ class Nft:
         self._ctx = nftables.Nftables()
         self._ctx.set_json_output(True)
         self._lock = threading.Lock()
-        self._generation = netlink.Generation()
+        self._generation = nftgen.Generation()
 
     def generation(self) -> int:
         return self._generation.read()
@@ -496,7 +496,7 @@ class NftBackend:
             self.nft.apply(batch, f"load bans of jail {spec.jail}")
         self._built(spec)
 
-    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[str]:
+    def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
         def everything() -> list[Network]:
             return list(held()) + list(nets)
         networks = [n for n in nets if not is_single(n)]
@@ -508,7 +508,7 @@ class NftBackend:
             self.nft.apply(cmds, f"ban in jail {spec.jail}")
         except KernelError as e:
             self.repair(spec, everything())
-            return [str(e)]
+            return [refused(spec.jail, e)]
         after = self.nft.generation()
         if self._good.get(spec.jail) == before and after - before in (0, 1):
             # Our add was the only change since the jail checked out (none at all when the address
@@ -521,7 +521,7 @@ class NftBackend:
             self._rebuild(spec, seen, everything())
         else:
             self._good[spec.jail] = after
-        return [f.message for f in findings]
+        return findings
 
     def unban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         singles = [n for n in nets if is_single(n)]
@@ -590,7 +590,7 @@ class NftBackend:
         except KernelError:
             self.repair(spec, held())
 
-    def change_remote(self, spec: JailSpec, op: str, nets: Sequence[Network], held: Held) -> None:
+    def change_remote(self, spec: JailSpec, op: Op, nets: Sequence[Network], held: Held) -> None:
         """Add or delete shared bans one event at a time (absent ones are not an error)."""
         current = self._remote.change(spec.jail, op, nets)
         networks = [n for n in nets if not is_single(n)]
@@ -621,6 +621,10 @@ class NftBackend:
         if is_table_empty_after(spec.jail, seen):
             cmds = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
         self.nft.apply(cmds, f"remove jail {spec.jail}")
+
+    def entries(self, spec: JailSpec) -> None:
+        """None: nf_tables keeps no count of a set's elements, only a listing would tell."""
+        return None
 
     def banned(self, spec: JailSpec, remote: bool = False) -> list[Network]:
         seen = self.nft.ruleset()

@@ -2,7 +2,9 @@
 parsed by hand, one request at a time on a socket its owner keeps.
 
 pyroute2 would do, but importing it costs fail2ban-server 13 MiB and each `f2bext` command 0.1 s, and
-its ipset client grew fail2ban's memory with every ban. What f2bext asks of netlink is small.
+its ipset client grew fail2ban's memory with every ban. What f2bext asks of netlink is small; what
+pyroute2 checks of the answers, this checks too: a dump a change interrupted (NLM_F_DUMP_INTR) is
+asked again, a refusal carries the kernel's own words (extended ack), and no datagram is cut short.
 """
 
 from __future__ import annotations
@@ -11,36 +13,45 @@ import errno
 import os
 import socket
 import struct
-import threading
 from typing import Callable, Iterator
-
-from .errors import KernelError
 
 NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_NETFILTER = 0, 4, 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 NLM_F_DUMP_INTR = 0x10  # the table changed while it was dumped: the dump may miss or repeat entries
+NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200  # on an NLMSG_ERROR: request echoed header only; TLVs follow
+NLMSGERR_ATTR_MSG = 1
+SOL_NETLINK, NETLINK_EXT_ACK = 270, 11
 DUMP_TRIES = 5
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, port id
 NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version 0, resource id (big-endian) 0
 ATTR = struct.Struct("=HH")  # nlattr: length, type
-_RECV_SIZE = 1 << 17
+ERRNO = struct.Struct("=i")
+# A dump datagram is one kernel buffer: 32 KiB at most unless a family asks more for one message
+# (netlink_dump). The receive buffer holds four; a larger datagram grows it and the dump is asked again.
+RECV_SIZE = 1 << 17
+RCVBUF = 1 << 20  # the socket's queue, as pyroute2 sets it: room for answers that come faster than read
 
 
 def message(msg_type: int, flags: int, seq: int, payload: bytes) -> bytes:
     return HEADER.pack(HEADER.size + len(payload), msg_type, flags, seq, 0) + payload
 
 
-def parse_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(type, seq, payload) of each netlink message in one datagram."""
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """(type, flags, seq, payload) of each netlink message in one datagram."""
     offset = 0
     while offset + HEADER.size <= len(data):
-        length, msg_type, _, seq, _ = HEADER.unpack_from(data, offset)
+        length, msg_type, flags, seq, _ = HEADER.unpack_from(data, offset)
         if length < HEADER.size:
             return
-        yield msg_type, seq, data[offset + HEADER.size:offset + length]
+        yield msg_type, flags, seq, data[offset + HEADER.size:offset + length]
         offset += (length + 3) & ~3
+
+
+def parse_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, seq, payload) of each netlink message in one datagram."""
+    return ((msg_type, seq, payload) for msg_type, _, seq, payload in _messages(data))
 
 
 def _headers(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -62,6 +73,37 @@ def _ends(data: bytes, seq: int) -> bool:
 def interrupted(data: bytes, seq: int) -> bool:
     """Whether a message of the datagram answering `seq` carries NLM_F_DUMP_INTR."""
     return any(msg_seq == seq and flags & NLM_F_DUMP_INTR for _, flags, msg_seq in _headers(data))
+
+
+def parse_error(msg_type: int, flags: int, payload: bytes) -> tuple[int, str]:
+    """The (positive) error code of an NLMSG_ERROR or NLMSG_DONE, 0 for success, and the kernel's
+    extended ack text for it ("" when it gave none). An NLMSG_ERROR echoes the request after the
+    code (its header only when capped); the attributes follow it. NLMSG_DONE's follow the code."""
+    if len(payload) < ERRNO.size:
+        return 0, ""
+    code = -ERRNO.unpack_from(payload)[0]
+    if code <= 0:
+        return 0, ""
+    start = ERRNO.size
+    if msg_type == NLMSG_ERROR:
+        if len(payload) < ERRNO.size + HEADER.size:
+            return code, ""
+        echoed = HEADER.size if flags & NLM_F_CAPPED else HEADER.unpack_from(payload, ERRNO.size)[0]
+        start += (echoed + 3) & ~3
+    if flags & NLM_F_ACK_TLVS:
+        for kind, a, b in attrs(payload, start, len(payload)):
+            if kind == NLMSGERR_ATTR_MSG:
+                return code, payload[a:b].split(b"\0", 1)[0].decode(errors="replace")
+    return code, ""
+
+
+def refusal(code: int, text: str) -> OSError:
+    """The kernel's refusal as an OSError: its code, and its own words after the code's."""
+    return OSError(code, f"{os.strerror(code)}: {text}" if text else os.strerror(code))
+
+
+class Truncated(OSError):
+    """A datagram larger than the receive buffer arrived, and was lost."""
 
 
 def consistent(read: Callable[[], tuple[list[bytes], bool]], tries: int = DUMP_TRIES) -> list[bytes]:
@@ -97,10 +139,20 @@ class Socket:
 
     def __init__(self, protocol: int, timeout: float = 10) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-        self.sock.settimeout(timeout)  # a wedged kernel must not hang the caller
-        self.sock.bind((0, 0))
+        try:
+            self.sock.settimeout(timeout)  # a wedged kernel must not hang the caller
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            try:
+                self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            except OSError:
+                pass  # a kernel before 4.12: refusals come without words
+            self.sock.bind((0, 0))
+        except BaseException:
+            self.sock.close()
+            raise
         self.seq = 0
         self.interrupted = False  # whether the last answer carried NLM_F_DUMP_INTR
+        self._buf = bytearray(RECV_SIZE)
 
     def close(self) -> None:
         self.sock.close()
@@ -111,9 +163,18 @@ class Socket:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _recv(self) -> bytes:
+        """One whole datagram. One too large for the buffer is lost: the buffer grows for the next
+        request and Truncated ends this one (a dump asks again)."""
+        size = self.sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
+        if size > len(self._buf):
+            self._buf = bytearray(size)
+            raise Truncated(errno.EMSGSIZE, f"a netlink answer of {size} bytes was cut short")
+        return bytes(memoryview(self._buf)[:size])
+
     def ask(self, make: Callable[[int], bytes], needles: tuple[bytes, ...] = ()) -> Iterator[bytes]:
         """Send the request `make(seq)` builds; yield the payloads answering it until its end, raising
-        OSError with the kernel's (positive) error code when it refuses.
+        OSError with the kernel's (positive) error code, and its words, when it refuses.
 
         With `needles`, a datagram that contains none of them yields nothing: a dump of a large table
         mostly returns what the caller does not want, and one search of the datagram is far cheaper
@@ -122,60 +183,26 @@ class Socket:
         self.interrupted = False
         self.sock.send(make(self.seq))
         while True:
-            data = self.sock.recv(_RECV_SIZE)
+            data = self._recv()
             self.interrupted = self.interrupted or interrupted(data, self.seq)
             if needles and not any(needle in data for needle in needles) and not _ends(data, self.seq):
                 continue
-            for msg_type, seq, payload in parse_messages(data):
+            for msg_type, flags, seq, payload in _messages(data):
                 if seq != self.seq:
-                    continue
+                    continue  # the rest of an answer given up on
                 if msg_type in (NLMSG_ERROR, NLMSG_DONE):
-                    code = -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
-                    if code > 0:
-                        raise OSError(code, os.strerror(code))
+                    code, text = parse_error(msg_type, flags, payload)
+                    if code:
+                        raise refusal(code, text)
                     return
                 yield payload
 
     def dump(self, make: Callable[[int], bytes]) -> list[bytes]:
-        """A whole dump, asked again while a change interrupts it (NLM_F_DUMP_INTR), up to DUMP_TRIES."""
-        return consistent(lambda: (list(self.ask(make)), self.interrupted))
-
-
-# --- the nf_tables ruleset generation ----------------------------------------------------------------
-# Every nf_tables transaction, anyone's, moves it: nft, iptables-nft, firewalld, Docker. Reading it is
-# how both backends know, in microseconds, that no listing is needed.
-
-NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN
-NFTA_GEN_ID = 1
-
-
-def pack_getgen(seq: int) -> bytes:
-    return message(NFT_MSG_GETGEN, NLM_F_REQUEST, seq, NFGEN.pack(socket.AF_UNSPEC, 0, 0))
-
-
-def parse_generation(payload: bytes) -> int:
-    """NFTA_GEN_ID from an NFT_MSG_NEWGEN's payload (nfgenmsg, then attributes)."""
-    for kind, start, _ in attrs(payload, NFGEN.size, len(payload)):
-        if kind == NFTA_GEN_ID:
-            return struct.unpack_from(">L", payload, start)[0]
-    raise OSError("no generation id in the kernel's reply")
-
-
-class Generation:
-    """Reads the ruleset generation on a socket of its own; safe across threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sock: Socket | None = None
-
-    def read(self) -> int:
-        try:
-            with self._lock:
-                if self._sock is None:
-                    self._sock = Socket(NETLINK_NETFILTER)
-                # One message answers GETGEN (no NLM_F_ACK asked): nothing is left unread.
-                for payload in self._sock.ask(pack_getgen):
-                    return parse_generation(payload)
-            raise OSError("the kernel sent no generation")
-        except OSError as e:
-            raise KernelError("cannot read the nf_tables generation", str(e)) from None
+        """A whole dump, asked again while a change interrupts it (NLM_F_DUMP_INTR) or a datagram
+        outgrows the buffer, up to DUMP_TRIES in all."""
+        def read() -> tuple[list[bytes], bool]:
+            try:
+                return list(self.ask(make)), self.interrupted
+            except Truncated:
+                return [], True
+        return consistent(read)

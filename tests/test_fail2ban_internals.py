@@ -1,6 +1,7 @@
-"""What f2bext leans on inside fail2ban (f2bext/fail2ban/internals.py, and the hooks fail2ban calls on
-EnforcingAction), checked on the installed fail2ban's own objects: a fail2ban that changes any of it
-fails here, by name, and not in a jail that silently loses its bans. Pure: a database in tmp_path."""
+"""What f2bext leans on inside fail2ban (f2bext/fail2ban/internals.py, the hooks fail2ban calls on
+EnforcingAction, the control socket's markers), checked on the installed fail2ban's own objects: a
+fail2ban that changes any of it fails here, by name, and not in a jail that silently loses its bans.
+Pure: a database in tmp_path."""
 
 import inspect
 import sqlite3
@@ -13,8 +14,10 @@ from fail2ban.server.database import Fail2BanDb
 from fail2ban.server.jail import Jail
 from fail2ban.server.mytime import MyTime
 from fail2ban.server.ticket import BanTicket
+from fail2ban.protocol import CSPROTO
 from fail2ban.version import version
 
+from f2bext import f2bsocket
 from f2bext.fail2ban import EnforcingAction, internals
 
 JAIL = "f2bext-internals"
@@ -123,3 +126,7 @@ def test_fail2ban_still_calls_the_hooks_enforcing_action_answers():
     for hook in ("consistencyCheck", "clearAllParams", ".reload(", ".flush(", "banEpoch"):
         assert hook in source, f"fail2ban's Actions no longer uses {hook}"
         assert hasattr(EnforcingAction, hook.strip(".(")), hook
+
+
+def test_the_control_socket_markers_f2bsocket_copies_are_fail2bans():
+    assert (f2bsocket.END, f2bsocket.CLOSE) == (CSPROTO.END, CSPROTO.CLOSE)

@@ -325,6 +325,7 @@ class EnforcingAction(ActionBase):
                 f"hooks={p['hooks']} kill={p['kill']}")
 
 
+# One of each per fail2ban-server process, shared by every jail's action.
 watchdog = Watchdog()
 killer = SessionKiller()
 fleets = Fleets(killer)

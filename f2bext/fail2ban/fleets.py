@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 from fail2ban.helpers import getLogger
 
 from .. import guard, state
 from ..addr import Network, parse_target, to_text
+from ..backends import Backend
 from ..errors import InputError
 from ..fleet import FLEET_JAIL, SCOPES, Fleet, check_origin, check_url, parse_max_prefix
 from ..spec import JailSpec
 from .internals import jail_of
-
-if TYPE_CHECKING:
-    from .action import EnforcingAction
-    from .killer import SessionKiller
+from .killer import KillReporter, SessionKiller
 
 log = getLogger("fail2ban.f2bext")
 
@@ -40,6 +38,20 @@ def share_options(params: dict[str, Any]) -> dict[str, str]:
     return opts
 
 
+class Member(KillReporter, Protocol):
+    """What the hook-up uses of a sharing jail's action (EnforcingAction, an ActionBase)."""
+
+    spec: JailSpec
+    backend: Backend
+    _lock: state.JailLock  # every change to the jail's kernel objects takes it, the peers' bans' too
+
+    def guard(self) -> guard.Guard: ...
+
+    def held(self) -> list[Network]: ...
+
+    def _refusal(self, net: Network) -> Optional[str]: ...
+
+
 class Fleets:
     """The Fleet of each Redis URL in this process, and the jails sharing through it."""
 
@@ -47,11 +59,11 @@ class Fleets:
         self._killer = killer  # a peer's ban cuts sessions here too
         self._lock = threading.Lock()
         self._fleets: dict[str, Fleet] = {}
-        self._members: dict[str, dict[str, EnforcingAction]] = {}
+        self._members: dict[str, dict[str, Member]] = {}
         self._fleet_jails: set[str] = set()  # URLs whose share_scope = all jail exists in the kernel
         self.unbanning: set[str] = set()  # addresses a peer's unban is lifting here: not published again
 
-    def join(self, action: EnforcingAction, opts: dict[str, str]) -> Fleet:
+    def join(self, action: Member, opts: dict[str, str]) -> Fleet:
         url = opts["share"]
         with self._lock:
             members = self._members.setdefault(url, {})
@@ -71,7 +83,7 @@ class Fleets:
                 log.info("f2bext share: jail %s shares its bans through %s", action.spec.jail, fleet.url)
         return fleet
 
-    def leave(self, action: EnforcingAction) -> None:
+    def leave(self, action: Member) -> None:
         with self._lock:
             for url, members in list(self._members.items()):
                 if members.get(action.spec.jail) is action:
@@ -86,7 +98,7 @@ class Fleets:
                         self._fleet_jails.discard(url)
                         action.backend.stop(fleet_spec())
 
-    def _refusal(self, members: dict[str, EnforcingAction], jail: str, net: Network) -> Optional[str]:
+    def _refusal(self, members: dict[str, Member], jail: str, net: Network) -> Optional[str]:
         """Why a peer's ban must not be applied here: it overlaps what must stay reachable (guard.py),
         the ignoreip of the jail (of every jail, for the fleet jail) included."""
         for action in ([members[jail]] if jail in members else list(members.values())):

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
 # fail2ban's bips table (one row per banned address and jail), as Fail2BanDb._getCurrentBans reads it.
 CURRENT_BANS = "SELECT ip, timeofban, bantime FROM bips WHERE jail=? AND (timeofban + bantime > ? OR bantime <= -1)"
 
 
-def jail_of(action: ActionBase) -> Any:
-    """The jail an action belongs to, where ActionBase.__init__ keeps it."""
+def jail_of(action: Any) -> Any:
+    """The jail an action (an ActionBase) belongs to, where ActionBase.__init__ keeps it."""
     return action._jail
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..addr import Network
-from ..sessions import kill_sessions
+from ..sessions import KillReport, kill_sessions
 from ..spec import JailSpec
 
-if TYPE_CHECKING:
-    from .action import EnforcingAction
+
+class KillReporter(Protocol):
+    """Who hears what a kill cut: the jail's action (EnforcingAction), which logs it."""
+
+    def report_kill(self, net: Network, report: KillReport) -> None: ...
 
 
 class SessionKiller:
@@ -19,11 +22,11 @@ class SessionKiller:
     the conntrack table (about 0.3 s per 100,000 entries), and fail2ban's ban path must not wait."""
 
     def __init__(self) -> None:
-        self._queue: "queue.SimpleQueue[tuple[EnforcingAction, Network, JailSpec]]" = queue.SimpleQueue()
+        self._queue: "queue.SimpleQueue[tuple[KillReporter, Network, JailSpec]]" = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def submit(self, action: EnforcingAction, net: Network, spec: JailSpec) -> None:
+    def submit(self, action: KillReporter, net: Network, spec: JailSpec) -> None:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="f2b/f2bext-kill", daemon=True)

@@ -5,18 +5,30 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from fail2ban.helpers import getLogger
 
+from ..backends import Backend
 from ..errors import InputError, KernelError
-
-if TYPE_CHECKING:
-    from .action import EnforcingAction
+from ..spec import JailSpec
 
 log = getLogger("fail2ban.f2bext")
 
 WATCH_INTERVAL = 1.0  # seconds; keeps the self-heal delay under two seconds
+
+
+class Watched(Protocol):
+    """What the watchdog uses of a jail's action (Watched)."""
+
+    backend: Backend
+    spec: JailSpec
+
+    def recheck(self) -> None: ...
+
+    def heal(self, why: str) -> bool: ...
+
+    def resync(self) -> None: ...
 
 
 class Watchdog:
@@ -26,18 +38,18 @@ class Watchdog:
     another starting can never race a thread that is on its way out."""
 
     def __init__(self) -> None:
-        self._actions: list[EnforcingAction] = []
+        self._actions: list[Watched] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def watch(self, action: EnforcingAction) -> None:
+    def watch(self, action: Watched) -> None:
         with self._lock:
             self._actions.append(action)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="f2b/f2bext-watchdog", daemon=True)
                 self._thread.start()
 
-    def forget(self, action: EnforcingAction) -> None:
+    def forget(self, action: Watched) -> None:
         with self._lock:
             if action in self._actions:
                 self._actions.remove(action)

@@ -19,7 +19,7 @@ WATCH_INTERVAL = 1.0  # seconds; keeps the self-heal delay under two seconds
 
 
 class Watched(Protocol):
-    """What the watchdog uses of a jail's action (Watched)."""
+    """What the watchdog uses of a jail's action (EnforcingAction)."""
 
     backend: Backend
     spec: JailSpec

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from f2bext import lab  # noqa: E402
 from f2bext.f2bsocket import Fail2banSocket  # noqa: E402
-from f2bext.share import CURRENT, STREAM, STREAM_MAXLEN  # noqa: E402
+from f2bext.fleet import CURRENT, STREAM, STREAM_MAXLEN  # noqa: E402
 
 PASSWORD = "bench-secret"
 

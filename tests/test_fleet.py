@@ -9,7 +9,7 @@ import time
 import pytest
 
 from f2bext import lab
-from f2bext.share import FLEET_JAIL
+from f2bext.fleet import FLEET_JAIL
 
 PASSWORD = "s3cret-fleet"
 SERVERS = {"a": (lab.SERVER4, lab.SERVER6), "b": ("198.51.100.2", "2001:db8::2"), "c": ("198.51.100.3", "2001:db8::3")}

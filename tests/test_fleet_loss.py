@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from f2bext import lab, share, state
+from f2bext import lab, state
 from f2bext.addr import to_text
-from f2bext.fleetqueue import DiskQueue
-from f2bext.share import BanEvent, Fleet
+from f2bext.errors import InputError
+from f2bext.fleet import BanEvent, DiskQueue, Fleet, events, share
 from test_fleet import PASSWORD, SERVERS, enforced, redis, share_jail  # noqa: F401 - redis is the fixture
 
 BANNED = [f"203.0.113.{n}" for n in range(100, 120)]
@@ -143,12 +143,12 @@ def test_peer_spam_costs_a_bounded_memory_and_log(tmp_path, caplog):
 
 def test_the_instance_id_is_made_once_and_kept(tmp_path):
     folder = str(tmp_path / "lib")
-    first = share.instance_id(folder)
-    assert share.INSTANCE.fullmatch(first) and share.instance_id(folder) == first
+    first = events.instance_id(folder)
+    assert events.INSTANCE.fullmatch(first) and events.instance_id(folder) == first
     assert oct(os.stat(os.path.join(folder, "instance-id")).st_mode & 0o777) == "0o600"
     with open(os.path.join(folder, "instance-id"), "w") as f:
         f.write("not an id\n")
-    assert share.instance_id(folder) not in (first, "not an id")
+    assert events.instance_id(folder) not in (first, "not an id")
 
 
 def test_own_events_are_known_by_instance_and_older_ones_still_apply(tmp_path, caplog):
@@ -166,7 +166,7 @@ def test_own_events_are_known_by_instance_and_older_ones_still_apply(tmp_path, c
     assert [nets for _jail, _op, nets in applied] == [[a] for a in ("203.0.113.51", "203.0.113.52", "203.0.113.53",
                                                                     "203.0.113.51", "203.0.113.53")]
     assert caplog.text.count("publishes to") == 1 and caplog.text.count("did not send it") == 1
-    with pytest.raises(share.InputError):
+    with pytest.raises(InputError):
         BanEvent.parse(dict(twin.fields(), instance="x" * 33), time.time())
 
 
@@ -361,7 +361,7 @@ def test_two_servers_with_one_origin_share_their_bans(twins):
         server.wait(lambda: "publishes to" in log_of(server) and "this server's origin" in log_of(server),
                     "the warning about the shared origin")
     ids = [open(os.path.join(lib_of(s), "instance-id")).read() for s in twins]
-    assert ids[0] != ids[1] and all(share.INSTANCE.fullmatch(i.strip()) for i in ids)
+    assert ids[0] != ids[1] and all(events.INSTANCE.fullmatch(i.strip()) for i in ids)
 
 
 def test_two_clones_with_one_instance_id_still_share_and_say_so(twins):

@@ -14,7 +14,7 @@ from f2bext import guard, lab
 from f2bext.kernel import netlink
 from f2bext.addr import parse_target
 from f2bext.errors import InputError
-from f2bext.share import check_origin, parse_max_prefix, redact, too_wide
+from f2bext.fleet import check_origin, parse_max_prefix, redact, too_wide
 from f2bext.spec import parse_jail, parse_ports
 
 JAIL = "postfix"

@@ -1,30 +1,31 @@
-"""The fail2ban side: the ActionBase subclass that action.d/f2bext-*.py hand to fail2ban, and the
-watchdog that puts a jail back within a second or two when someone flushes the ruleset."""
+"""The ActionBase subclass that action.d/f2bext-*.py hand to fail2ban: a jail's bans in kernel sets,
+verified at every ban, repaired, shared and sessions cut; and the process's one watchdog, session
+killer and fleet hook-up it hands its jails to."""
 
 from __future__ import annotations
 
 import math
-import queue
-import socket
 import threading
-import time
 from typing import Any, Iterable, Iterator, Optional
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
-from . import guard, state
-from .addr import Network, parse_target, to_text
-from .backends import Backend, get_backend
-from .errors import InputError, KernelError
-from .sessions import KillReport, kill_sessions
-from .share import FLEET_JAIL, SCOPES, BanEvent, Fleet, check_origin, check_url, parse_max_prefix, redact
-from .spec import JailSpec
+from .. import guard, state
+from ..addr import Network, parse_target, to_text
+from ..backends import Backend, get_backend
+from ..errors import InputError
+from ..fleet import BanEvent, Fleet, redact
+from ..sessions import KillReport
+from ..spec import JailSpec
+from .fleets import Fleets, share_options
+from .internals import restorable_bans
+from .killer import SessionKiller
+from .watchdog import Watchdog
 
 log = getLogger("fail2ban.f2bext")
 
-WATCH_INTERVAL = 1.0  # seconds; keeps the self-heal delay under two seconds
 PRELOAD_GRACE = 60.0  # seconds after start in which fail2ban works through the bans start() preloaded
 
 _backends: dict[str, Backend] = {}
@@ -120,36 +121,9 @@ class EnforcingAction(ActionBase):
         return self.guard().allowed(nets)
 
     def restorable(self) -> list[str]:
-        """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
-        chooses them, so start() can load them all in one transaction.
-
-        Reads (ip, timeofban, bantime) rows only: fail2ban's getCurrentBans builds a ticket with its
-        matches per row, and a second copy of 100,000 tickets beside fail2ban's own nearly doubled
-        fail2ban-server's peak memory."""
-        jail, db = self._jail, getattr(self._jail, "database", None)
-        if db is None:
-            return []
-        increment = jail._banExtra.get("increment")
-        forbantime = None if increment else jail.actions.getBanTime()
-        cap = jail.getMaxBanTime()  # restoreCurrentBans has getCurrentBans cap ban times at the jail's maximum
-        now = MyTime.time()
-        query = "SELECT ip, timeofban, bantime FROM bips WHERE jail=? AND (timeofban + bantime > ? OR bantime <= -1)"
-        args: list[Any] = [jail.name, now]
-        if forbantime not in (None, -1):
-            query += " AND timeofban > ?"
-            args.append(now - forbantime)
-        out = []
-        with db._lock:
-            rows = db._db.execute(query, args).fetchall()
-        for ip, timeofban, bantime in rows:
-            if cap and cap > 0 and (bantime == -1 or bantime > cap):
-                bantime = cap
-            left = bantime if bantime is not None else forbantime
-            if left != -1 and now - timeofban > 0:
-                left -= now - timeofban
-            if (left == -1 or left > 0) and not jail.filter.inIgnoreIPList(ip, log_ignore=False):
-                out.append(str(ip))
-        return out
+        """The bans fail2ban is about to restore from its database, so start() can load them all in one
+        transaction."""
+        return restorable_bans(self._jail)
 
     def start(self) -> None:
         watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
@@ -203,12 +177,18 @@ class EnforcingAction(ActionBase):
             self._kill(net)
             self._publish("ban", net, aInfo)
 
-    def _refuse_lockout(self, net: Network) -> None:
-        """What must stay reachable is never banned (guard.py), even when asked directly:
-        `fail2ban-client set JAIL banip` skips fail2ban's own ignore checks."""
+    def _refusal(self, net: Network) -> Optional[str]:
+        """Why the jail must not ban a network: it overlaps what must stay reachable (guard.py) or the
+        jail's ignoreip; None when it may."""
         why = self.guard().refusal(net)
         if why is None and self._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
             why = f"it is in {guard.IGNOREIP}"  # a host name, or the jail's ignorecommand
+        return why
+
+    def _refuse_lockout(self, net: Network) -> None:
+        """What must stay reachable is never banned, even when asked directly:
+        `fail2ban-client set JAIL banip` skips fail2ban's own ignore checks."""
+        why = self._refusal(net)
         if why:
             log.warning("[%s] f2bext refuses to ban %s: %s", self._jail.name, to_text(net), why)
             raise InputError(f"refusing to ban {to_text(net)}: {why}")
@@ -344,213 +324,7 @@ class EnforcingAction(ActionBase):
                 f"hooks={p['hooks']} kill={p['kill']}")
 
 
-class Watchdog:
-    """One thread per fail2ban process: every second, a cheap structural check of all our jails.
-
-    It lives as long as the process and idles while no jail is watched, so a jail stopping and
-    another starting can never race a thread that is on its way out."""
-
-    def __init__(self) -> None:
-        self._actions: list[EnforcingAction] = []
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, action: EnforcingAction) -> None:
-        with self._lock:
-            self._actions.append(action)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="f2b/f2bext-watchdog", daemon=True)
-                self._thread.start()
-
-    def forget(self, action: EnforcingAction) -> None:
-        with self._lock:
-            if action in self._actions:
-                self._actions.remove(action)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(WATCH_INTERVAL)
-            with self._lock:
-                actions = list(self._actions)
-            for backend in {a.backend for a in actions}:
-                mine = [a for a in actions if a.backend is backend]
-                try:
-                    broken = {f.jail for f in backend.verify([a.spec for a in mine])}
-                    for action in mine:
-                        try:
-                            action.recheck()
-                        except KernelError as e:  # the structural check and repair still run
-                            log.error("f2bext watchdog: %s", e)
-                        if action.spec.jail in broken:
-                            action.heal("watchdog")
-                        else:
-                            action.resync()
-                except (KernelError, InputError) as e:
-                    log.error("f2bext watchdog: %s", e)
-                except Exception:  # the watchdog is what keeps bans holding: it must not end here
-                    log.exception("f2bext watchdog: unexpected failure; trying again at the next round")
-
-
-class SessionKiller:
-    """Cuts sessions in one background thread, in ban order: an IPv6, CIDR or allports kill walks
-    the conntrack table (about 0.3 s per 100,000 entries), and fail2ban's ban path must not wait."""
-
-    def __init__(self) -> None:
-        self._queue: "queue.SimpleQueue[tuple[EnforcingAction, Network, JailSpec]]" = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, action: EnforcingAction, net: Network, spec: JailSpec) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="f2b/f2bext-kill", daemon=True)
-                self._thread.start()
-        self._queue.put((action, net, spec))
-
-    def _run(self) -> None:
-        while True:
-            action, net, spec = self._queue.get()
-            action.report_kill(net, kill_sessions([net], spec.protocols, spec.ports, spec.kill))
-
-
-DEFAULT_MAX_PREFIX = "16,32"  # a peer shares no IPv4 network wider than /16, no IPv6 one wider than /32
-
-
-def share_options(params: dict[str, Any]) -> dict[str, str]:
-    """Take the sharing options out of an action's parameters, validated."""
-    opts = {k: str(params.pop(k)) for k in ("share", "share_scope", "share_origin", "share_max_prefix") if k in params}
-    if not opts.get("share"):
-        if opts:
-            raise InputError("share_scope, share_origin and share_max_prefix need share = redis://...")
-        return {}
-    check_url(opts["share"])
-    parse_max_prefix(opts.setdefault("share_max_prefix", DEFAULT_MAX_PREFIX))
-    if opts.setdefault("share_scope", "jail") not in SCOPES:
-        raise InputError(f"share_scope must be jail or all, not {opts['share_scope'][:20]!r}")
-    check_origin(opts.setdefault("share_origin", socket.gethostname()))
-    return opts
-
-
-class Fleets:
-    """The Fleet of each Redis URL in this process, and the jails sharing through it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fleets: dict[str, Fleet] = {}
-        self._members: dict[str, dict[str, EnforcingAction]] = {}
-        self._fleet_jails: set[str] = set()  # URLs whose share_scope = all jail exists in the kernel
-        self.unbanning: set[str] = set()  # addresses a peer's unban is lifting here: not published again
-
-    def join(self, action: EnforcingAction, opts: dict[str, str]) -> Fleet:
-        url = opts["share"]
-        with self._lock:
-            members = self._members.setdefault(url, {})
-            members[action.spec.jail] = action
-            fleet = self._fleets.get(url)
-            if fleet is None:
-                fleet = Fleet(url, opts["share_origin"], state.lib_dir(),
-                              apply=lambda jail, op, nets: self.apply(self._fleets[url], jail, op, nets),
-                              jails=lambda: set(members), scope_all=opts["share_scope"] == "all",
-                              allowed=lambda jail, net: self._refusal(members, jail, net),
-                              max_prefix=parse_max_prefix(opts["share_max_prefix"]))
-                self._fleets[url] = fleet
-                # A ban of the Redis server would cut this server off the fleet for good.
-                guard.protect(url, guard.resolve(fleet.host, f"the Redis server of share {fleet.url}")
-                              if fleet.host else [])
-                fleet.start()
-                log.info("f2bext share: jail %s shares its bans through %s", action.spec.jail, fleet.url)
-        return fleet
-
-    def leave(self, action: EnforcingAction) -> None:
-        with self._lock:
-            for url, members in list(self._members.items()):
-                if members.get(action.spec.jail) is action:
-                    del members[action.spec.jail]
-                if not members:
-                    fleet = self._fleets.pop(url, None)
-                    del self._members[url]
-                    guard.unprotect(url)
-                    if fleet:
-                        fleet.stop()
-                    if url in self._fleet_jails:
-                        self._fleet_jails.discard(url)
-                        action.backend.stop(fleet_spec())
-
-    def _refusal(self, members: dict[str, EnforcingAction], jail: str, net: Network) -> Optional[str]:
-        """Why a peer's ban must not be applied here: it overlaps what must stay reachable (guard.py),
-        the ignoreip of the jail (of every jail, for the fleet jail) included."""
-        for action in ([members[jail]] if jail in members else list(members.values())):
-            why = action.guard().refusal(net)
-            if why is None and action._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
-                why = f"it is in {guard.IGNOREIP}"
-            if why:
-                return f"{why} (jail {action.spec.jail})"
-        return None if members else guard.Guard().refusal(net)
-
-    def recheck(self, fleet: Fleet) -> None:
-        """Lift the shared bans that became lockouts since they were applied, the fleet jail's included."""
-        with self._lock:
-            url = next((u for u, f in self._fleets.items() if f is fleet), None)
-            members = dict(self._members.get(url, {})) if url else {}
-        for jail, bans in list(fleet.remote.items()):
-            if jail in members:
-                action, spec, held = members[jail], members[jail].spec, members[jail].held
-            elif jail == FLEET_JAIL and members:
-                action, spec, held = next(iter(members.values())), fleet_spec(), (lambda: [])
-            else:
-                continue
-            lifted = []
-            for address in list(bans):
-                why = self._refusal(members, jail, parse_target(address))
-                if why:
-                    log.warning("[%s] f2bext lifts a shared ban of %s: %s", jail, address, why)
-                    bans.pop(address, None)
-                    lifted.append(parse_target(address))
-            if lifted:
-                with action._lock:
-                    action.backend.change_remote(spec, "delete", lifted, held)
-
-    def apply(self, fleet: Fleet, jail: str, op: str, nets: list[Network]) -> None:
-        """Put the others' bans into the jail's remote sets ("replace" loads them all in one go)."""
-        url = next((u for u, f in self._fleets.items() if f is fleet), None)
-        members = self._members.get(url, {}) if url else {}
-        if jail in members:
-            action = members[jail]
-            spec, held = action.spec, action.held
-        elif jail == FLEET_JAIL and members:
-            action = next(iter(members.values()))
-            spec, held = fleet_spec(), (lambda: [])
-            if url not in self._fleet_jails:
-                action.backend.start(spec, [])
-                self._fleet_jails.add(url)
-        else:
-            return
-        with action._lock:
-            if op == "replace":
-                action.backend.set_remote(spec, nets, held)
-            else:
-                action.backend.change_remote(spec, "add" if op == "add" else "delete", nets, held)
-        if op == "add" and spec.kill:
-            for net in nets:
-                killer.submit(action, net, spec)
-        if op == "delete" and jail in members:
-            # An unban anywhere lifts the ban here too, the local fail2ban's own included.
-            for net in nets:
-                ip = to_text(net)
-                if ip in action._jail.actions.getBanList():
-                    self.unbanning.add(ip)
-                    try:
-                        action._jail.actions.removeBannedIP(ip, db=True, ifexists=True)
-                    finally:
-                        self.unbanning.discard(ip)
-
-
-def fleet_spec() -> JailSpec:
-    """share_scope = all: bans for jails this server does not run hold on every port and protocol."""
-    return JailSpec.from_params(FLEET_JAIL, {"type": "allports", "protocol": "all"})
-
-
+# One of each per fail2ban-server process, shared by every jail's action.
 watchdog = Watchdog()
-fleets = Fleets()
 killer = SessionKiller()
-
+fleets = Fleets(killer)

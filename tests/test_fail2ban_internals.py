@@ -1,0 +1,132 @@
+"""What f2bext leans on inside fail2ban (f2bext/fail2ban/internals.py, the hooks fail2ban calls on
+EnforcingAction, the control socket's markers), checked on the installed fail2ban's own objects: a
+fail2ban that changes any of it fails here, by name, and not in a jail that silently loses its bans.
+Pure: a database in tmp_path."""
+
+import inspect
+import sqlite3
+
+import pytest
+
+from fail2ban.server.action import ActionBase
+from fail2ban.server.actions import Actions
+from fail2ban.server.database import Fail2BanDb
+from fail2ban.server.jail import Jail
+from fail2ban.server.mytime import MyTime
+from fail2ban.server.ticket import BanTicket
+from fail2ban.protocol import CSPROTO
+from fail2ban.version import version
+
+from f2bext import f2bsocket
+from f2bext.fail2ban import EnforcingAction, internals
+
+JAIL = "f2bext-internals"
+BANTIME = 600
+
+
+class Probe(ActionBase):
+    """The smallest Python action fail2ban accepts."""
+
+    def start(self): pass
+
+    def stop(self): pass
+
+    def ban(self, aInfo): pass
+
+    def unban(self, aInfo): pass
+
+
+@pytest.fixture
+def jail(tmp_path):
+    db = Fail2BanDb(str(tmp_path / "fail2ban.sqlite3"))
+    jail = Jail(JAIL, backend="polling", db=db)
+    jail.actions.setBanTime(BANTIME)
+    db.addJail(jail)
+    yield jail
+    db.close()
+
+
+def ban(jail, ip, age, bantime):
+    """A ban fail2ban made `age` seconds ago, in its database as fail2ban writes it."""
+    ticket = BanTicket(ip, MyTime.time() - age)
+    ticket.setBanTime(bantime)
+    jail.database.addBan(jail, ticket)
+
+
+def restored_by_fail2ban(jail):
+    """The addresses fail2ban's own restoreCurrentBans puts back (it queues them for the jail's actions)."""
+    jail.restoreCurrentBans()
+    out = []
+    while ticket := jail.getFailTicket():
+        out.append(str(ticket.getID()))
+    return sorted(out)
+
+
+def test_the_installed_fail2ban_is_one_internals_py_was_checked_against():
+    # A new series may move any of what follows: check internals.py against its source, then add it here.
+    assert version.split(".")[:2] in (["1", "0"], ["1", "1"]), f"fail2ban {version}: check f2bext/fail2ban/internals.py"
+
+
+def test_an_action_finds_its_jail_and_logger_where_actionbase_keeps_them(jail):
+    probe = Probe(jail, "probe")
+    assert internals.jail_of(probe) is jail and probe._jail is jail
+    assert probe._logSys.name == "fail2ban.Probe"  # EnforcingAction replaces it with fail2ban.f2bext's
+
+
+def test_the_database_lock_connection_and_bips_table_are_where_restorable_bans_reads_them(jail):
+    db = jail.database
+    assert isinstance(db._db, sqlite3.Connection)
+    with db._lock:
+        assert db._lock.acquire(blocking=False)  # reentrant: fail2ban's own methods take it again inside
+        db._lock.release()
+        columns = {row[1] for row in db._db.execute("PRAGMA table_info(bips)")}
+    assert {"ip", "jail", "timeofban", "bantime"} <= columns
+    ban(jail, "192.0.2.1", 10, BANTIME)
+    with db._lock:
+        assert db._db.execute(internals.CURRENT_BANS, [JAIL, MyTime.time()]).fetchall() == \
+            [("192.0.2.1", round(MyTime.time() - 10), BANTIME)]
+
+
+@pytest.mark.parametrize("increment", [False, True])
+def test_restorable_bans_are_the_ones_fail2ban_restores(jail, increment):
+    if increment:
+        jail.setBanTimeExtra("increment", "true")
+        jail.setBanTimeExtra("maxtime", "2000")
+    assert bool(jail.getBanTimeExtra("increment")) is increment
+    jail.filter.addIgnoreIP("192.0.2.4")
+    ban(jail, "192.0.2.1", 10, BANTIME)  # current
+    ban(jail, "192.0.2.2", 700, BANTIME)  # expired
+    ban(jail, "192.0.2.3", 100, -1)  # persistent, capped at the jail's maximum
+    ban(jail, "192.0.2.4", 10, BANTIME)  # in ignoreip since
+    ban(jail, "2001:db8::5", 50, 3000)  # longer than the jail's bantime
+    ban(jail, "192.0.2.6", 1000, 3000)  # older than bantime: current only with bantime.increment
+    ban(jail, "192.0.2.7", 2500, 3000)  # beyond bantime.maxtime
+    ours = sorted(internals.restorable_bans(jail))
+    assert ours == sorted(["192.0.2.1", "192.0.2.3", "2001:db8::5"] + (["192.0.2.6"] if increment else []))
+    assert ours == restored_by_fail2ban(jail)
+
+
+def test_what_the_action_reads_from_its_jail_is_there(jail):
+    jail.filter.addIgnoreIP("192.0.2.0/24")
+    assert all(hasattr(entry, "isValid") for entry in jail.filter.getIgnoreIP())
+    assert jail.filter.inIgnoreIPList("192.0.2.9", log_ignore=False)
+    assert jail.getMaxBanTime() == BANTIME and jail.actions.getBanTime() == BANTIME
+    assert list(jail.actions.getBanList()) == []
+    assert {"ip", "db", "ifexists"} <= set(inspect.signature(jail.actions.removeBannedIP).parameters)
+
+
+def test_the_ban_information_holds_what_the_action_reads(jail):
+    info = Actions.ActionInfo(BanTicket("192.0.2.1", 1000.0), jail)
+    assert (info["ip"], info["restored"], info["time"], info["failures"]) == ("192.0.2.1", 0, 1000.0, 0)
+    assert int(info["bantime"]) == BANTIME
+
+
+def test_fail2ban_still_calls_the_hooks_enforcing_action_answers():
+    source = inspect.getsource(Actions)
+    for hook in ("consistencyCheck", "clearAllParams", ".reload(", ".flush(", "banEpoch"):
+        assert hook in source, f"fail2ban's Actions no longer uses {hook}"
+        assert hasattr(EnforcingAction, hook.strip(".(")), hook
+
+
+def test_the_control_socket_markers_f2bsocket_copies_are_fail2bans():
+    assert (f2bsocket.END, f2bsocket.CLOSE) == (CSPROTO.END, CSPROTO.CLOSE)

@@ -19,12 +19,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
-from . import audit, managers, state
-from .addr import Network
-from .backends import ipset as ipset_backend
-from .backends import nft as nft_backend
-from .errors import InputError
-from .spec import JailSpec, PortRange
+from .. import audit, managers, state
+from ..addr import Network
+from ..backends import ipset as ipset_backend
+from ..backends import nft as nft_backend
+from ..errors import InputError
+from ..spec import JailSpec, PortRange
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -142,7 +142,7 @@ def read_notices(path: str, now: float, tail_bytes: int = 8 << 20) -> dict[str, 
 
 def read_fail2ban(sock: Optional[str] = None) -> tuple[list[JailInfo], str]:
     """Jails, their ban actions and banned lists, and the log path, from fail2ban's socket."""
-    from .f2bsocket import Fail2banSocket
+    from ..f2bsocket import Fail2banSocket
     with Fail2banSocket(sock) as f2b:
         status = dict(f2b.send(["status"]))
         names = [n.strip() for n in str(status.get("Jail list", "")).split(",") if n.strip()]

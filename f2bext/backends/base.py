@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 from ..addr import Network
+from ..severity import Severity
 from ..spec import JailSpec
 
 # Everything the jail holds banned, asked for only when a change needs it (a rebuild, a CIDR set).
 Held = Callable[[], Iterable[Network]]
 
-WARNING = "warning"
-BROKEN = "broken"
+WARNING = Severity.WARNING
+BROKEN = Severity.CRITICAL  # `verify` prints it "broken"
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Finding:
     """One thing wrong with a jail's enforcement: how bad, what, and the kernel's own words for it."""
 
     jail: str
-    severity: str  # WARNING or BROKEN
+    severity: Severity  # WARNING or BROKEN
     code: str
     message: str
     evidence: str = ""

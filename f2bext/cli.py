@@ -17,11 +17,11 @@ from .backends import BACKENDS, Finding, get_backend
 from .errors import InputError, KernelError
 from .guard import IGNOREIP, Guard, Keep, parse_list
 from .severity import Severity, worst
-from .spec import JailSpec, parse_jail
+from .spec import PARAMETERS, JailSpec, parse_jail
 
 log = logging.getLogger("f2bext")
 
-SPEC_OPTIONS = ("port", "protocol", "type", "blocktype", "hooks", "chain", "kill")
+SPEC_OPTIONS = tuple(p for p in PARAMETERS if p != "name")  # `name` is the stock actions' alias, not ours
 VERIFY_WORDS = {Severity.OK: "ok", Severity.WARNING: "warning", Severity.CRITICAL: "broken"}
 
 

@@ -1,5 +1,6 @@
 """The `f2bext` command: ban, unban, verify, repair, kill, and the start/stop/flush steps the .conf
-actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad input."""
+actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad input; the doctor's 3 is
+UNKNOWN (something could not be read), as monitoring plugins say."""
 
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ def summary_line(snap: Snapshot, findings: list[Diagnosis]) -> str:
     if code == OK:
         what = f"{len(snap.jails)} jails, {perfdata(snap, findings)['banned']} bans, every ban holds"
     else:
-        worst = [d for d in findings if d.severity == code]
-        what = "; ".join(f"{d.jail}: {d.message}" for d in worst[:3]) + (f" (+{len(worst) - 3} more)" if len(worst) > 3 else "")
+        top = [d for d in findings if d.severity == code]
+        what = "; ".join(f"{d.jail}: {d.message}" for d in top[:3]) + (f" (+{len(top) - 3} more)" if len(top) > 3 else "")
     return f"F2BEXT DOCTOR {code.name} - {what} | {perf}"
 
 

@@ -113,6 +113,17 @@ def test_session_tools_that_answer_give_the_banned_flows(tmp_path, monkeypatch):
     assert info.unread == {}
 
 
+def test_iptables_not_installed_at_all_or_failing_is_unread(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    info = doctor.KernelInfo()
+    assert reading.read_iptables(info, 4) == ""
+    assert info.unread == {rules_read(4): "neither iptables-nft-save nor iptables-legacy-save is installed"}
+    monkeypatch.setenv("PATH", tools_dir(tmp_path, **{"ip6tables-legacy-save": "echo 'Permission denied' >&2; exit 4"}))
+    info = doctor.KernelInfo()
+    reading.read_iptables(info, 6)
+    assert info.unread == {rules_read(6): "ip6tables-legacy-save refused to list rules: Permission denied"}
+
+
 def path_without(workdir, *tools):
     """A PATH of the lab's programs and the system's, less the named tools."""
     env = lab.lab_env(workdir)

@@ -116,7 +116,7 @@ def _read(info: KernelInfo, what: str, read: Callable[[], T], default: T) -> T:
         return default
 
 
-def _read_iptables(info: KernelInfo, family: int) -> str:
+def read_iptables(info: KernelInfo, family: int) -> str:
     """Both backends' rules, all tables: both may hold rules at once, and the kernel runs both. A
     backend whose tool is not installed holds none; a tool that fails leaves the family unread."""
     prog = "iptables" if family == 4 else "ip6tables"
@@ -129,7 +129,7 @@ def _read_iptables(info: KernelInfo, family: int) -> str:
     return "\n".join(texts)
 
 
-def _read_ipsets(info: KernelInfo) -> None:
+def read_ipsets(info: KernelInfo) -> None:
     xt = _read(info, IPSETS, ipset_backend.Xtables, None)
     headers = _read(info, IPSETS, xt.set_headers, {}) if xt else {}
     for name, header in headers.items():
@@ -173,8 +173,8 @@ def read_flows(info: KernelInfo, banned: list[Network]) -> list[Flow]:
 def read_kernel(banned: Iterable[Network]) -> KernelInfo:
     info = KernelInfo()
     info.nft = _read(info, NFTABLES, lambda: nft_backend.Nft().listing(), {})
-    info.iptables = {family: _read_iptables(info, family) for family in (4, 6)}
-    _read_ipsets(info)
+    info.iptables = {family: read_iptables(info, family) for family in (4, 6)}
+    read_ipsets(info)
     info.flows = read_flows(info, list(banned))
     found = {m.name for m in managers.detect(info.nft, info.iptables)}
     if managers.UFW in found:

@@ -1,5 +1,6 @@
 """The `f2bext` command: ban, unban, verify, repair, kill, and the start/stop/flush steps the .conf
-actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad input."""
+actions call. Exit codes: 0 fine, 1 warning or kernel refusal, 2 broken or bad input; the doctor's 3 is
+UNKNOWN (something could not be read), as monitoring plugins say."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from typing import Callable, Optional, Sequence
 from . import state
 from .addr import Network, parse_target, parse_targets, to_text
 from .backends import BACKENDS, Finding, get_backend
-from .backends.base import BROKEN
 from .errors import InputError, KernelError
 from .guard import IGNOREIP, Guard, Keep, parse_list
-from .spec import JailSpec, parse_jail
+from .severity import Severity, worst
+from .spec import PARAMETERS, JailSpec, parse_jail
 
 log = logging.getLogger("f2bext")
 
-SPEC_OPTIONS = ("port", "protocol", "type", "blocktype", "hooks", "chain", "kill")
+SPEC_OPTIONS = tuple(p for p in PARAMETERS if p != "name")  # `name` is the stock actions' alias, not ours
+VERIFY_WORDS = {Severity.OK: "ok", Severity.WARNING: "warning", Severity.CRITICAL: "broken"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,7 +166,7 @@ def _lockouts(backend, spec: JailSpec, check: Guard) -> list[Finding]:
         for net in backend.banned(spec, remote=remote):
             why = check.refusal(net)
             if why:
-                found.append(Finding(spec.jail, BROKEN, "lockout", f"the kernel enforces a ban of {to_text(net)}: {why}"))
+                found.append(Finding(spec.jail, Severity.CRITICAL, "lockout", f"the kernel enforces a ban of {to_text(net)}: {why}"))
     return found
 
 
@@ -201,18 +203,18 @@ def _held(backend, spec: JailSpec, known: Optional[state.JailState], check: Guar
 
 
 def _report(findings: list[Finding], jails: Sequence[str], args: argparse.Namespace) -> int:
-    code = 2 if any(f.severity == BROKEN for f in findings) else 1 if findings else 0
+    code = worst(f.severity for f in findings)
     if args.quiet:
-        return code
+        return int(code)
     if args.json:
-        print(json.dumps({"status": ("ok", "warning", "broken")[code], "jails": list(jails),
-                          "findings": [asdict(f) for f in findings]}, indent=2))
+        print(json.dumps({"status": VERIFY_WORDS[code], "jails": list(jails),
+                          "findings": [dict(asdict(f), severity=VERIFY_WORDS[f.severity]) for f in findings]}, indent=2))
     elif not findings:
         print(f"OK: {len(jails)} jail(s) enforced as configured" + (f" ({', '.join(jails)})" if jails else ""))
     else:
         for f in findings:
-            print(f"{f.severity.upper()} [{f.jail}] {f.message}" + (f"\n    evidence: {f.evidence}" if f.evidence else ""))
-    return code
+            print(f"{VERIFY_WORDS[f.severity].upper()} [{f.jail}] {f.message}" + (f"\n    evidence: {f.evidence}" if f.evidence else ""))
+    return int(code)
 
 
 def _reread(entry: state.JailState) -> state.JailState:
@@ -317,12 +319,12 @@ def run_doctor(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print(doctor.render_unknown("must run as root to read the firewall, conntrack and fail2ban's socket",
                                     args.json))
-        return doctor.UNKNOWN
+        return int(doctor.UNKNOWN)
     try:
         snap = doctor.collect(args.socket)
     except OSError as e:
         print(doctor.render_unknown(f"cannot reach fail2ban ({e}); is fail2ban-server running?", args.json))
-        return doctor.UNKNOWN
+        return int(doctor.UNKNOWN)
     findings = doctor.diagnose(snap)
     if args.fix and any(d.owned for d in findings):
         print(render_fixes(snap, findings, args.socket))
@@ -331,7 +333,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     print(doctor.to_json(snap, findings) if args.json else doctor.render(snap, findings))
     if args.prom:
         doctor.write_prom(args.prom, snap, findings)
-    return doctor.overall(findings)
+    return int(doctor.overall(findings))
 
 
 def render_fixes(snap, findings, sock: Optional[str] = None) -> str:

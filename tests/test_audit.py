@@ -1,9 +1,11 @@
-"""Reading iptables rulesets as the kernel walks them (pure; iptables-save text as fixtures)."""
+"""Reading iptables rulesets as the kernel walks them, and the other tools' listings (pure; their text as fixtures)."""
 
 import ipaddress
+import os
 
 from f2bext import audit
 from f2bext.backends import ipset
+from f2bext.severity import Severity
 from f2bext.spec import JailSpec
 
 POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
@@ -32,7 +34,7 @@ def test_the_seeds_accepts_above_our_rule_shadow_it():
     found = ipset.check_jail(POSTFIX, 4, save(
         "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT", OURS), SETS)
-    assert [(f.code, f.severity) for f in found] == [("shadowed-held-sessions", "broken"), ("shadowed", "broken")]
+    assert [(f.code, f.severity) for f in found] == [("shadowed-held-sessions", Severity.CRITICAL), ("shadowed", Severity.CRITICAL)]
     assert found[1].evidence == "-A INPUT -p tcp -m multiport --dports 25,465,587 -j ACCEPT"
     assert "rule 2" in found[1].message and "f2bext's rule 3" in found[1].message
 
@@ -50,7 +52,7 @@ def test_a_port_range_covering_ours_shadows():
 def test_a_source_limited_accept_is_a_warning_only():
     found = ipset.check_jail(POSTFIX, 4, save("-A INPUT -s 192.0.2.0/24 -j ACCEPT",
                                               "-A INPUT -m set --match-set trusted src -j ACCEPT", OURS), SETS)
-    assert {(f.code, f.severity) for f in found} == {("shadowed-source-limited", "warning")}
+    assert {(f.code, f.severity) for f in found} == {("shadowed-source-limited", Severity.WARNING)}
 
 
 def test_a_jump_into_a_user_chain_that_accepts_shadows():
@@ -143,3 +145,42 @@ def test_a_forward_accept_for_the_container_port_shadows_a_ban_on_the_published_
     spec = JailSpec.from_params("postfix", {"port": "587,8025", "hooks": "forward"})
     assert [f.code for f in ipset.check_rules(spec, 4, table)] == ["shadowed"]
     assert ipset.check_rules(spec, 4, save(*ours, "-A FORWARD -o docker0 -j DOCKER")) == []
+
+
+TOOLS = os.path.join(os.path.dirname(__file__), "files", "tools")
+
+
+def tool_output(name):
+    with open(os.path.join(TOOLS, name)) as f:
+        return f.read()
+
+
+def test_ipset_members_are_the_first_word_of_each_line_timeouts_aside():
+    assert audit.parse_members(tool_output("ipset-list.txt")) == ["192.0.2.66", "198.51.100.0"]
+    assert audit.parse_members(tool_output("ipset-list-empty.txt")) == []
+    assert audit.parse_members("") == []
+
+
+def test_conntrack_entries_are_read_from_their_original_direction():
+    assert audit.parse_conntrack(tool_output("conntrack-L.txt")) == [
+        audit.Conn("tcp", "ESTABLISHED", "192.0.2.66", 587), audit.Conn("tcp", "SYN_SENT", "198.51.100.7", 25),
+        audit.Conn("udp", "", "192.0.2.66", 53), audit.Conn("icmp", "", "192.0.2.66", None)]
+
+
+def test_sockets_give_peer_and_local_port_with_mapped_ipv4_as_ipv4():
+    assert audit.parse_ss(tool_output("ss-Htn.txt")) == [("192.0.2.66", 587), ("198.51.100.7", 25),
+                                                         ("2001:db8::66", 465)]
+
+
+def test_interfaces_are_named_without_their_peer():
+    assert audit.parse_links(tool_output("ip-o-link.txt")) == ["lo", "eth0", "docker0"]
+
+
+def test_a_shadow_says_its_rule_and_is_critical_unless_source_limited():
+    held = audit.Shadow("-A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT", 1, audit.HELD)
+    assert (held.code, held.severity) == ("shadowed-held-sessions", Severity.CRITICAL)
+    assert held.says("iptables", "INPUT", "fail2ban's", 3) == \
+        "iptables INPUT rule 1 accepts held sessions of banned addresses before fail2ban's rule 3"
+    source = audit.Shadow("-A INPUT -s 192.0.2.0/24 -j ACCEPT", 2, audit.SOURCE)
+    assert (source.code, source.severity) == ("shadowed-source-limited", Severity.WARNING)
+    assert audit.Shadow("-A INPUT -j ACCEPT", 1, audit.FULL).code == "shadowed"

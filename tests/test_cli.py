@@ -58,3 +58,9 @@ def test_command_line_ban_verify_repair_cycle(hosts, workdir, backend, fw):
     assert not fw.holds("postfix", lab.ATTACKER4)
     assert run("stop", "--jail", "postfix").returncode == 0
     assert fw.rules("postfix") == []
+
+
+def test_every_jail_option_fail2ban_can_give_is_an_option_of_the_command():
+    from f2bext import cli, spec
+    options = {a.dest for a in cli.build_parser()._subparsers._group_actions[0].choices["ban"]._actions}
+    assert set(cli.SPEC_OPTIONS) == set(spec.PARAMETERS) - {"name"} and set(cli.SPEC_OPTIONS) <= options

@@ -10,7 +10,6 @@ file's. The stock actions' fate is recorded the same way, as a comparison, not a
 """
 
 import json
-import os
 import subprocess
 import time
 

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Optional, Protocol, Sequence
 
 from ..addr import Network
+from ..severity import Severity
 from ..spec import JailSpec
 
 # Everything the jail holds banned, asked for only when a change needs it (a rebuild, a CIDR set).
 Held = Callable[[], Iterable[Network]]
 Op = Literal["add", "delete"]  # a change of bans, as nft names it; the ipset layer says the same
 
-WARNING = "warning"
-BROKEN = "broken"
+WARNING = Severity.WARNING
+BROKEN = Severity.CRITICAL  # `verify` prints it "broken"
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Finding:
     """One thing wrong with a jail's enforcement: how bad, what, and the kernel's own words for it."""
 
     jail: str
-    severity: str  # WARNING or BROKEN
+    severity: Severity  # WARNING or BROKEN
     code: str
     message: str
     evidence: str = ""

@@ -28,7 +28,8 @@ from ..errors import KernelError
 from ..kernel import nftgen, xtables
 from ..kernel.ipset import Ipset, ipset_error
 from ..spec import JailSpec, PortRange, format_ports
-from .base import BROKEN, WARNING, Finding, Held, Op, SharedBans, refused
+from ..severity import Severity
+from .base import BROKEN, Finding, Held, Op, SharedBans, refused
 
 FAMILIES = (4, 6)
 CHAINS = {"input": "INPUT", "forward": "FORWARD"}
@@ -230,7 +231,7 @@ def check_rules(spec: JailSpec, family: int, table: audit.Table) -> list[Finding
     tool = "iptables" if family == 4 else "ip6tables"
     findings = []
 
-    def add(severity: str, code: str, message: str, evidence: str = "") -> None:
+    def add(severity: Severity, code: str, message: str, evidence: str = "") -> None:
         findings.append(Finding(spec.jail, severity, code, message, evidence))
 
     ours = _is_ours(spec.jail, family)
@@ -247,12 +248,7 @@ def check_rules(spec: JailSpec, family: int, table: audit.Table) -> list[Finding
         # an accept there lets banned traffic through whatever port it names.
         seen_as = dataclasses.replace(spec, ports=()) if hook == "forward" else spec
         for shadow in audit.shadows(chain, seen_as, table, ours):
-            first = mine[0].position
-            what = {audit.FULL: "accepts the banned traffic", audit.HELD: "accepts the held sessions of banned "
-                    "addresses", audit.SOURCE: "accepts banned traffic from some sources"}[shadow.scope]
-            add(WARNING if shadow.scope == audit.SOURCE else BROKEN,
-                "shadowed" if shadow.scope == audit.FULL else f"shadowed-{shadow.scope}",
-                f"{tool} {chain} rule {shadow.position} {what} before f2bext's rule {first}", shadow.rule)
+            add(shadow.severity, shadow.code, shadow.says(tool, chain, "f2bext's", mine[0].position), shadow.rule)
     for chain, rules in table.chains.items():
         if chain not in {CHAINS[h] for h in spec.hooks} and any(ours(r) for r in rules):
             add(BROKEN, "hook-extra", f"{tool} {chain} holds rules of jail {spec.jail} it does not ask for")
@@ -289,6 +285,10 @@ class Xtables:
     def table(self, family: int) -> audit.Table:
         return audit.parse_save(self._run([self._tool(family, "-save"), "-t", "filter"], "list rules"))
 
+    def save(self, family: int) -> str:
+        """Every table's rules, as `iptables-save` prints them (the doctor's read)."""
+        return self._run([self._tool(family, "-save")], "list rules")
+
     def restore_rules(self, family: int, text: str) -> None:
         if text:
             self._run([self._tool(family, "-restore"), "-w", "--noflush"], "change rules", text)
@@ -313,8 +313,7 @@ class Xtables:
 
     def members(self, name: str) -> list[Network]:
         out = self._run(["ipset", "list", name], f"list ipset {name}")
-        members = out.split("Members:", 1)[1].split() if "Members:" in out else []
-        return [ipaddress.ip_network(m) for m in members]
+        return [ipaddress.ip_network(m) for m in audit.parse_members(out)]
 
     def change(self, op: Op, name: str, net: Network) -> None:
         """One element in-process over netlink (no fork per ban); absent or present is not an error."""

@@ -428,6 +428,10 @@ class Nft:
         """Our table without set elements: cheap however many addresses are banned."""
         return parse_ruleset(self._list("list ruleset", terse=True))
 
+    def listing(self) -> dict[str, Any]:
+        """Every table, set elements included, as `nft -j list ruleset` prints it (the doctor's read)."""
+        return self._list("list ruleset", terse=False)
+
     def elements(self, name: str) -> list[Network]:
         """The set's elements. A dump taken while the kernel still resizes a large hash set (right
         after a big load) can repeat some elements and skip others: such a listing is read again."""

@@ -1,0 +1,154 @@
+"""What the doctor could not read is UNKNOWN, never "not enforced": pure findings on kernel snapshots
+with a failed read, the reading itself with a tool missing or failing, and the doctor on a live lab
+without the `ipset` tool."""
+
+import ipaddress
+import json
+import os
+
+from f2bext import doctor, lab
+from f2bext.doctor import reading
+from f2bext.doctor.model import CONNTRACK, IPSETS, NFTABLES, SOCKETS, rules_read, set_read
+from f2bext.severity import Severity, worst
+
+BANNED = (lab.ATTACKER4,)
+IPTABLES_SAVE = ("*filter\n:INPUT ACCEPT [0:0]\n:f2b-postfix - [0:0]\n"
+                 "-A INPUT -p tcp -m tcp --dport 25 -j ACCEPT\n"
+                 "-A INPUT -p tcp -m multiport --dports 25,465,587 -m set --match-set f2b-postfix src -j REJECT\n"
+                 "COMMIT\n")
+
+
+def findings(kernel, kind, action="act", banned=BANNED):
+    jail = doctor.JailInfo("postfix", tuple(banned), (doctor.ActionInfo(action, kind, {"port": "25,465,587"}),))
+    return doctor.diagnose(doctor.Snapshot([jail], kernel))
+
+
+def test_an_unread_ruleset_is_unknown_and_not_read_as_bans_lost():
+    kernel = doctor.KernelInfo(unread={NFTABLES: "nftables refused to list ruleset: Operation not permitted"})
+    for kind in ("f2bext-nftables", "nftables"):
+        [d] = findings(kernel, kind)
+        assert (d.code, d.severity) == ("unreadable", Severity.UNKNOWN)
+        assert "nftables ruleset" in d.message and "Operation not permitted" in d.evidence
+        assert doctor.overall([d]) == doctor.UNKNOWN == 3
+
+
+def test_the_same_empty_kernel_read_fine_is_bans_lost():
+    codes = {d.code for d in findings(doctor.KernelInfo(), "f2bext-nftables")}
+    assert "not-enforced" in codes and "unreadable" not in codes
+
+
+def test_an_unread_set_names_the_set_and_what_was_read_still_speaks():
+    kernel = doctor.KernelInfo(iptables={4: IPTABLES_SAVE, 6: ""},
+                               ipsets={"f2b-postfix": (("hash:ip", "inet"), [])},
+                               unread={set_read("f2b-postfix"): "cannot list ipset f2b-postfix: ipset is not installed"})
+    found = {d.code: d for d in findings(kernel, "iptables-ipset")}
+    assert "not-enforced" not in found and "stale" not in found
+    assert "ipset f2b-postfix" in found["unreadable"].message
+    assert found["shadowed"].severity == Severity.CRITICAL  # the rules were read: the leak is known
+    assert doctor.overall(list(found.values())) == doctor.CRITICAL  # a known leak outranks an unread set
+
+
+def test_unread_ipsets_or_rules_leave_no_set_or_jump_missing():
+    kernel = doctor.KernelInfo(unread={IPSETS: "cannot list ipsets: Protocol not supported",
+                                       rules_read(4): "iptables-nft-save refused to list rules",
+                                       rules_read(6): "ip6tables-nft-save refused to list rules"})
+    [d] = findings(kernel, "f2bext-ipset")
+    assert d.code == "unreadable" and all(w in d.message for w in ("ipsets", "iptables rules", "ip6tables rules"))
+
+
+def test_unread_sessions_are_unknown_only_for_a_jail_with_bans():
+    kernel = doctor.KernelInfo(unread={CONNTRACK: "cannot list conntrack: conntrack is not installed"})
+    assert findings(kernel, "ufw", banned=()) == []
+    kernel.iptables = {4: f"*filter\n:ufw-user-input - [0:0]\n-A ufw-user-input -s {lab.ATTACKER4} -j DROP\nCOMMIT\n"}
+    [d] = findings(kernel, "ufw")
+    assert (d.code, d.severity) == ("unreadable", Severity.UNKNOWN) and "conntrack" in d.message
+
+
+def test_the_words_say_unknown_in_every_output(tmp_path):
+    snap = doctor.Snapshot([doctor.JailInfo("postfix", BANNED, (doctor.ActionInfo("act", "nftables"),))],
+                           doctor.KernelInfo(unread={NFTABLES: "nftables refused to list ruleset"}))
+    found = doctor.diagnose(snap)
+    assert doctor.render(snap, found).startswith("F2BEXT DOCTOR UNKNOWN - postfix: act: could not read the "
+                                                 "nftables ruleset")
+    report = json.loads(doctor.to_json(snap, found))
+    assert report["status"] == "UNKNOWN" and report["findings"][0]["severity"] == "UNKNOWN"
+    prom = tmp_path / "doctor.prom"
+    doctor.write_prom(str(prom), snap, found)
+    assert "f2bext_doctor_status 3" in prom.read_text()
+    assert 'f2bext_jail_findings{jail="postfix",severity="unknown"} 1' in prom.read_text()
+
+
+def test_severities_rank_critical_over_unknown_over_warning():
+    assert worst([]) == Severity.OK
+    assert worst([Severity.WARNING, Severity.UNKNOWN]) == Severity.UNKNOWN
+    assert worst([Severity.UNKNOWN, Severity.CRITICAL, Severity.WARNING]) == Severity.CRITICAL
+
+
+def tools_dir(tmp_path, **scripts):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, text in scripts.items():
+        (folder / name).write_text("#!/bin/sh\n" + text + "\n")
+        (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def test_a_failing_or_missing_session_tool_is_unread_not_no_sessions(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", tools_dir(tmp_path, conntrack="echo 'conntrack v1.4.7: Operation failed' >&2; exit 1"))
+    info = doctor.KernelInfo()
+    assert reading.read_flows(info, [ipaddress.ip_network(lab.ATTACKER4)]) == []
+    assert "conntrack refused to list ipv4 conntrack entries: conntrack v1.4.7: Operation failed" == info.unread[CONNTRACK]
+    assert "ss is not installed" in info.unread[SOCKETS]
+
+
+def test_session_tools_that_answer_give_the_banned_flows(tmp_path, monkeypatch):
+    here = os.path.join(os.path.dirname(__file__), "files", "tools")
+    monkeypatch.setenv("PATH", tools_dir(
+        tmp_path, conntrack=f"[ \"$3\" = ipv4 ] && /bin/cat {here}/conntrack-L.txt; exit 0", ss=f"/bin/cat {here}/ss-Htn.txt"))
+    info = doctor.KernelInfo()
+    banned = [ipaddress.ip_network("192.0.2.66"), ipaddress.ip_network("2001:db8::66")]
+    assert [(f.peer, f.proto, f.dport, f.what) for f in reading.read_flows(info, banned)] == [
+        ("192.0.2.66", "tcp", 587, "conntrack ESTABLISHED"), ("192.0.2.66", "udp", 53, "conntrack "),
+        ("192.0.2.66", "tcp", 587, "socket established"), ("2001:db8::66", "tcp", 465, "socket established")]
+    assert info.unread == {}
+
+
+def test_iptables_not_installed_at_all_or_failing_is_unread(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    info = doctor.KernelInfo()
+    assert reading.read_iptables(info, 4) == ""
+    assert info.unread == {rules_read(4): "neither iptables-nft-save nor iptables-legacy-save is installed"}
+    monkeypatch.setenv("PATH", tools_dir(tmp_path, **{"ip6tables-legacy-save": "echo 'Permission denied' >&2; exit 4"}))
+    info = doctor.KernelInfo()
+    reading.read_iptables(info, 6)
+    assert info.unread == {rules_read(6): "ip6tables-legacy-save refused to list rules: Permission denied"}
+
+
+def path_without(workdir, *tools):
+    """A PATH of the lab's programs and the system's, less the named tools."""
+    env = lab.lab_env(workdir)
+    folder = os.path.join(workdir, "path-without")
+    os.makedirs(folder, exist_ok=True)
+    for directory in env["PATH"].split(os.pathsep):
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            target = os.path.join(folder, name)
+            if name not in tools and not os.path.lexists(target):
+                os.symlink(os.path.join(directory, name), target)
+    env["PATH"] = folder
+    return env
+
+
+def test_doctor_without_the_ipset_tool_is_unknown_not_unenforced(hosts, workdir, f2b):
+    f2b.jails["postfix"].update(banaction="iptables-ipset-proto6")
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    fine = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--json")
+    assert fine.returncode == doctor.OK, fine.stdout
+    result = hosts.server.run([lab.PYTHON, "-m", "f2bext", "doctor", "--json"], check=False,
+                              env=path_without(workdir, "ipset"))
+    report = json.loads(result.stdout)
+    found = {f["code"]: f for f in report["findings"]}
+    assert result.returncode == doctor.UNKNOWN == 3, result.stdout + result.stderr
+    assert set(found) == {"unreadable"} and report["status"] == "UNKNOWN"
+    assert "ipset f2b-postfix" in found["unreadable"]["message"]
+    assert "ipset is not installed" in found["unreadable"]["evidence"]

@@ -65,7 +65,7 @@ def listen(hosts, workdir):
     procs = []
 
     def start(ports, log="other.log"):
-        proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log", os.path.join(workdir, log),
+        proc = hosts.server.popen([lab.PYTHON, "-m", "f2bext.lab.tools", "serve", "--log", os.path.join(workdir, log),
                                    "--ports", ",".join(map(str, ports))], env=lab.lab_env(workdir),
                                   stdout=subprocess.PIPE, text=True)
         procs.append(proc)
@@ -174,7 +174,7 @@ class HeldSession:
     def __init__(self, client_ns, server_ns, workdir, maillog, server=lab.SERVER4, port=25, peer=lab.ATTACKER4):
         self.server_ns, self.maillog, self.port, self.peer = server_ns, maillog, port, peer
         self.status = os.path.join(workdir, f"hold-{server}-{port}")
-        self.proc = client_ns.popen([lab.PYTHON, "-m", "f2bext.labtools", "hold", server, str(port), self.status],
+        self.proc = client_ns.popen([lab.PYTHON, "-m", "f2bext.lab.tools", "hold", server, str(port), self.status],
                                     env=lab.lab_env(workdir))
         lab.Fail2banLab.wait(lambda: os.path.exists(self.status), "the held session")
         assert self.client() == "open"
@@ -236,10 +236,10 @@ def held_session(hosts, workdir):
 def host_kept_out(workdir, hosts):
     """For the labs running real firewall managers: the host's ruleset unchanged, and no firewalld or
     dbus-daemon of the test left anywhere once its namespaces are gone."""
-    from f2bext import labmanagers
-    before = labmanagers.host_ruleset()
+    from f2bext.lab import managers
+    before = managers.host_ruleset()
     yield
-    assert labmanagers.host_ruleset() == before, "the host's ruleset changed"
+    assert managers.host_ruleset() == before, "the host's ruleset changed"
     for ns in hosts.all():
         ns.delete()
-    assert labmanagers.daemons_of(workdir) == [], "a firewalld or dbus-daemon of the test outlived its namespace"
+    assert managers.daemons_of(workdir) == [], "a firewalld or dbus-daemon of the test outlived its namespace"

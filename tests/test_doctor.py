@@ -9,7 +9,7 @@ import time
 import pytest
 
 from f2bext import doctor, lab
-from f2bext.netns import Netns, wire
+from f2bext.lab.netns import Netns, wire
 
 
 def run_doctor(hosts, workdir, *args):
@@ -188,7 +188,7 @@ def published(hosts, workdir):
     inner.add_address("eth0", f"{INTERNAL4}/24")
     inner.run(["ip", "route", "add", "default", "via", "192.0.2.1"])
     hosts.server.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-    proc = inner.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log", os.path.join(workdir, "inner.log"),
+    proc = inner.popen([lab.PYTHON, "-m", "f2bext.lab.tools", "serve", "--log", os.path.join(workdir, "inner.log"),
                         "--ports", "25"], env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     hosts.server.run(["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "25", "-j", "DNAT",

@@ -6,7 +6,7 @@ import json
 import os
 
 from f2bext import doctor, lab, managers
-from f2bext import labmanagers as lm
+from f2bext.lab import managers as lm
 
 FILES = os.path.join(os.path.dirname(__file__), "files", "managers")
 UFW_ESTABLISHED = "-A ufw-before-input -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"

@@ -24,7 +24,7 @@ from f2bext import audit, cli, state
 from f2bext.addr import parse_target, to_text
 from f2bext.backends import get_backend, ipset as ipset_mod, nft
 from f2bext.errors import InputError
-from f2bext.netns import Netns
+from f2bext.lab.netns import Netns
 from f2bext.spec import (
     HOOKS, KILL_KINDS, PARAMETERS, PROTOCOLS, JailSpec, format_ports, parse_jail, parse_ports, parse_protocols,
 )

@@ -1,50 +1,13 @@
-"""Shared fixtures: namespaces are real, created per test and always removed."""
+"""The lab's fixtures: namespaces are real, created per test and always removed."""
 
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from f2bext import lab  # noqa: E402
-
-
-# What the kernel tests run: the lab's namespaces, firewalls, fail2ban and Redis (`make deps` installs them).
-LAB_TOOLS = ("ip", "nft", "conntrack", "ipset", "iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy",
-             "fail2ban-server", "fail2ban-client", "redis-server", "redis-cli", "openssl")
-
-
-def kernel_tests_impossible() -> str:
-    """Why the kernel tests cannot run here ("" when they can)."""
-    if os.geteuid() != 0:
-        return "they need root (network namespaces, firewalls): sudo make test"
-    missing = [tool for tool in LAB_TOOLS if not shutil.which(tool)]
-    return f"missing {', '.join(missing)} (sudo make deps installs them)" if missing else ""
-
-
-# The fixtures that create network namespaces: the lab's hosts, test_fuzz's scratch namespace.
-NAMESPACE_FIXTURES = {"hosts", "scratch"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:  # before -m selects: `-m "not kernel"` leaves them out
-        if NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.kernel)
-
-
-def pytest_collection_finish(session):
-    """Kernel tests that cannot run fail the run, saying why: never a silent skip (CI counts on it)."""
-    kernel = [item for item in session.items if item.get_closest_marker("kernel")]
-    reason = kernel_tests_impossible() if kernel else ""
-    if reason:
-        raise pytest.UsageError(f"{len(kernel)} kernel tests cannot run here: {reason}; "
-                                f"or leave them out with -m 'not kernel'")
+from f2bext import lab
 
 
 @pytest.fixture
@@ -52,11 +15,6 @@ def hosts():
     """Server, attacker and bystander namespaces on one bridge (documentation addresses)."""
     with lab.hosts_up() as h:
         yield h
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    return str(tmp_path)
 
 
 @pytest.fixture

@@ -1,0 +1,49 @@
+"""What both halves of the suite share: the kernel marker and its guard (kernel tests that cannot run
+fail the run), and the fixtures tests/unit and tests/lab both use. The
+lab's fixtures (real namespaces, created per test and always removed) are in tests/lab/conftest.py."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# What the kernel tests run: the lab's namespaces, firewalls, fail2ban and Redis (`make deps` installs them).
+LAB_TOOLS = ("ip", "nft", "conntrack", "ipset", "iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy",
+             "fail2ban-server", "fail2ban-client", "redis-server", "redis-cli", "openssl")
+
+
+def kernel_tests_impossible() -> str:
+    """Why the kernel tests cannot run here ("" when they can)."""
+    if os.geteuid() != 0:
+        return "they need root (network namespaces, firewalls): sudo make test"
+    missing = [tool for tool in LAB_TOOLS if not shutil.which(tool)]
+    return f"missing {', '.join(missing)} (sudo make deps installs them)" if missing else ""
+
+
+# The fixtures that create network namespaces: the lab's hosts, test_fuzz's scratch namespace.
+NAMESPACE_FIXTURES = {"hosts", "scratch"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # before -m selects: `-m "not kernel"` leaves them out
+        if NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
+
+
+def pytest_collection_finish(session):
+    """Kernel tests that cannot run fail the run, saying why: never a silent skip (CI counts on it)."""
+    kernel = [item for item in session.items if item.get_closest_marker("kernel")]
+    reason = kernel_tests_impossible() if kernel else ""
+    if reason:
+        raise pytest.UsageError(f"{len(kernel)} kernel tests cannot run here: {reason}; "
+                                f"or leave them out with -m 'not kernel'")
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return str(tmp_path)

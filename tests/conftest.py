@@ -10,6 +10,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fail2ban.client.actionreader import ActionReader  # noqa: E402
+from fail2ban.server.action import CommandAction  # noqa: E402
+
+from f2bext import lab  # noqa: E402
+
 
 # What the kernel tests run: the lab's namespaces, firewalls, fail2ban and Redis (`make deps` installs them).
 LAB_TOOLS = ("ip", "nft", "conntrack", "ipset", "iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy",
@@ -47,3 +52,20 @@ def pytest_collection_finish(session):
 @pytest.fixture
 def workdir(tmp_path):
     return str(tmp_path)
+
+
+@pytest.fixture
+def repair_command():
+    """repair_command(capture) -> argv: the repair action's ban command as fail2ban builds it for a
+    ticket of the lab's attacker with these filter captures."""
+    def build(capture: dict) -> list[str]:
+        reader = ActionReader("f2bext-repair", "f2bext-leak", {}, basedir=lab.PROJECT_ROOT)
+        assert reader.read()
+        reader.getOptions({})
+        (_, _, _, _, opts), = [c for c in reader.convert() if c[0] == "multi-set"]
+        opts = dict(opts)
+        cmd = CommandAction.replaceTag(opts["actionban"], opts)
+        cmd = CommandAction.replaceDynamicTags(cmd, {"ip": lab.ATTACKER4, "F-*": capture})
+        # Escaped values come back as positional arguments of the shell, as fail2ban runs them.
+        return ["sh", "-c", cmd] if isinstance(cmd, str) else ["sh", "-c", *cmd]
+    return build

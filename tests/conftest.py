@@ -1,5 +1,5 @@
-"""What both halves of the suite share: the kernel marker and its guard (kernel tests that cannot run
-fail the run), and the fixtures tests/unit and tests/lab both use. The
+"""What both halves of the suite share: the kernel marker and its guards (kernel tests that cannot run
+fail the run, and none sits in tests/unit), and the fixtures tests/unit and tests/lab both use. The
 lab's fixtures (real namespaces, created per test and always removed) are in tests/lab/conftest.py."""
 
 import os
@@ -29,8 +29,9 @@ def kernel_tests_impossible() -> str:
     return f"missing {', '.join(missing)} (sudo make deps installs them)" if missing else ""
 
 
-# The fixtures that create network namespaces: the lab's hosts, test_fuzz's scratch namespace.
+# The fixtures that create network namespaces: the lab's hosts, test_fuzz_kernel's scratch namespace.
 NAMESPACE_FIXTURES = {"hosts", "scratch"}
+UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unit")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -38,6 +39,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:  # before -m selects: `-m "not kernel"` leaves them out
         if NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)
+    # `make unit` runs tests/unit as any user: a kernel test there would fail it without root.
+    misplaced = [item.nodeid for item in items
+                 if item.get_closest_marker("kernel") and str(item.path).startswith(UNIT + os.sep)]
+    if misplaced:
+        raise pytest.UsageError(f"kernel tests in tests/unit, which runs without root: {', '.join(misplaced)}; "
+                                f"they belong in tests/lab")
 
 
 def pytest_collection_finish(session):

@@ -1,6 +1,6 @@
 """`make test` without root or without the lab's tools says so and fails, as CI does: the kernel
-tests are never skipped in silence. Run as the unprivileged user nobody (setpriv), on a copy of the
-checkout it can read."""
+tests are never skipped in silence; `make unit` needs neither. Run as the unprivileged user nobody
+(setpriv), on a copy of the checkout it can read."""
 
 import os
 import shutil
@@ -57,3 +57,9 @@ def test_tests_that_need_no_kernel_still_run_without_root(checkout):
                      "tests/unit/test_input.py", "tests/lab/test_nft_kernel.py"], checkout)
     assert code == 0, out[-2000:]
     assert " passed" in out and " skipped" not in out and " deselected" in out
+
+
+def test_make_unit_runs_every_pure_test_without_root(checkout):
+    code, out = run([*NOBODY, "make", "unit"], checkout)
+    assert code == 0, out[-2000:]
+    assert " passed" in out and " skipped" not in out and " deselected" not in out

@@ -1,4 +1,5 @@
-# f2bext: `make demo` runs the namespace lab, `make test` the whole suite (both need root).
+# f2bext: `make demo` runs the namespace lab, `make test` the whole suite (both need root); `make unit`
+# the pure tests of tests/unit, as any user.
 PYTHON      ?= /usr/bin/python3
 PREFIX      ?= /usr
 SYSCONFDIR  ?= /etc
@@ -50,7 +51,7 @@ test: deps
 	$(PYTHON) -m pytest -v -p no:cacheprovider -rs tests
 
 unit:
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_input.py tests/test_nft_rules.py
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
 
 demo: deps
 	$(PYTHON) -m f2bext demo

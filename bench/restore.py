@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import kernel
 from dbgen import BANTIME, JAIL
 from f2bext import lab
-from f2bext.netns import Netns
+from f2bext.lab.netns import Netns
 from report import BASELINE as NOOP
 
 NOOP_ACTION = os.path.join(os.path.dirname(os.path.abspath(__file__)), NOOP)

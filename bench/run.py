@@ -30,7 +30,7 @@ import dbgen  # noqa: E402
 import report  # noqa: E402
 import restore  # noqa: E402
 from f2bext import lab  # noqa: E402
-from f2bext.netns import Netns  # noqa: E402
+from f2bext.lab.netns import Netns  # noqa: E402
 from report import BASELINE, OURS_CONF, OURS_PY, SIZES, STOCK, TWENTY_K, UNCAPPED_STOCK  # noqa: E402
 
 OTHER_RULES = 1_000  # unrelated iptables rules, as on a host running Docker or firewalld

@@ -304,10 +304,10 @@ def run(argv: Sequence[str]) -> int:
     if cmd == "doctor":
         return run_doctor(args)
     if cmd == "demo":
-        from .demo import run_demo
+        from .lab.demo import run_demo
         return run_demo(keep=args.keep)
     if cmd == "cleanup":
-        from .netns import remove_stale
+        from .lab.netns import remove_stale
         for name in remove_stale():
             print(f"removed namespace {name}")
         return 0

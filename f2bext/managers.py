@@ -1,5 +1,5 @@
 """The firewall manager a host runs (firewalld, ufw), found in its ruleset, and what it does to each
-kind of ban action: measured in the lab (tests/test_managers.py), said here as advice with the fix.
+kind of ban action: measured in the lab (tests/lab/test_managers.py), said here as advice with the fix.
 Pure: `detect` and `advise` read what doctor's collect() gathered; tested on captured rulesets."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from fail2ban.version import version as fail2ban_version
 
 from f2bext import lab
 
-LOGS = os.path.join(os.path.dirname(__file__), "files", "logs")
+LOGS = os.path.join(os.path.dirname(__file__), "..", "files", "logs")
 FILTERS = os.path.join(lab.PROJECT_ROOT, "filter.d")
 # fail2ban's test clock (Aug 14 2005): sample dates without a year are read against it, as upstream.
 TEST_NOW = 1124013600

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from f2bext import doctor, lab
-from f2bext.netns import Netns, wire
+from f2bext.lab.netns import Netns, wire
 
 
 def run_doctor(hosts, workdir, *args):
@@ -188,7 +188,7 @@ def published(hosts, workdir):
     inner.add_address("eth0", f"{INTERNAL4}/24")
     inner.run(["ip", "route", "add", "default", "via", "192.0.2.1"])
     hosts.server.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-    proc = inner.popen([lab.PYTHON, "-m", "f2bext.labtools", "serve", "--log", os.path.join(workdir, "inner.log"),
+    proc = inner.popen([lab.PYTHON, "-m", "f2bext.lab.tools", "serve", "--log", os.path.join(workdir, "inner.log"),
                         "--ports", "25"], env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     hosts.server.run(["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "25", "-j", "DNAT",
@@ -262,3 +262,33 @@ def test_action_kinds_are_recognised_by_name_or_ban_command():
     assert doctor.action_kind("f2bext-ipset", "") == "f2bext-ipset"
     assert doctor.action_kind("custom", "<nftables> add element <table_family> <table> <addr_set> { <ip> }") == "nftables"
     assert doctor.action_kind("sendmail-whois", "printf %%b ...") == ""
+
+
+def path_without(workdir, *tools):
+    """A PATH of the lab's programs and the system's, less the named tools."""
+    env = lab.lab_env(workdir)
+    folder = os.path.join(workdir, "path-without")
+    os.makedirs(folder, exist_ok=True)
+    for directory in env["PATH"].split(os.pathsep):
+        for name in os.listdir(directory) if os.path.isdir(directory) else ():
+            target = os.path.join(folder, name)
+            if name not in tools and not os.path.lexists(target):
+                os.symlink(os.path.join(directory, name), target)
+    env["PATH"] = folder
+    return env
+
+
+def test_doctor_without_the_ipset_tool_is_unknown_not_unenforced(hosts, workdir, f2b):
+    f2b.jails["postfix"].update(banaction="iptables-ipset-proto6")
+    f2b.start()
+    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
+    fine = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--json")
+    assert fine.returncode == doctor.OK, fine.stdout
+    result = hosts.server.run([lab.PYTHON, "-m", "f2bext", "doctor", "--json"], check=False,
+                              env=path_without(workdir, "ipset"))
+    report = json.loads(result.stdout)
+    found = {f["code"]: f for f in report["findings"]}
+    assert result.returncode == doctor.UNKNOWN == 3, result.stdout + result.stderr
+    assert set(found) == {"unreadable"} and report["status"] == "UNKNOWN"
+    assert "ipset f2b-postfix" in found["unreadable"]["message"]
+    assert "ipset is not installed" in found["unreadable"]["evidence"]

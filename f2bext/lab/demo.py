@@ -9,7 +9,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from . import lab
+from .. import lab
 
 OPEN, REFUSED = 0, 1
 

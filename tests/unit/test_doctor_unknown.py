@@ -122,33 +122,3 @@ def test_iptables_not_installed_at_all_or_failing_is_unread(tmp_path, monkeypatc
     info = doctor.KernelInfo()
     reading.read_iptables(info, 6)
     assert info.unread == {rules_read(6): "ip6tables-legacy-save refused to list rules: Permission denied"}
-
-
-def path_without(workdir, *tools):
-    """A PATH of the lab's programs and the system's, less the named tools."""
-    env = lab.lab_env(workdir)
-    folder = os.path.join(workdir, "path-without")
-    os.makedirs(folder, exist_ok=True)
-    for directory in env["PATH"].split(os.pathsep):
-        for name in os.listdir(directory) if os.path.isdir(directory) else ():
-            target = os.path.join(folder, name)
-            if name not in tools and not os.path.lexists(target):
-                os.symlink(os.path.join(directory, name), target)
-    env["PATH"] = folder
-    return env
-
-
-def test_doctor_without_the_ipset_tool_is_unknown_not_unenforced(hosts, workdir, f2b):
-    f2b.jails["postfix"].update(banaction="iptables-ipset-proto6")
-    f2b.start()
-    f2b.client("set", "postfix", "banip", lab.ATTACKER4)
-    fine = lab.f2bext_cmd(hosts.server, workdir, "doctor", "--json")
-    assert fine.returncode == doctor.OK, fine.stdout
-    result = hosts.server.run([lab.PYTHON, "-m", "f2bext", "doctor", "--json"], check=False,
-                              env=path_without(workdir, "ipset"))
-    report = json.loads(result.stdout)
-    found = {f["code"]: f for f in report["findings"]}
-    assert result.returncode == doctor.UNKNOWN == 3, result.stdout + result.stderr
-    assert set(found) == {"unreadable"} and report["status"] == "UNKNOWN"
-    assert "ipset f2b-postfix" in found["unreadable"]["message"]
-    assert "ipset is not installed" in found["unreadable"]["evidence"]

@@ -1,11 +1,11 @@
 """Small programs the lab runs inside its namespaces: an SMTP-like server that logs failed logins the
 way postfix does, and clients that probe, fail logins, and hold a session open.
 
-    python3 -m f2bext.labtools serve --log FILE --ports 25,465,587 [--udp 5353]   (UDP: echoes datagrams)
-    python3 -m f2bext.labtools probe HOST PORT [--source ADDR] [--udp | --sctp]
+    python3 -m f2bext.lab.tools serve --log FILE --ports 25,465,587 [--udp 5353]   (UDP: echoes datagrams)
+    python3 -m f2bext.lab.tools probe HOST PORT [--source ADDR] [--udp | --sctp]
                                                     exit 0 open, 1 refused/unreachable, 2 timeout
-    python3 -m f2bext.labtools fail-logins HOST PORT N
-    python3 -m f2bext.labtools hold HOST PORT STATUSFILE   status: "open", then "ended: <why>"
+    python3 -m f2bext.lab.tools fail-logins HOST PORT N
+    python3 -m f2bext.lab.tools hold HOST PORT STATUSFILE   status: "open", then "ended: <why>"
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def hold(host: str, port: int, status: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="f2bext.labtools")
+    p = argparse.ArgumentParser(prog="f2bext.lab.tools")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve"); s.add_argument("--log", required=True); s.add_argument("--ports", required=True)
     s.add_argument("--udp", default="")

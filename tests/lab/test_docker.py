@@ -3,13 +3,13 @@ a real fail2ban-server whose jail names the published port: the ban holds for wh
 through a dockerd restart and a new container, on IPv4 and IPv6; the host is left as it was."""
 
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
-from f2bext import doctor, lab, labdocker
+from f2bext import doctor, lab
+from f2bext.lab.docker import Dockerd, daemons_on_host
 
 PUBLISHED = 8025
 PORTS = f"submission,{PUBLISHED}"  # 587 on the host, 8025 published to the container
@@ -29,7 +29,7 @@ def dockerd(hosts, workdir):
     """dockerd in the server namespace with one container published on 8025, started before fail2ban
     as on a real host; afterwards, nothing of it on the host."""
     before = host_firewall()
-    daemon = labdocker.Dockerd(hosts.server, workdir, hosts.tag)
+    daemon = Dockerd(hosts.server, workdir, hosts.tag)
     try:
         daemon.start()
         daemon.import_image()
@@ -38,7 +38,7 @@ def dockerd(hosts, workdir):
         yield daemon
     finally:
         daemon.stop()
-    assert labdocker.daemons_on_host() == []
+    assert daemons_on_host() == []
     assert host_firewall() == before
 
 

@@ -1,8 +1,9 @@
 """Real firewall managers in the lab's server namespace: firewalld on a private D-Bus system bus, and
 ufw, each with private configuration bound over its /etc paths in a mount namespace of its own, so
-nothing starts on the host, reads the host's configuration or touches the host's ruleset.
+nothing starts on the host, reads the host's configuration or touches the host's ruleset. (The doctor's
+detection of a manager from a ruleset is f2bext/managers.py.)
 
-    python3 -m f2bext.labmanagers leakwatch HOST PORT SECONDS   (in the attacker's namespace)
+    python3 -m f2bext.lab.managers leakwatch HOST PORT SECONDS   (in the attacker's namespace)
         connects every 20 ms for SECONDS and prints one JSON line: the seconds, from its start, at
         which a connection got through.
 """

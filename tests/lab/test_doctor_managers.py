@@ -6,9 +6,9 @@ import json
 import os
 
 from f2bext import doctor, lab, managers
-from f2bext import labmanagers as lm
+from f2bext.lab import managers as lm
 
-FILES = os.path.join(os.path.dirname(__file__), "files", "managers")
+FILES = os.path.join(os.path.dirname(__file__), "..", "files", "managers")
 UFW_ESTABLISHED = "-A ufw-before-input -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
 
 
@@ -48,7 +48,7 @@ def test_ufw_is_found_and_its_manage_builtins_read():
 
 
 def test_a_host_without_a_manager_gets_no_manager_finding():
-    k = doctor.KernelInfo(nft=json.load(open(os.path.join(os.path.dirname(__file__), "files", "nft", "healthy.json"))))
+    k = doctor.KernelInfo(nft=json.load(open(os.path.join(os.path.dirname(__file__), "..", "files", "nft", "healthy.json"))))
     assert managers.detect(k.nft, k.iptables) == []
 
 

@@ -1,6 +1,6 @@
 """`make test` without root or without the lab's tools says so and fails, as CI does: the kernel
-tests are never skipped in silence. Run as the unprivileged user nobody (setpriv), on a copy of the
-checkout it can read."""
+tests are never skipped in silence; `make unit` needs neither. Run as the unprivileged user nobody
+(setpriv), on a copy of the checkout it can read."""
 
 import os
 import shutil
@@ -46,7 +46,7 @@ def test_make_test_without_root_says_so_and_fails(checkout):
 
 
 def test_kernel_tests_without_the_lab_tools_name_them_and_fail(checkout, tmp_path):
-    code, out = run([lab.PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_nft_kernel.py"],
+    code, out = run([lab.PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/lab/test_nft_kernel.py"],
                     checkout, PATH=str(tmp_path))
     assert code == pytest.ExitCode.USAGE_ERROR, out
     assert "kernel tests cannot run here: missing ip, nft, conntrack," in out and "make deps" in out, out[-2000:]
@@ -54,6 +54,12 @@ def test_kernel_tests_without_the_lab_tools_name_them_and_fail(checkout, tmp_pat
 
 def test_tests_that_need_no_kernel_still_run_without_root(checkout):
     code, out = run([*NOBODY, lab.PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not kernel",
-                     "tests/test_input.py", "tests/test_nft_kernel.py"], checkout)
+                     "tests/unit/test_input.py", "tests/lab/test_nft_kernel.py"], checkout)
     assert code == 0, out[-2000:]
     assert " passed" in out and " skipped" not in out and " deselected" in out
+
+
+def test_make_unit_runs_every_pure_test_without_root(checkout):
+    code, out = run([*NOBODY, "make", "unit"], checkout)
+    assert code == 0, out[-2000:]
+    assert " passed" in out and " skipped" not in out and " deselected" not in out

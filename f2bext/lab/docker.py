@@ -18,7 +18,7 @@ import time
 from typing import Any, Optional, Sequence
 from urllib.parse import quote
 
-from .lab import PYTHON, lab_env
+from . import PYTHON, lab_env
 from .netns import Netns
 
 BUSYBOX = "/bin/busybox"  # busybox-static: runs in an image that holds nothing else
@@ -234,7 +234,7 @@ class Dockerd:
         raise RuntimeError(f"container {name} is not serving: {self.log_tail()}")
 
     def answers(self, address: str, port: int) -> bool:
-        probe = [PYTHON, "-m", "f2bext.labtools", "probe", address, str(port)]
+        probe = [PYTHON, "-m", "f2bext.lab.tools", "probe", address, str(port)]
         return self.ns.run(probe, check=False, env=lab_env(self.lab)).returncode == 0
 
     # ---- the end ----

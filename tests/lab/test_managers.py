@@ -16,7 +16,7 @@ import time
 import pytest
 
 from f2bext import lab
-from f2bext import labmanagers as lm
+from f2bext.lab import managers as lm
 
 HEAL_BOUND = 10.0  # seconds: generous against the watchdog's ~2 s, on a loaded 2-core machine
 ACTIONS = ["nftables", "ipset-nft"]  # f2bext-nftables.py, and f2bext-ipset.py on iptables-nft
@@ -70,7 +70,7 @@ class Leakwatch:
     """Connections from the attacker, every 20 ms, to port 25 while an operation runs."""
 
     def __init__(self, hosts, workdir, seconds):
-        self.proc = hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.labmanagers", "leakwatch", lab.SERVER4, "25",
+        self.proc = hosts.attacker.popen([lab.PYTHON, "-m", "f2bext.lab.managers", "leakwatch", lab.SERVER4, "25",
                                           str(seconds)], env=lab.lab_env(workdir), stdout=subprocess.PIPE, text=True)
 
     def through(self):

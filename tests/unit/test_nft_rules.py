@@ -10,7 +10,7 @@ from f2bext.kernel import nftgen
 from f2bext.backends import nft
 from f2bext.spec import JailSpec
 
-FILES = os.path.join(os.path.dirname(__file__), "files", "nft")
+FILES = os.path.join(os.path.dirname(__file__), "..", "files", "nft")
 POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
 SSHD = JailSpec.from_params("sshd", {"port": "ssh", "hooks": "input,forward", "blocktype": "drop",
                                      "protocol": "tcp,udp"})

@@ -80,7 +80,7 @@ def test_each_kill_value_cuts_exactly_what_it_names_through_fail2bans_ban_path(h
 def test_a_session_that_cannot_be_cut_is_one_log_line_and_the_ban_stands(hosts, workdir, f2b, held_session, reach):
     # The kernel refuses fail2ban-server sock_diag sockets (a container's seccomp profile may): sockets
     # cannot be destroyed, conntrack entries still can.
-    f2b.server_argv = [lab.PYTHON, os.path.join(os.path.dirname(__file__), "files", "deny_sock_diag.py"),
+    f2b.server_argv = [lab.PYTHON, os.path.join(os.path.dirname(__file__), "..", "files", "deny_sock_diag.py"),
                        "fail2ban-server"]
     f2b.start()
     held = held_session(f2b.maillog)
@@ -240,7 +240,7 @@ def test_action_loaded_as_fail2ban_1_1_1_loads_it_bans_and_holds(hosts, workdir,
     record = os.path.join(workdir, "loaded.jsonl")
     os.environ["F2BEXT_LOADER_RECORD"] = record  # the lab hands its environment to fail2ban-server
     try:
-        f2b.server_argv = [lab.PYTHON, os.path.join(os.path.dirname(__file__), "files",
+        f2b.server_argv = [lab.PYTHON, os.path.join(os.path.dirname(__file__), "..", "files",
                                                     "fail2ban_server_bare_loader.py")]
         f2b.start()
     finally:

@@ -1,5 +1,7 @@
-"""The namespace lab: a server with SMTP listeners behind the seed's firewall, an attacker, a bystander,
-and a real fail2ban-server whose jail uses our action. Used by the demo and the tests."""
+"""The namespace lab of the demo and the tests: a server with SMTP listeners behind the seed's firewall,
+an attacker, a bystander, and a real fail2ban-server whose jail uses our action (this module). Beside it:
+netns.py (the namespaces), tools.py (the programs run inside them), docker.py and managers.py (a real
+dockerd, real firewalld and ufw in the server's namespace) and demo.py (`f2bext demo`)."""
 
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def hosts_up(tag: str = "") -> Iterator[Hosts]:
             ns.delete()
 
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON = "/usr/bin/python3"  # Debian's interpreter: the one with fail2ban and nftables
 
 # The seed's firewall: held sessions and the mail ports accepted ahead of everything else.
@@ -168,15 +170,15 @@ def lab_env(workdir: str, variant: str = "") -> dict[str, str]:
 
 
 def tool(ns: Netns, workdir: str, *args: str, check: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run one of the labtools inside a namespace."""
-    return ns.run([PYTHON, "-m", "f2bext.labtools", *args], check=check, timeout=timeout, env=lab_env(workdir))
+    """Run one of the lab's tools (tools.py) inside a namespace."""
+    return ns.run([PYTHON, "-m", "f2bext.lab.tools", *args], check=check, timeout=timeout, env=lab_env(workdir))
 
 
 def hold(ns: Netns, workdir: str, host: str, port: int) -> str:
-    """A session held open from `ns` to host:port (labtools hold); returns its status file, which reads
+    """A session held open from `ns` to host:port (tools.py hold); returns its status file, which reads
     "open" until the session ends, then "ended: <why>"."""
     status = os.path.join(workdir, f"hold-{host}-{port}")
-    ns.popen([PYTHON, "-m", "f2bext.labtools", "hold", host, str(port), status], env=lab_env(workdir))
+    ns.popen([PYTHON, "-m", "f2bext.lab.tools", "hold", host, str(port), status], env=lab_env(workdir))
     Fail2banLab.wait(lambda: os.path.exists(status), "the held session")
     return status
 
@@ -252,7 +254,7 @@ class Fail2banLab:
 
     def start(self) -> None:
         self.write_config()
-        self.smtp = self.ns.popen([PYTHON, "-m", "f2bext.labtools", "serve", "--log", self.maillog,
+        self.smtp = self.ns.popen([PYTHON, "-m", "f2bext.lab.tools", "serve", "--log", self.maillog,
                                    "--ports", ",".join(map(str, SMTP_PORTS)), "--udp", str(UDP_ECHO_PORT)],
                                             env=lab_env(self.workdir, self.variant), stdout=subprocess.PIPE, text=True)
         assert self.smtp.stdout is not None and self.smtp.stdout.readline().strip() == "ready"

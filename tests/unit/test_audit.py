@@ -147,7 +147,7 @@ def test_a_forward_accept_for_the_container_port_shadows_a_ban_on_the_published_
     assert ipset.check_rules(spec, 4, save(*ours, "-A FORWARD -o docker0 -j DOCKER")) == []
 
 
-TOOLS = os.path.join(os.path.dirname(__file__), "files", "tools")
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "files", "tools")
 
 
 def tool_output(name):

@@ -102,7 +102,7 @@ def test_a_failing_or_missing_session_tool_is_unread_not_no_sessions(tmp_path, m
 
 
 def test_session_tools_that_answer_give_the_banned_flows(tmp_path, monkeypatch):
-    here = os.path.join(os.path.dirname(__file__), "files", "tools")
+    here = os.path.join(os.path.dirname(__file__), "..", "files", "tools")
     monkeypatch.setenv("PATH", tools_dir(
         tmp_path, conntrack=f"[ \"$3\" = ipv4 ] && /bin/cat {here}/conntrack-L.txt; exit 0", ss=f"/bin/cat {here}/ss-Htn.txt"))
     info = doctor.KernelInfo()

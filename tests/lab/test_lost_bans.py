@@ -1,19 +1,17 @@
 """No lost ban: a rebuild never holds fewer bans than fail2ban does, whoever runs it and whatever it
-could not read. Real fail2ban-server, real kernel, in the lab's namespaces."""
+could not read. Real fail2ban-server, real kernel, in the lab's namespaces. The jail lock, which needs
+none, is tests/unit/test_jail_lock.py."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
-from f2bext import lab, state
-from f2bext.errors import KernelError
+from f2bext import lab
 from test_concurrency import fail
 from test_faults import JAIL, addresses, assert_kernel_mirrors, ban, hook_count, kernel_bans
 
@@ -128,32 +126,3 @@ def test_a_corrupt_state_file_counts_as_absent_and_the_next_ban_writes_it_anew(h
     assert_kernel_mirrors(f2b, fw, timeout=10, what="the bans made after the state broke")
     result = lab.f2bext_cmd(hosts.server, workdir, "verify", "--jail", JAIL, variant=fw.variant)
     assert (result.returncode, result.stderr) == (0, ""), result.stdout + result.stderr
-
-
-HOLD_LOCK = """
-import sys
-from f2bext import state
-with state.JailLock(sys.argv[1]):
-    print("locked", flush=True)
-    sys.stdin.readline()
-"""
-
-
-def test_the_jail_lock_excludes_other_processes_even_after_its_file_was_removed(workdir, monkeypatch):
-    monkeypatch.setenv("F2BEXT_STATE_DIR", os.path.join(workdir, "run"))
-    monkeypatch.setattr(state, "LOCK_WAIT", 0.5)
-    mine = state.JailLock(JAIL)
-    with mine:  # opened once and kept, as the in-process action keeps it
-        pass
-    shutil.rmtree(os.path.join(workdir, "run"))  # /run emptied under a running fail2ban
-    other = subprocess.Popen([lab.PYTHON, "-c", HOLD_LOCK, JAIL], env=dict(os.environ, PYTHONPATH=lab.PROJECT_ROOT),
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert other.stdout.readline().strip() == "locked"
-        with pytest.raises(KernelError, match="stayed locked"):
-            with mine:
-                pass
-    finally:
-        other.communicate("\n")
-    with mine:
-        pass

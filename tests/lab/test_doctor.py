@@ -1,5 +1,6 @@
 """`f2bext doctor` on live labs: each cause of a leaking ban produced the way it happens in life,
-with real fail2ban-server, stock actions and ours, and the finding asserted by kind and evidence."""
+with real fail2ban-server, stock actions and ours, and the finding asserted by kind and evidence. How it
+reads fail2ban's notices and action kinds, which needs no lab, is tests/unit/test_doctor_reading.py."""
 
 import json
 import os
@@ -239,29 +240,6 @@ def test_doctor_json_without_fail2ban_is_json_saying_unknown(hosts, workdir):
     report = json.loads(result.stdout)
     assert result.returncode == doctor.UNKNOWN and report["status"] == "UNKNOWN"
     assert report["summary"].startswith("F2BEXT DOCTOR UNKNOWN - ") and report["findings"] == []
-
-
-def test_notices_are_counted_per_jail_and_window(tmp_path):
-    log = tmp_path / "fail2ban.log"
-    now = time.time()
-    stamp = lambda age: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now - age))  # noqa: E731
-    log.write_text("\n".join([
-        f"{stamp(10)},123 fail2ban.actions        [99]: NOTICE  [postfix] 203.0.113.7 already banned",
-        f"{stamp(7200)},1 fail2ban.actions: WARNING [postfix] 2001:db8::7 already banned",
-        f"{stamp(100)},5 fail2ban.actions        [99]: NOTICE  [sshd] 198.51.100.9 already banned",
-        f"{stamp(200000)},5 fail2ban.actions        [99]: NOTICE  [sshd] 198.51.100.9 already banned",
-        f"{stamp(5)},5 fail2ban.actions        [99]: NOTICE  [sshd] Ban 198.51.100.9",
-    ]))
-    assert doctor.read_notices(str(log), now) == {"postfix": (1, 2), "sshd": (1, 1)}
-
-
-def test_action_kinds_are_recognised_by_name_or_ban_command():
-    assert doctor.action_kind("iptables-multiport", "") == "iptables"
-    assert doctor.action_kind("iptables-ipset-proto6-allports", "") == "iptables-ipset"
-    assert doctor.action_kind("nftables", "") == "nftables"
-    assert doctor.action_kind("f2bext-ipset", "") == "f2bext-ipset"
-    assert doctor.action_kind("custom", "<nftables> add element <table_family> <table> <addr_set> { <ip> }") == "nftables"
-    assert doctor.action_kind("sendmail-whois", "printf %%b ...") == ""
 
 
 def path_without(workdir, *tools):

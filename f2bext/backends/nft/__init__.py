@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
-from ..kernel import nftgen
-from ..addr import Network, is_single
-from ..errors import KernelError
-from ..spec import JailSpec, PortRange
-from .base import BROKEN, Finding, Held, Op, SharedBans, refused
+from ...kernel import nftgen
+from ...addr import Network, is_single
+from ...errors import KernelError
+from ...spec import JailSpec, PortRange
+from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
 
 FAMILY = "inet"
 TABLE = "f2bext"

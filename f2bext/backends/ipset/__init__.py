@@ -22,14 +22,14 @@ import subprocess
 from collections import Counter
 from typing import Collection, Iterable, Optional, Sequence
 
-from .. import audit
-from ..addr import Network, to_text
-from ..errors import KernelError
-from ..kernel import nftgen, xtables
-from ..kernel.ipset import Ipset, ipset_error
-from ..spec import JailSpec, PortRange, format_ports
-from ..severity import Severity
-from .base import BROKEN, Finding, Held, Op, SharedBans, refused
+from ... import audit
+from ...addr import Network, to_text
+from ...errors import KernelError
+from ...kernel import nftgen, xtables
+from ...kernel.ipset import Ipset, ipset_error
+from ...spec import JailSpec, PortRange, format_ports
+from ...severity import Severity
+from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
 
 FAMILIES = (4, 6)
 CHAINS = {"input": "INPUT", "forward": "FORWARD"}

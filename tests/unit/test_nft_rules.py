@@ -8,6 +8,7 @@ import pytest
 
 from f2bext.kernel import nftgen
 from f2bext.backends import nft
+from f2bext.backends.nft import read as nft_read
 from f2bext.spec import JailSpec
 
 FILES = os.path.join(os.path.dirname(__file__), "..", "files", "nft")
@@ -134,8 +135,8 @@ def test_original_port_values_listed_untyped_by_libnftables_1_0_6_read_back_as_p
         "postfix-v4", ("tcp",), ((587, 587), (8025, 8025)), "reject", nft.ORIGDPORT)
     ranged = {"expr": [{"match": {"op": "==", "left": {"ct": {"key": "proto-dst", "dir": "original"}},
                                   "right": {"range": ["0x1f40 [invalid type]", "0x1fa4 [invalid type]"]}}}]}
-    assert nft._ports_of(ranged["expr"][0]["match"]["right"]) == ((8000, 8100),)
-    assert nft._ports_of("0x24b [some other type]") is None and nft._ports_of("587") is None
+    assert nft_read._ports_of(ranged["expr"][0]["match"]["right"]) == ((8000, 8100),)
+    assert nft_read._ports_of("0x24b [some other type]") is None and nft_read._ports_of("587") is None
 
 
 def test_forward_chain_missing_its_original_port_rules_is_altered():

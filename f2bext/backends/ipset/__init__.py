@@ -1,5 +1,5 @@
-"""iptables + ipset backend: pure builders (spec -> restore text), the check that reads iptables-save
-as the kernel walks it, and the one class that runs iptables/ipset.
+"""iptables + ipset backend: the one class that runs iptables/ipset (`Xtables`) and the Backend on it
+(`IpsetBackend`); the pure builders are in build.py, the reader and checks in read.py, both named here too.
 
 Per jail J: ipsets `f2bext-J` (inet) and `f2bext6-J` (inet6), both hash:net so that CIDR bans work,
 and `f2bxr-J`/`f2bxr6-J` for the bans other servers shared (fleet sharing; apart, so that local unbans
@@ -14,248 +14,22 @@ and a repair moves our rules back to the head in one iptables-restore transactio
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
-import shlex
 import subprocess
-from collections import Counter
-from typing import Collection, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from ... import audit
 from ...addr import Network, to_text
 from ...errors import KernelError
 from ...kernel import nftgen, xtables
 from ...kernel.ipset import Ipset, ipset_error
-from ...spec import JailSpec, PortRange, format_ports
-from ...severity import Severity
+from ...spec import JailSpec
 from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
+from .build import (CHAINS, FAMILIES, MAXELEM, MULTIPORT_MAX, build_rules_removal, build_rules_restore,
+                    build_set_restore, build_set_swap, comment, ipset_name, ipset_names, rule_args, swap_name)
+from .read import check_jail, check_rules, check_sets, expected_shapes, parse_set_headers, parse_sets
 
-FAMILIES = (4, 6)
-CHAINS = {"input": "INPUT", "forward": "FORWARD"}
-MAXELEM = 1048576  # fail2ban hosts with long bantimes collect hundreds of thousands of bans
-MULTIPORT_MAX = 15  # ports per multiport match (a range counts twice)
-
-
-def ipset_name(jail: str, family: int, remote: bool = False) -> str:
-    """The name of the jail's ipset of one family, its own or the shared one (ipset names are host-wide,
-    unlike nft.set_name's, which live in table inet f2bext)."""
-    if remote:
-        return f"f2bxr-{jail}" if family == 4 else f"f2bxr6-{jail}"
-    return f"f2bext-{jail}" if family == 4 else f"f2bext6-{jail}"
-
-
-def ipset_names(jail: str, family: int) -> tuple[str, str]:
-    """The jail's local and shared set of one family."""
-    return ipset_name(jail, family), ipset_name(jail, family, remote=True)
-
-
-def swap_name(jail: str, family: int) -> str:
-    """The set a repair fills before it swaps it in for the local one."""
-    return f"f2bxt-{jail}" if family == 4 else f"f2bxt6-{jail}"
-
-
-def comment(jail: str) -> str:
-    return f"f2bext:{jail}"
-
-
-# ---- builders ---------------------------------------------------------------------------------
-
-def _port_chunks(ports: tuple[PortRange, ...]) -> list[tuple[PortRange, ...]]:
-    chunks: list[list[PortRange]] = [[]]
-    used = 0
-    for lo, hi in ports:
-        cost = 1 if lo == hi else 2
-        if used + cost > MULTIPORT_MAX:
-            chunks.append([])
-            used = 0
-        chunks[-1].append((lo, hi))
-        used += cost
-    return [tuple(c) for c in chunks]
-
-
-def rule_args(spec: JailSpec, family: int, hook: str = "input") -> list[list[str]]:
-    """The jail's rules for one family and hook, as iptables arguments after the chain name. Forwarded
-    traffic may have been DNAT'ed from a port the jail names (Docker's `-p 8025:25`): FORWARD matches
-    the original destination port too (conntrack's takes one port or range per rule)."""
-    if spec.blocktype == "drop":
-        target = ["-j", "DROP"]
-    else:
-        target = ["-j", "REJECT", "--reject-with", "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"]
-    rules = []
-    for name in ipset_names(spec.jail, family):
-        match = ["-m", "set", "--match-set", name, "src", "-m", "comment", "--comment", comment(spec.jail)]
-        for proto in spec.protocols or (None,):
-            head = ["-p", proto] if proto else []
-            if spec.ports:
-                for chunk in _port_chunks(spec.ports):
-                    rules.append(head + ["-m", "multiport", "--dports", format_ports(chunk)] + match + target)
-                if hook == "forward":
-                    for low, high in spec.ports:
-                        rules.append(head + ["-m", "conntrack", "--ctorigdstport", format_ports(((low, high),))]
-                                     + match + target)
-            else:
-                rules.append(head + match + target)
-    return rules
-
-
-def _is_ours(jail: str, family: int):
-    def check(rule: audit.Rule) -> bool:
-        return rule.comment == comment(jail) or any(s in ipset_names(jail, family) for s, _ in rule.match_sets)
-    return check
-
-
-def _shape(rule: audit.Rule) -> tuple:
-    return (rule.proto, rule.dports, rule.orig_dports, tuple(rule.match_sets), rule.target, rule.reject_with,
-            rule.in_iface, rule.source, rule.states, tuple(rule.unknown), rule.comment)
-
-
-def expected_shapes(spec: JailSpec, family: int, hook: str) -> Counter:
-    return Counter(_shape(audit.parse_rule(CHAINS[hook], args, 0, "")) for args in rule_args(spec, family, hook))
-
-
-def build_rules_restore(spec: JailSpec, family: int, table: audit.Table) -> str:
-    """iptables-restore --noflush input: drop the jail's rules wherever they are, put them at the head
-    of each chain it hooks. One transaction."""
-    lines = ["*filter"]
-    ours = _is_ours(spec.jail, family)
-    for chain, rules in table.chains.items():
-        for rule in rules:
-            if ours(rule):
-                lines.append("-D" + rule.text[2:])
-    for hook in spec.hooks:
-        for args in reversed(rule_args(spec, family, hook)):
-            lines.append(shlex.join(["-I", CHAINS[hook], "1", *args]))
-    return "\n".join(lines + ["COMMIT", ""])
-
-
-def build_rules_removal(jail: str, family: int, table: audit.Table) -> str:
-    ours = _is_ours(jail, family)
-    deletes = ["-D" + r.text[2:] for rules in table.chains.values() for r in rules if ours(r)]
-    return "\n".join(["*filter", *deletes, "COMMIT", ""]) if deletes else ""
-
-
-def _create(name: str, family: int, exist: bool = True) -> str:
-    """The ipset restore line that creates one of our sets (if absent, with `exist`)."""
-    return (f"create {name} hash:net family {'inet' if family == 4 else 'inet6'} hashsize 1024 maxelem {MAXELEM}"
-            + (" -exist" if exist else ""))
-
-
-def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
-                      remote: Optional[Iterable[Network]] = None) -> str:
-    """ipset restore input: the jail's sets created if absent; the local ones optionally emptied, then
-    filled; the shared ones replaced only when `remote` is given."""
-    lines = []
-    for family in FAMILIES:
-        lines += [_create(name, family) for name in ipset_names(jail, family)]
-        if flush:
-            lines.append(f"flush {ipset_name(jail, family)}")
-        if remote is not None:
-            lines.append(f"flush {ipset_name(jail, family, remote=True)}")
-    for net in nets:
-        lines.append(f"add {ipset_name(jail, net.version)} {to_text(net)} -exist")
-    for net in remote or ():
-        lines.append(f"add {ipset_name(jail, net.version, remote=True)} {to_text(net)} -exist")
-    return "\n".join(lines) + "\n"
-
-
-def build_set_swap(jail: str, held: Iterable[Network], present: Collection[str],
-                   remote: Optional[Iterable[Network]] = None) -> str:
-    """ipset restore input that refills the jail's sets while the bans hold throughout: each local set
-    is filled apart with exactly `held` and swapped in (so a set someone made too small is replaced);
-    the local sets not in `present` are created first; the shared ones are created if absent and
-    refilled only when `remote` is given."""
-    held, remote = list(held), None if remote is None else list(remote)
-    lines = []
-    for family in FAMILIES:
-        shared = ipset_name(jail, family, remote=True)
-        lines.append(_create(shared, family))
-        if remote is not None:
-            lines.append(f"flush {shared}")
-            lines += [f"add {shared} {to_text(n)} -exist" for n in remote if n.version == family]
-        name, tmp = ipset_name(jail, family), swap_name(jail, family)
-        if name not in present:
-            lines.append(_create(name, family, exist=False))
-        lines += [_create(tmp, family), f"flush {tmp}"]
-        lines += [f"add {tmp} {to_text(n)} -exist" for n in held if n.version == family]
-        lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
-    return "\n".join(lines) + "\n"
-
-
-# ---- checks -----------------------------------------------------------------------------------
-
-def parse_sets(text: str) -> dict[str, tuple[str, str, int, int]]:
-    """`ipset list -t` output -> {set name: (type, family, maxelem, number of entries)}."""
-    sets: dict[str, tuple[str, str, int, int]] = {}
-    name, kind, words = "", "", []
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if key == "Name":
-            name, kind, words = value, "", []
-        elif key == "Type":
-            kind = value
-        elif key == "Header":
-            words = value.split()
-        elif key == "Number of entries" and name:
-            def word_after(w: str) -> str:
-                return words[words.index(w) + 1] if w in words else ""
-            sets[name] = (kind, word_after("family"), int(word_after("maxelem") or 0), int(value))
-    return sets
-
-
-def parse_set_headers(text: str) -> dict[str, tuple[str, str]]:
-    """{set name: (type, family)}."""
-    return {name: (kind, family) for name, (kind, family, _, _) in parse_sets(text).items()}
-
-
-def check_jail(spec: JailSpec, family: int, table: audit.Table, sets: dict[str, tuple[str, str]]) -> list[Finding]:
-    """What keeps the jail's bans from holding in one family: missing or wrong sets, missing, altered
-    or shadowed rules (each shadow quoted with its position)."""
-    return check_sets(spec, family, sets) + check_rules(spec, family, table)
-
-
-def check_sets(spec: JailSpec, family: int, sets: dict[str, tuple[str, str]]) -> list[Finding]:
-    want = ("hash:net", "inet" if family == 4 else "inet6")
-    findings = []
-    for name in ipset_names(spec.jail, family):
-        if name not in sets:
-            findings.append(Finding(spec.jail, BROKEN, "set-missing", f"ipset {name} is missing"))
-        elif sets[name] != want:
-            findings.append(Finding(spec.jail, BROKEN, "set-altered",
-                                    f"ipset {name} is {' '.join(sets[name])}, not {' '.join(want)}"))
-    return findings
-
-
-def check_rules(spec: JailSpec, family: int, table: audit.Table) -> list[Finding]:
-    tool = "iptables" if family == 4 else "ip6tables"
-    findings = []
-
-    def add(severity: Severity, code: str, message: str, evidence: str = "") -> None:
-        findings.append(Finding(spec.jail, severity, code, message, evidence))
-
-    ours = _is_ours(spec.jail, family)
-    for hook in spec.hooks:
-        chain = CHAINS[hook]
-        mine = [r for r in table.chains.get(chain, []) if ours(r)]
-        if not mine:
-            add(BROKEN, "jump-missing", f"{tool} {chain} has no rule for jail {spec.jail}")
-            continue
-        if Counter(_shape(r) for r in mine) != expected_shapes(spec, family, hook):
-            add(BROKEN, "rule-altered", f"{tool} {chain} rules of jail {spec.jail} differ from what it asks for",
-                "\n".join(r.text for r in mine))
-        # In FORWARD the port a rule sees may be DNAT's (Docker's `-p 8025:25` accepts --dport 25):
-        # an accept there lets banned traffic through whatever port it names.
-        seen_as = dataclasses.replace(spec, ports=()) if hook == "forward" else spec
-        for shadow in audit.shadows(chain, seen_as, table, ours):
-            add(shadow.severity, shadow.code, shadow.says(tool, chain, "f2bext's", mine[0].position), shadow.rule)
-    for chain, rules in table.chains.items():
-        if chain not in {CHAINS[h] for h in spec.hooks} and any(ours(r) for r in rules):
-            add(BROKEN, "hook-extra", f"{tool} {chain} holds rules of jail {spec.jail} it does not ask for")
-    return findings
-
-
-# ---- the kernel -------------------------------------------------------------------------------
 
 class Xtables:
     """The one place that runs iptables, ip6tables and ipset (argument lists, never a shell), and
@@ -469,3 +243,9 @@ class IpsetBackend:
         sets = self.xt.set_headers()
         names = [ipset_name(spec.jail, f, remote) for f in FAMILIES]
         return [n for name in names if name in sets for n in self.xt.members(name)]
+
+
+__all__ = ["CHAINS", "FAMILIES", "MAXELEM", "MULTIPORT_MAX", "build_rules_removal", "build_rules_restore",
+           "build_set_restore", "build_set_swap", "comment", "ipset_name", "ipset_names", "rule_args", "swap_name",
+           "check_jail", "check_rules", "check_sets", "expected_shapes", "parse_set_headers", "parse_sets",
+           "Xtables", "IpsetBackend"]

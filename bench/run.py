@@ -99,17 +99,20 @@ def in_namespace(role: str, argv: list[str], workdir: str, action: str = "", tim
         done = ns.run([lab.PYTHON, *argv], check=False, timeout=timeout, env=env)
     finally:
         ns.delete()
-    if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return answer(done, " ".join(argv[:2]))
 
 
 def in_process(argv: list[str], timeout: float = 600) -> dict:
     """Run one of the bench's children that sets up namespaces of its own; its JSON answer."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([BENCH, ROOT]))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    return answer(done, os.path.basename(argv[1]))
+
+
+def answer(done: subprocess.CompletedProcess, what: str) -> dict:
+    """A child's JSON answer: the last line it printed."""
     if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(f"{os.path.basename(argv[1])} failed ({done.returncode}): {done.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -227,8 +227,9 @@ def self_heal(kind: str, backend: Any, spec: Any, n: int) -> dict[str, Any]:
     if not kind.startswith("f2bext-nftables"):
         cases["flush_and_destroy"] = "nft flush ruleset; ipset destroy (every f2bext set)"
     out: dict[str, Any] = {}
+    nl = kernel.Netfilter() if kind.startswith("f2bext-nftables") else None
     for case, what in cases.items():
-        runs = [heal_once(kind, backend, spec, n, destroy_sets=case != "flush") for _ in range(HEAL_SAMPLES)]
+        runs = [heal_once(kind, nl, backend, spec, n, destroy_sets=case != "flush") for _ in range(HEAL_SAMPLES)]
         out[case] = {"what": what, "samples": runs,
                      "all_bans_s": statistics.median(r["all_bans_s"] for r in runs),
                      "structure_s": statistics.median(r["structure_s"] for r in runs),
@@ -237,8 +238,8 @@ def self_heal(kind: str, backend: Any, spec: Any, n: int) -> dict[str, Any]:
     return out
 
 
-def heal_once(kind: str, backend: Any, spec: Any, n: int, destroy_sets: bool) -> dict[str, Any]:
-    nl = kernel.Netfilter() if kind.startswith("f2bext-nftables") else None
+def heal_once(kind: str, nl: Optional[kernel.Netfilter], backend: Any, spec: Any, n: int,
+              destroy_sets: bool) -> dict[str, Any]:
     sets = [name for name in subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split()
             if name.startswith("f2bext")] if destroy_sets else []
     for _ in range(5):

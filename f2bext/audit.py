@@ -1,14 +1,13 @@
 """Read what the firewall tools print, one parser per format: an iptables ruleset (`iptables-save`)
 the way the kernel walks it, saying which rule would let a jail's banned traffic through before the
-jail's own rule, and in what words; an ipset's members (`ipset list`), conntrack entries
-(`conntrack -L`), sockets (`ss -Htn`) and interfaces (`ip -o link`). Pure: tested on fixtures."""
+jail's own rule, and in what words; and an ipset's members (`ipset list`). Pure: tested on fixtures.
+Conntrack entries, sockets and interfaces are read over netlink (f2bext/kernel/), not from tools' text."""
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from .severity import Severity
 from .spec import JailSpec, PortRange
@@ -237,43 +236,3 @@ def parse_members(text: str) -> list[str]:
     if " " not in body:  # no per-member options (f2bext's sets): one split, 5x faster at 100,000
         return body.split()
     return [line.split()[0] for line in body.splitlines() if line.strip()]
-
-
-class Conn(NamedTuple):
-    """One `conntrack -L` entry, seen from its original direction."""
-
-    proto: str
-    state: str  # "" for protocols without states (udp)
-    peer: str
-    dport: Optional[int]  # None for protocols without ports (icmp)
-
-
-_CT = re.compile(r"^(\w+)\s+\d+\s+(?:\d+\s+)?(\S+\s+)?src=(\S+) dst=\S+ (?:sport=\d+ dport=(\d+))?")
-
-
-def parse_conntrack(text: str) -> list[Conn]:
-    found = []
-    for line in text.splitlines():
-        m = _CT.match(line)
-        if m:
-            found.append(Conn(m.group(1), (m.group(2) or "").strip(), m.group(3),
-                              int(m.group(4)) if m.group(4) else None))
-    return found
-
-
-def parse_ss(text: str) -> list[tuple[str, int]]:
-    """(peer address, local port) of each socket of `ss -Htn`; an IPv4-mapped peer as plain IPv4."""
-    found = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 4:
-            local, peer = parts[-2], parts[-1]
-            host = peer.rsplit(":", 1)[0].strip("[]")
-            found.append((host[7:] if host.startswith("::ffff:") and "." in host else host,
-                          int(local.rsplit(":", 1)[1])))
-    return found
-
-
-def parse_links(text: str) -> list[str]:
-    """Interface names of `ip -o link` (`5: veth0@if4: <...>` is veth0)."""
-    return [line.split(":")[1].strip().split("@")[0] for line in text.splitlines() if line.count(":") >= 2]

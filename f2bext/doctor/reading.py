@@ -1,6 +1,7 @@
 """The doctor's reading: fail2ban's jails through its control socket, its log's `already banned`
-notices, and the kernel through the backends' readers (`nft.Nft`, `ipset.Xtables`) and audit's
-parsers. A read that fails is named in `KernelInfo.unread`, never left as an empty "nothing there"."""
+notices, and the kernel through the backends' readers (`nft.Nft`, `ipset.Xtables`) and the kernel
+wing (conntrack, sockets, interfaces over netlink). A read that fails is named in
+`KernelInfo.unread`, never left as an empty "nothing there"."""
 
 from __future__ import annotations
 
@@ -8,18 +9,22 @@ import ipaddress
 import os
 import re
 import shutil
-import subprocess
+import socket
 import time
 from typing import Callable, Iterable, Optional, TypeVar
 
-from .. import audit, managers, state
-from ..addr import Network, to_text
+from .. import managers, state
+from ..addr import Address, Network, to_text
 from ..backends import ipset as ipset_backend
 from ..backends import nft as nft_backend
 from ..errors import KernelError
+from ..kernel import ctnetlink, rtnl, sockdiag
+from ..spec import PROTOCOL_NUMBERS
 from .model import (CONNTRACK, INTERFACES, IPSETS, NFTABLES, SOCKETS, ActionInfo, Flow, JailInfo, KernelInfo,
                     Snapshot, rules_read, set_read)
 
+PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
+TCP_ESTABLISHED = 1  # the kernel's TCP socket state, as a sock_diag state bit
 NOTICE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d+ fail2ban\.actions\s*(?:\[\d+\])?:\s+\w+\s+"
                     r"\[([^\]]+)\]\s+(\S+) already banned")
 WATCHED_SETS = ("f2b-", "f2bext", "f2bxr")  # stock sets, ours, ours of shared bans
@@ -94,19 +99,6 @@ def read_fail2ban(sock: Optional[str] = None) -> tuple[list[JailInfo], str]:
     return jails, logtarget
 
 
-def _tool(argv: list[str], what: str) -> str:
-    """A listing tool's output; KernelError when it is missing, fails or hangs."""
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise KernelError(f"cannot {what}: {argv[0]} is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise KernelError(f"cannot {what}: {argv[0]} gave no answer in 60 s") from None
-    if done.returncode != 0:
-        raise KernelError(f"{argv[0]} refused to {what}", done.stderr)
-    return done.stdout
-
-
 def _read(info: KernelInfo, what: str, read: Callable[[], T], default: T) -> T:
     """`read()`, or `default` with the reason kept in `info.unread[what]`."""
     try:
@@ -138,36 +130,45 @@ def read_ipsets(info: KernelInfo) -> None:
             info.ipsets[name] = (header, members)
 
 
-def _banned_lookup(banned: list[Network]) -> Callable[[str], bool]:
-    singles = {str(n.network_address) for n in banned if n.prefixlen == n.max_prefixlen}
+def _banned_lookup(banned: list[Network]) -> Callable[[Address], bool]:
+    singles = {n.network_address for n in banned if n.prefixlen == n.max_prefixlen}
     networks = [n for n in banned if n.prefixlen != n.max_prefixlen]
+    return lambda addr: addr in singles or any(addr in n for n in networks)
 
-    def hit(text: str) -> bool:
-        if text.startswith("::ffff:") and "." in text:
-            text = text[7:]
-        if text in singles:
-            return True
-        try:
-            addr = ipaddress.ip_address(text)
-        except ValueError:
-            return False
-        return any(addr in n for n in networks)
-    return hit
+
+def _conntrack_flows(hit: Callable[[Address], bool]) -> list[Flow]:
+    """The banned peers' conntrack entries, from one dump of each family's table."""
+    flows = []
+    with ctnetlink.Conntrack() as ct:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for payload in ct.entries(ctnetlink.CtFilter(family)):
+                orig = ctnetlink.parse_ct_orig(payload)
+                if orig is not None and orig.dport is not None and hit(orig.src):
+                    flows.append(Flow(str(orig.src), PROTOCOL_NAMES.get(orig.protocol, str(orig.protocol)),
+                                      orig.dport, f"conntrack {ctnetlink.parse_ct_tcp_state(payload)}"))
+    return flows
+
+
+def _socket_flows(hit: Callable[[Address], bool]) -> list[Flow]:
+    """The banned peers' established TCP sockets; an IPv4-mapped peer as plain IPv4."""
+    flows = []
+    with sockdiag.SockDiag() as diag:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for sock in diag.sockets(family, socket.IPPROTO_TCP, 1 << TCP_ESTABLISHED):
+                peer = getattr(sock.remote, "ipv4_mapped", None) or sock.remote
+                if hit(peer):
+                    flows.append(Flow(str(peer), "tcp", sock.local_port, "socket established"))
+    return flows
 
 
 def read_flows(info: KernelInfo, banned: list[Network]) -> list[Flow]:
-    """Conntrack entries and TCP sockets whose peer is a banned address: one listing each, matched
+    """Conntrack entries and TCP sockets whose peer is a banned address: one kernel dump each, matched
     here against the banned set (a per-address kernel query costs more once bans number thousands)."""
     if not banned:
         return []
     hit = _banned_lookup(banned)
-    entries = _read(info, CONNTRACK, lambda: [c for family in ("ipv4", "ipv6") for c in audit.parse_conntrack(
-        _tool(["conntrack", "-L", "-f", family], f"list {family} conntrack entries"))], [])
-    sockets = _read(info, SOCKETS, lambda: audit.parse_ss(
-        _tool(["ss", "-Htn", "state", "established"], "list sockets")), [])
-    return ([Flow(c.peer, c.proto, c.dport, f"conntrack {c.state}") for c in entries
-             if c.dport is not None and hit(c.peer)]
-            + [Flow(peer, "tcp", port, "socket established") for peer, port in sockets if hit(peer)])
+    return (_read(info, CONNTRACK, lambda: _conntrack_flows(hit), [])
+            + _read(info, SOCKETS, lambda: _socket_flows(hit), []))
 
 
 def read_kernel(banned: Iterable[Network]) -> KernelInfo:
@@ -181,7 +182,7 @@ def read_kernel(banned: Iterable[Network]) -> KernelInfo:
         info.ufw_defaults = managers.read_ufw_defaults()
     if managers.FIREWALLD in found:
         info.firewalld_version = managers.read_firewalld_version()
-    info.interfaces = _read(info, INTERFACES, lambda: audit.parse_links(_tool(["ip", "-o", "link"], "list interfaces")), [])
+    info.interfaces = _read(info, INTERFACES, rtnl.read_link_names, [])
     return info
 
 

@@ -13,12 +13,16 @@ from . import netlink
 from .netlink import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 
 IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0x101, 0x102  # NFNL_SUBSYS_CTNETLINK << 8 | message
-CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_ID, CTA_ZONE, CTA_FILTER = 1, 2, 12, 18, 25
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_PROTOINFO, CTA_ID, CTA_ZONE, CTA_FILTER = 1, 2, 4, 12, 18, 25
+CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_FILTER_ORIG_FLAGS = 1
 FILTER_IP_SRC, FILTER_IP_DST, FILTER_PROTO_NUM, FILTER_PROTO_DST_PORT = 1 << 0, 1 << 1, 1 << 3, 1 << 5
+# enum tcp_conntrack, in the words `conntrack -L` prints them
+TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT",
+              "CLOSE", "SYN_SENT2")
 
 
 class CtFilter(NamedTuple):
@@ -99,6 +103,19 @@ def parse_ct_orig(payload: bytes) -> Optional[CtTuple]:
         return CtTuple(proto[0], ipaddress.ip_address(src), ipaddress.ip_address(dst),
                        sport and int.from_bytes(sport, "big"), dport and int.from_bytes(dport, "big"))
     return None
+
+
+def parse_ct_tcp_state(payload: bytes) -> str:
+    """A dumped entry's TCP state as `conntrack -L` names it; "" when it has none (not TCP)."""
+    for kind, start, end in netlink.attrs(payload, netlink.NFGEN.size, len(payload)):
+        if kind != CTA_PROTOINFO:
+            continue
+        for part, p_start, p_end in netlink.attrs(payload, start, end):
+            for field, f_start, f_end in netlink.attrs(payload, p_start, p_end):
+                if part == CTA_PROTOINFO_TCP and field == CTA_PROTOINFO_TCP_STATE and f_end > f_start:
+                    state = payload[f_start]
+                    return TCP_STATES[state] if state < len(TCP_STATES) else str(state)
+    return ""
 
 
 def parse_ct_handle(payload: bytes) -> bytes:

@@ -1,6 +1,6 @@
 """Routing netlink (NETLINK_ROUTE): dumps of the host's addresses (RTM_GETADDR), routes
-(RTM_GETROUTE) and nexthop objects (RTM_GETNEXTHOP), parsed to (address, interface index) pairs;
-and the one socket that reads them."""
+(RTM_GETROUTE) and nexthop objects (RTM_GETNEXTHOP), parsed to (address, interface index) pairs,
+and of its interfaces' names (RTM_GETLINK); and the one socket that reads them."""
 
 from __future__ import annotations
 
@@ -13,15 +13,22 @@ from typing import Optional
 from ..addr import Address
 from . import netlink
 
-RTM_GETADDR, RTM_GETROUTE, RTM_GETNEXTHOP = 22, 26, 106
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEXTHOP = 18, 22, 26, 106
+IFLA_IFNAME = 3
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_OIF, RTA_GATEWAY, RTA_MULTIPATH, RTA_VIA = 4, 5, 9, 18
 NHA_OIF, NHA_GATEWAY = 5, 6
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, device type, interface index, flags, change mask
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst/src length, tos, table, protocol, scope, type, flags
 _RTNEXTHOP = struct.Struct("=HBBi")  # length, flags, hops, interface index
 _NHMSG = struct.Struct("=BBBBI")  # family, scope, protocol, reserved, flags
 _FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 16}
+
+
+def pack_link_dump(seq: int) -> bytes:
+    return netlink.message(RTM_GETLINK, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, seq,
+                           _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
 
 
 def pack_addr_dump(seq: int) -> bytes:
@@ -37,6 +44,14 @@ def pack_route_dump(seq: int) -> bytes:
 def pack_nexthop_dump(seq: int) -> bytes:
     return netlink.message(RTM_GETNEXTHOP, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, seq,
                            _NHMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+
+
+def parse_link_name(payload: bytes) -> Optional[str]:
+    """The interface name (IFLA_IFNAME) of one RTM_NEWLINK."""
+    for kind, start, end in netlink.attrs(payload, _IFINFOMSG.size, len(payload)):
+        if kind == IFLA_IFNAME:
+            return payload[start:end].rstrip(b"\0").decode("utf-8", "replace")
+    return None
 
 
 def parse_addr(payload: bytes) -> tuple[Address, int] | None:
@@ -111,3 +126,9 @@ def read_host() -> tuple[list[tuple[Address, int]], list[tuple[Address, int]]]:
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a kernel before nexthop objects (5.3)
                 raise
     return own, hops
+
+
+def read_link_names() -> list[str]:
+    """The names of this host's interfaces, in index order."""
+    with netlink.Socket(netlink.NETLINK_ROUTE) as nl:
+        return [n for n in map(parse_link_name, nl.dump(pack_link_dump)) if n]

@@ -50,8 +50,9 @@ def diag_bytecode(net: Network, ports: Sequence[tuple[int, int]]) -> bytes:
 
 
 def pack_dump_request(seq: int, family: int, protocol: int, states: int, bytecode: bytes) -> bytes:
-    """SOCK_DIAG_BY_FAMILY dump of `protocol` sockets in `states`, filtered by `bytecode`."""
-    request = _REQ.pack(family, protocol, 0, states) + bytes(_SOCKID_LEN) + netlink.attr(INET_DIAG_REQ_BYTECODE, bytecode)
+    """SOCK_DIAG_BY_FAMILY dump of `protocol` sockets in `states`, filtered by `bytecode` (none: all)."""
+    request = _REQ.pack(family, protocol, 0, states) + bytes(_SOCKID_LEN)
+    request += netlink.attr(INET_DIAG_REQ_BYTECODE, bytecode) if bytecode else b""
     return netlink.message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, request)
 
 
@@ -89,7 +90,7 @@ class SockDiag(netlink.Socket):
     def __init__(self) -> None:
         super().__init__(NETLINK_SOCK_DIAG)
 
-    def sockets(self, family: int, protocol: int, states: int, bytecode: bytes) -> list[DiagSocket]:
+    def sockets(self, family: int, protocol: int, states: int, bytecode: bytes = b"") -> list[DiagSocket]:
         return [parse_diag_msg(protocol, p)
                 for p in self.ask(lambda seq: pack_dump_request(seq, family, protocol, states, bytecode))]
 

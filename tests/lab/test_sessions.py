@@ -1,9 +1,12 @@
-"""Killing a banned address's sessions: real TCP sessions held open across namespaces, then cut. What the
-kills ask of the kernel, checked without one, is tests/unit/test_sessions_scope.py."""
+"""Killing a banned address's sessions: real TCP sessions held open across namespaces, then cut; and the
+doctor reading them. What the kills ask of the kernel, checked without one, is
+tests/unit/test_sessions_scope.py."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import queue
 import socket
 import subprocess
@@ -13,7 +16,9 @@ import time
 
 import pytest
 
-from f2bext import lab
+from f2bext import doctor, lab
+from f2bext.doctor import reading
+from f2bext.doctor.model import CONNTRACK, SOCKETS
 from f2bext import sessions as sessions_mod
 from f2bext.kernel import ctnetlink
 from f2bext.kernel.ctnetlink import CtFilter
@@ -412,3 +417,44 @@ def test_connected_udp_sockets_are_destroyed_and_unconnected_ones_are_not(sessio
     hosts.attacker.run([sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
                         f".sendto(b'hello', ('{SRV4}', 53))"])
     assert server.next("got") == ["got", "hello"]
+
+
+def test_the_doctor_reads_the_banned_peers_sessions_from_the_kernel(sessions_lab):
+    hosts = sessions_lab.hosts
+    sessions_lab.hold(hosts.attacker, (ATT4, SRV4, 587), (ATT6, SRV6, 25))
+    sessions_lab.hold(hosts.bystander, (BY4, SRV4, 25))
+    hosts.attacker.run([sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                        f"s.bind(({ATT4!r}, 5353)); s.sendto(b'q', ({SRV4!r}, 53))"])
+    info = doctor.KernelInfo()
+
+    with hosts.server.entered():
+        flows = reading.read_flows(info, [net(ATT4), net("2001:db8::/32")])
+
+    assert info.unread == {}
+    assert sorted((f.peer, f.proto, f.dport, f.what) for f in flows) == sorted([
+        (ATT4, "tcp", 587, "conntrack ESTABLISHED"), (ATT6, "tcp", 25, "conntrack ESTABLISHED"),
+        (ATT4, "udp", 53, "conntrack "),
+        (ATT4, "tcp", 587, "socket established"), (ATT6, "tcp", 25, "socket established")])
+
+
+# The doctor's reading, run where the kernel refuses conntrack: without CAP_NET_ADMIN.
+READ_FLOWS = f"""
+import ipaddress, json
+from f2bext import doctor
+from f2bext.doctor import reading
+info = doctor.KernelInfo()
+flows = reading.read_flows(info, [ipaddress.ip_network({ATT4!r})])
+print(json.dumps([[f.peer, f.what] for f in flows] + [info.unread]))
+"""
+
+
+def test_conntrack_the_kernel_refuses_is_unread_not_no_sessions(sessions_lab):
+    sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 25))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(lab.__file__)))
+    done = sessions_lab.hosts.server.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin",
+                                          sys.executable, "-c", READ_FLOWS], env=env)
+
+    *flows, unread = json.loads(done.stdout)
+    assert flows == [[ATT4, "socket established"]]  # sock_diag needs no privilege; its answer stands
+    assert set(unread) == {CONNTRACK} and "Operation not permitted" in unread[CONNTRACK]
+    assert SOCKETS not in unread

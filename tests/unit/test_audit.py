@@ -161,21 +161,6 @@ def test_ipset_members_are_the_first_word_of_each_line_timeouts_aside():
     assert audit.parse_members("") == []
 
 
-def test_conntrack_entries_are_read_from_their_original_direction():
-    assert audit.parse_conntrack(tool_output("conntrack-L.txt")) == [
-        audit.Conn("tcp", "ESTABLISHED", "192.0.2.66", 587), audit.Conn("tcp", "SYN_SENT", "198.51.100.7", 25),
-        audit.Conn("udp", "", "192.0.2.66", 53), audit.Conn("icmp", "", "192.0.2.66", None)]
-
-
-def test_sockets_give_peer_and_local_port_with_mapped_ipv4_as_ipv4():
-    assert audit.parse_ss(tool_output("ss-Htn.txt")) == [("192.0.2.66", 587), ("198.51.100.7", 25),
-                                                         ("2001:db8::66", 465)]
-
-
-def test_interfaces_are_named_without_their_peer():
-    assert audit.parse_links(tool_output("ip-o-link.txt")) == ["lo", "eth0", "docker0"]
-
-
 def test_a_shadow_says_its_rule_and_is_critical_unless_source_limited():
     held = audit.Shadow("-A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT", 1, audit.HELD)
     assert (held.code, held.severity) == ("shadowed-held-sessions", Severity.CRITICAL)

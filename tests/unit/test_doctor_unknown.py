@@ -1,14 +1,12 @@
 """What the doctor could not read is UNKNOWN, never "not enforced": pure findings on kernel snapshots
 with a failed read, the reading itself with a tool missing or failing, and the doctor on a live lab
-without the `ipset` tool."""
+without the `ipset` tool. Sessions the kernel would not list: tests/lab/test_sessions.py."""
 
-import ipaddress
 import json
-import os
 
 from f2bext import doctor, lab
 from f2bext.doctor import reading
-from f2bext.doctor.model import CONNTRACK, IPSETS, NFTABLES, SOCKETS, rules_read, set_read
+from f2bext.doctor.model import CONNTRACK, IPSETS, NFTABLES, rules_read, set_read
 from f2bext.severity import Severity, worst
 
 BANNED = (lab.ATTACKER4,)
@@ -91,26 +89,6 @@ def tools_dir(tmp_path, **scripts):
         (folder / name).write_text("#!/bin/sh\n" + text + "\n")
         (folder / name).chmod(0o755)
     return str(folder)
-
-
-def test_a_failing_or_missing_session_tool_is_unread_not_no_sessions(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", tools_dir(tmp_path, conntrack="echo 'conntrack v1.4.7: Operation failed' >&2; exit 1"))
-    info = doctor.KernelInfo()
-    assert reading.read_flows(info, [ipaddress.ip_network(lab.ATTACKER4)]) == []
-    assert "conntrack refused to list ipv4 conntrack entries: conntrack v1.4.7: Operation failed" == info.unread[CONNTRACK]
-    assert "ss is not installed" in info.unread[SOCKETS]
-
-
-def test_session_tools_that_answer_give_the_banned_flows(tmp_path, monkeypatch):
-    here = os.path.join(os.path.dirname(__file__), "..", "files", "tools")
-    monkeypatch.setenv("PATH", tools_dir(
-        tmp_path, conntrack=f"[ \"$3\" = ipv4 ] && /bin/cat {here}/conntrack-L.txt; exit 0", ss=f"/bin/cat {here}/ss-Htn.txt"))
-    info = doctor.KernelInfo()
-    banned = [ipaddress.ip_network("192.0.2.66"), ipaddress.ip_network("2001:db8::66")]
-    assert [(f.peer, f.proto, f.dport, f.what) for f in reading.read_flows(info, banned)] == [
-        ("192.0.2.66", "tcp", 587, "conntrack ESTABLISHED"), ("192.0.2.66", "udp", 53, "conntrack "),
-        ("192.0.2.66", "tcp", 587, "socket established"), ("2001:db8::66", "tcp", 465, "socket established")]
-    assert info.unread == {}
 
 
 def test_iptables_not_installed_at_all_or_failing_is_unread(tmp_path, monkeypatch):

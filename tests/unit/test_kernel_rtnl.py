@@ -42,3 +42,9 @@ def test_a_nexthop_object_gives_its_gateway_and_interface():
         netlink.attr(rtnl.NHA_GATEWAY, ip("2001:db8::1").packed)
     assert rtnl.parse_nexthop(payload) == [(ip("2001:db8::1"), 5)]
     assert rtnl.parse_nexthop(header) == []
+
+
+def test_a_link_gives_its_name_and_a_link_without_one_gives_none():
+    header = struct.pack("=BxHiII", socket.AF_UNSPEC, 1, 5, 0, 0)
+    assert rtnl.parse_link_name(header + netlink.attr(rtnl.IFLA_IFNAME, b"veth0\0")) == "veth0"
+    assert rtnl.parse_link_name(header + netlink.attr(1, bytes(6))) is None  # IFLA_ADDRESS only

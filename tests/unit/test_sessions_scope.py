@@ -11,6 +11,7 @@ import pytest
 from f2bext import lab
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
+from f2bext.kernel import ctnetlink, netlink
 from f2bext.kernel.ctnetlink import (
     CTA_ID, CTA_ZONE, IPCTNL_MSG_CT_DELETE, IPCTNL_MSG_CT_GET, CtFilter, CtTuple, pack_ct_delete,
     pack_ct_dump_request, pack_tuple, parse_ct_handle, parse_ct_orig,
@@ -237,6 +238,23 @@ def test_dumped_entry_gives_its_original_tuple_and_the_handle_that_deletes_exact
     assert parse_ct_orig(_dumped(sctp)) == sctp
     assert parse_ct_orig(_dumped(CtTuple(1, ip(ATT4), ip(SRV4)))) == CtTuple(1, ip(ATT4), ip(SRV4), None, None)
     assert parse_ct_orig(struct.pack("=BBH", 2, 0, 0) + status) is None
+
+
+def test_dumped_entry_gives_its_tcp_state_in_conntracks_words():
+    tcp = CtTuple(6, ip(ATT4), ip(SRV4), 40000, 587)
+
+    def protoinfo(state: int) -> bytes:
+        return netlink.nest(ctnetlink.CTA_PROTOINFO, netlink.nest(
+            ctnetlink.CTA_PROTOINFO_TCP, netlink.attr(ctnetlink.CTA_PROTOINFO_TCP_STATE, bytes([state]))))
+    assert ctnetlink.parse_ct_tcp_state(_dumped(tcp, protoinfo(3))) == "ESTABLISHED"
+    assert ctnetlink.parse_ct_tcp_state(_dumped(tcp, protoinfo(1))) == "SYN_SENT"
+    assert ctnetlink.parse_ct_tcp_state(_dumped(tcp, protoinfo(200))) == "200"
+    assert ctnetlink.parse_ct_tcp_state(_dumped(CtTuple(17, ip(ATT4), ip(SRV4), 5353, 53))) == ""
+
+
+def test_a_dump_request_without_bytecode_asks_for_every_socket():
+    msg = pack_dump_request(7, socket.AF_INET, socket.IPPROTO_TCP, 1 << 1, b"")
+    assert len(msg) == 72 and struct.unpack_from("=I", msg)[0] == 72
 
 
 def test_conntrack_scope_is_the_ban_scope():

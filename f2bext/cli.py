@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from typing import Callable, Optional, Sequence
 
-from . import state
+from . import relay, state
 from .addr import Network, parse_target, parse_targets, to_text
 from .backends import BACKENDS, Finding, get_backend
 from .errors import InputError, KernelError
@@ -225,6 +225,17 @@ def _reread(entry: state.JailState) -> state.JailState:
         return entry
 
 
+def _owner_of(entry: state.JailState) -> str:
+    """Who owns the jail's table when it is not this process ("" for ipset, or a table no one owns)."""
+    return relay.table_owner() if entry.backend == "nftables" else ""
+
+
+def _table_owner(args: argparse.Namespace) -> Optional[str]:
+    """For a ban or unban: the owner to ask, when another process owns the nftables table; else None."""
+    backend, _spec, _known = _spec_from_args(args)
+    return (relay.table_owner() or None) if backend == "nftables" else None
+
+
 def _known_jails(jail: Optional[str]) -> list[state.JailState]:
     return state.load_all() if jail is None else [state.load(jail)]  # "" is a bad name, not "every jail"
 
@@ -235,6 +246,12 @@ def run(argv: Sequence[str]) -> int:
     cmd = args.command
     if cmd in ("ban", "unban", "start", "stop", "flush"):
         nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
+        owner = _table_owner(args) if cmd in ("ban", "unban") else None
+        if owner:
+            print(relay.relay_bans(cmd, parse_jail(args.jail), nets, owner))
+            for line in _fleet_unban(parse_jail(args.jail), nets) if cmd == "unban" else ():
+                print(line)
+            return 0
         # Held from the state's read to its write: a rebuild elsewhere must not load a list this
         # change outdates, nor another change of the jail rewrite its record meanwhile.
         with state.JailLock(parse_jail(args.jail)):
@@ -282,10 +299,13 @@ def run(argv: Sequence[str]) -> int:
         findings: list[Finding] = []
         for entry in known_jails:
             backend = get_backend(entry.backend)
+            owner = _owner_of(entry)
+            if cmd == "repair" and owner:  # without the jail's lock: the owner takes it
+                relay.relay_heal(entry.spec.jail, owner, "f2bext repair")
             with state.JailLock(entry.spec.jail):
                 check = Guard(_keeps(args.ignoreip, entry.keeps))
                 found = backend.verify([entry.spec]) or _lockouts(backend, entry.spec, check)
-                if cmd == "repair" and found:
+                if cmd == "repair" and found and not owner:
                     backend.repair(entry.spec, _held(backend, entry.spec, _reread(entry), check)())
                     found = backend.verify([entry.spec]) or _lockouts(backend, entry.spec, check)
             findings += found
@@ -343,6 +363,11 @@ def render_fixes(snap, findings, sock: Optional[str] = None) -> str:
     for jail in sorted({d.jail for d in findings if d.owned}):
         entry = state.load(jail)
         backend = get_backend(entry.backend)
+        owner = _owner_of(entry)
+        if owner:
+            healed = relay.relay_heal(jail, owner, "f2bext doctor --fix", sock)
+            done.append(f"jail {jail}: {owner} owns its table and {'repaired' if healed else 'found nothing to repair in'} it")
+            continue
         with state.JailLock(jail):  # fail2ban's list read anew under the lock: the snapshot is out of date
             check = Guard(entry.keeps)
             # As `f2bext repair` does: what the kernel and the record hold too, so a fix never shrinks.

@@ -68,6 +68,7 @@ class KernelInfo:
     interfaces: list[str] = field(default_factory=list)
     ufw_defaults: Optional[dict[str, str]] = None  # /etc/default/ufw, read when ufw's chains are there
     firewalld_version: str = ""  # read when firewalld's rules are there
+    nft_owner: str = ""  # who owns table inet f2bext ("fail2ban-server (pid 812)"); "" when no process does
     # What could not be read, and why: empty there means unknown, not absent (NFTABLES, rules_read(4), ...).
     unread: dict[str, str] = field(default_factory=dict)
 

@@ -18,7 +18,7 @@ from ..addr import Address, Network, to_text
 from ..backends import ipset as ipset_backend
 from ..backends import nft as nft_backend
 from ..errors import KernelError
-from ..kernel import ctnetlink, rtnl, sockdiag
+from ..kernel import ctnetlink, nftgen, rtnl, sockdiag
 from ..spec import PROTOCOL_NUMBERS
 from .model import (CONNTRACK, INTERFACES, IPSETS, NFTABLES, SOCKETS, ActionInfo, Flow, JailInfo, KernelInfo,
                     Snapshot, rules_read, set_read)
@@ -174,6 +174,8 @@ def read_flows(info: KernelInfo, banned: list[Network]) -> list[Flow]:
 def read_kernel(banned: Iterable[Network]) -> KernelInfo:
     info = KernelInfo()
     info.nft = _read(info, NFTABLES, lambda: nft_backend.Nft().listing(), {})
+    info.nft_owner = _read(info, NFTABLES, lambda: nft_backend.describe_owner(
+        nftgen.read_table(nft_backend.FAMILY, nft_backend.TABLE)), "")
     info.iptables = {family: read_iptables(info, family) for family in (4, 6)}
     read_ipsets(info)
     info.flows = read_flows(info, list(banned))

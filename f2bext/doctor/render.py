@@ -37,16 +37,29 @@ def summary_line(snap: Snapshot, findings: list[Diagnosis]) -> str:
     perf = " ".join(f"{k}={v}" for k, v in perfdata(snap, findings).items())
     if code == OK:
         what = f"{len(snap.jails)} jails, {perfdata(snap, findings)['banned']} bans, every ban holds"
+        what += f"; {ownership(snap)}" if ownership(snap) else ""
     else:
         top = [d for d in findings if d.severity == code]
         what = "; ".join(f"{d.jail}: {d.message}" for d in top[:3]) + (f" (+{len(top) - 3} more)" if len(top) > 3 else "")
     return f"F2BEXT DOCTOR {code.name} - {what} | {perf}"
 
 
+def ownership(snap: Snapshot) -> str:
+    """Whether table inet f2bext is safe from other processes, when a jail bans there; else ""."""
+    if not any(a.kind == "f2bext-nftables" for j in snap.jails for a in j.actions):
+        return ""
+    if snap.kernel.nft_owner:
+        return (f"table inet f2bext belongs to {snap.kernel.nft_owner}: no other process can flush or delete it "
+                "(stop fail2ban to remove it)")
+    return ("table inet f2bext has no owner: a flush of the ruleset wipes it until f2bext puts it back "
+            "(owner = no, .conf jails only, or a table made before fail2ban started)")
+
+
 def render(snap: Snapshot, findings: list[Diagnosis]) -> str:
     lines = [summary_line(snap, findings)]
     if not findings:
         return lines[0]
+    lines += [ownership(snap)] if ownership(snap) else []
     jails = sorted({d.jail for d in findings}, key=lambda j: -max(d.severity.rank for d in findings if d.jail == j))
     for jail in jails:
         lines.append(f"\n[{jail}]")
@@ -61,7 +74,7 @@ def render(snap: Snapshot, findings: list[Diagnosis]) -> str:
 
 def to_json(snap: Snapshot, findings: list[Diagnosis]) -> str:
     return json.dumps({"status": overall(findings).name, "summary": summary_line(snap, findings),
-                       "perfdata": perfdata(snap, findings),
+                       "perfdata": perfdata(snap, findings), "nft_table_owner": snap.kernel.nft_owner,
                        "findings": [dict(asdict(d), severity=d.severity.name) for d in findings]}, indent=2)
 
 

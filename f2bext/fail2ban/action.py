@@ -5,6 +5,7 @@ killer and fleet hook-up it hands its jails to."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Any, Iterable, Iterator, Optional
 
@@ -32,12 +33,29 @@ _backends: dict[str, Backend] = {}
 _backends_lock = threading.Lock()
 
 
-def shared_backend(name: str) -> Backend:
-    """One backend object per process, so every jail's transactions go through one kernel handle."""
+def shared_backend(name: str, owner: bool = False) -> Backend:
+    """One backend object per process, so every jail's transactions go through one kernel handle: the
+    one that owns the table. The first jail decides whether it is owned; a change needs a restart."""
     with _backends_lock:
         if name not in _backends:
-            _backends[name] = get_backend(name)
-        return _backends[name]
+            _backends[name] = get_backend(name, owner)
+        backend = _backends[name]
+    if getattr(getattr(backend, "nft", None), "owner", owner) != owner:
+        log.warning("f2bext: owner = %s takes effect when fail2ban restarts: this fail2ban-server's table "
+                    "is %s", "yes" if owner else "no", "owned" if not owner else "not owned")
+    return backend
+
+
+def parse_owner(params: dict[str, Any], backend_name: str) -> bool:
+    """Take the `owner` option (yes/no; default yes, for nftables) out of an action's parameters."""
+    if backend_name != "nftables":
+        if "owner" in params:
+            raise InputError("owner is an option of f2bext-nftables.py only")
+        return False
+    text = str(params.pop("owner", "yes")).strip().lower()
+    if text not in ("yes", "no", "true", "false"):
+        raise InputError(f"owner must be yes or no, not {text[:20]!r}")
+    return text in ("yes", "true")
 
 
 class EnforcingAction(ActionBase):
@@ -60,12 +78,22 @@ class EnforcingAction(ActionBase):
         self._guard_cache: Optional[tuple[object, guard.Guard]] = None
         self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
         self._share = share_options(params)
+        owner = parse_owner(params, self.backend_name)
         self.spec = JailSpec.from_params(jail.name, params)
-        self.backend = shared_backend(self.backend_name)
+        self.backend = shared_backend(self.backend_name, owner)
         self._fleet: Optional[Fleet] = None
 
     # fail2ban reads banEpoch from every action of a jail once any action repaired itself.
     banEpoch = 0
+
+    @property
+    def table_owner(self) -> str:
+        """`fail2ban-client get JAIL action ACT table_owner`: this process, when it owns the jail's table
+        (the command line then asks it for changes); "" when the table is not owned."""
+        nft = getattr(self.backend, "nft", None)
+        if nft is None or not nft.table_flags:
+            return ""
+        return f"fail2ban-server (pid {os.getpid()}), flags {nft.table_flags}"
 
     @property
     def share(self) -> str:
@@ -261,6 +289,7 @@ class EnforcingAction(ActionBase):
     def reload(self, **params: Any) -> None:
         """New parameters from `fail2ban-client reload`: keep every ban, rebuild if the spec changed."""
         share = share_options(params)
+        shared_backend(self.backend_name, parse_owner(params, self.backend_name))  # warns of a change
         spec = JailSpec.from_params(self._jail.name, params)
         if share != self._share:
             if self._fleet:

@@ -13,7 +13,7 @@ import errno
 import os
 import socket
 import struct
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 NETLINK_ROUTE, NETLINK_SOCK_DIAG, NETLINK_NETFILTER = 0, 4, 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -206,3 +206,37 @@ class Socket:
             except Truncated:
                 return [], True
         return consistent(read)
+
+
+def port_process(protocol: int, portid: int) -> Optional[tuple[int, str]]:
+    """(pid, command name) of the process holding the netlink socket bound to `portid`, in this
+    network namespace: /proc/net/netlink gives the socket's inode, a process's fd links name it."""
+    inode = ""
+    try:
+        with open("/proc/net/netlink") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if len(fields) >= 10 and fields[1] == str(protocol) and fields[2] == str(portid):
+                    inode = fields[9]
+    except OSError:
+        return None
+    if not inode:
+        return None
+    wanted = f"socket:[{inode}]"
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == wanted for fd in os.listdir(f"/proc/{pid}/fd")):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+                return int(pid), _program(argv)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return None
+
+
+def _program(argv: list[str]) -> str:
+    """The program a command line runs: its script for an interpreter (fail2ban-server, not python3)."""
+    names = [os.path.basename(a) for a in argv[:2]]
+    if len(names) == 2 and names[0].startswith("python") and not argv[1].startswith("-"):
+        return names[1]
+    return names[0] if names else "?"

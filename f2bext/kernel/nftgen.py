@@ -1,18 +1,68 @@
 """The nf_tables ruleset generation (NFT_MSG_GETGEN), and the socket that reads it. Every nf_tables
 transaction, anyone's, moves it: nft, iptables-nft, firewalld, Docker. Reading it is how both backends
-know, in microseconds, that no listing is needed."""
+know, in microseconds, that no listing is needed. And one table's flags and owner (NFT_MSG_GETTABLE):
+libnftables 1.0.6 lists neither in JSON."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import threading
+from typing import NamedTuple, Optional
 
 from ..errors import KernelError
-from .netlink import NETLINK_NETFILTER, NFGEN, NLM_F_REQUEST, Socket, attrs, message
+from .netlink import NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_REQUEST, Socket, attr, attrs, message
 
-NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN
+NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
+NFT_MSG_GETGEN = (10 << 8) | 16
 NFTA_GEN_ID = 1
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_HANDLE, NFTA_TABLE_OWNER = 1, 2, 4, 7
+TABLE_F_DORMANT, TABLE_F_OWNER, TABLE_F_PERSIST = 1, 2, 4
+NFPROTO = {"ip": 2, "ip6": 10, "inet": 1, "arp": 3, "bridge": 7, "netdev": 5}
+
+
+class TableInfo(NamedTuple):
+    """A table's flags and, when it is owned, the netlink port id of its owner."""
+
+    flags: int
+    owner: Optional[int]
+    handle: int
+
+    @property
+    def owned(self) -> bool:
+        return bool(self.flags & TABLE_F_OWNER)
+
+    @property
+    def persist(self) -> bool:
+        return bool(self.flags & TABLE_F_PERSIST)
+
+
+def pack_gettable(seq: int, family: str, name: str) -> bytes:
+    payload = NFGEN.pack(NFPROTO[family], 0, 0) + attr(NFTA_TABLE_NAME, name.encode() + b"\0")
+    return message(NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_ACK, seq, payload)
+
+
+def parse_table(payload: bytes) -> TableInfo:
+    """An NFT_MSG_NEWTABLE's flags, owner and handle."""
+    found = {kind: payload[start:end] for kind, start, end in attrs(payload, NFGEN.size, len(payload))}
+    flags = struct.unpack(">L", found[NFTA_TABLE_FLAGS])[0] if len(found.get(NFTA_TABLE_FLAGS, b"")) == 4 else 0
+    owner = struct.unpack(">L", found[NFTA_TABLE_OWNER])[0] if len(found.get(NFTA_TABLE_OWNER, b"")) == 4 else None
+    handle = struct.unpack(">Q", found[NFTA_TABLE_HANDLE])[0] if len(found.get(NFTA_TABLE_HANDLE, b"")) == 8 else 0
+    return TableInfo(flags, owner if flags & TABLE_F_OWNER else None, handle)
+
+
+def read_table(family: str, name: str) -> Optional[TableInfo]:
+    """The table's flags and owner; None when there is no such table."""
+    try:
+        with Socket(NETLINK_NETFILTER) as nl:
+            for payload in nl.ask(lambda seq: pack_gettable(seq, family, name)):
+                return parse_table(payload)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise KernelError(f"cannot read table {family} {name}", str(e)) from None
+    return None
 
 
 def pack_getgen(seq: int) -> bytes:

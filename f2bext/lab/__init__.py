@@ -203,6 +203,9 @@ DEFAULT_JAIL = {
     "bantime": "3600",
 }
 
+# fail2ban's own default action line (jail.conf's action_), with ownership turned off.
+UNOWNED_ACTION = '%(banaction)s[port="%(port)s", protocol="%(protocol)s", chain="%(chain)s", owner="no"]'
+
 
 class Fail2banLab:
     """A real fail2ban-server in the server namespace, with a throwaway configuration directory built
@@ -220,6 +223,13 @@ class Fail2banLab:
         self.server: Optional[subprocess.Popen] = None
         self.smtp: Optional[subprocess.Popen] = None
         self.server_argv = ["fail2ban-server"]  # a test may start fail2ban's server another way
+
+    def unowned(self) -> None:
+        """Leave f2bext-nftables.py's table unowned (`owner = no`) in every jail that uses it: for the
+        tests that break the table from outside, to prove the heal admins get when they turn it off."""
+        for opts in self.jails.values():
+            if opts.get("banaction") == "f2bext-nftables.py" and "action" not in opts:
+                opts["action"] = UNOWNED_ACTION
 
     def write_config(self) -> None:
         shutil.copytree("/etc/fail2ban", self.confdir, dirs_exist_ok=True,
@@ -258,6 +268,10 @@ class Fail2banLab:
                                    "--ports", ",".join(map(str, SMTP_PORTS)), "--udp", str(UDP_ECHO_PORT)],
                                             env=lab_env(self.workdir, self.variant), stdout=subprocess.PIPE, text=True)
         assert self.smtp.stdout is not None and self.smtp.stdout.readline().strip() == "ready"
+        self.launch()
+
+    def launch(self) -> None:
+        """Start fail2ban-server on the written configuration (again, after a crash) and wait for its jails."""
         self.server = self.ns.popen([*self.server_argv, "-f", "-x", "-c", self.confdir],
                                               env=lab_env(self.workdir, self.variant), stdout=subprocess.DEVNULL,
                                               stderr=open(os.path.join(self.workdir, "fail2ban.stderr"), "w"))

@@ -6,6 +6,8 @@ way postfix does, and clients that probe, fail logins, and hold a session open.
                                                     exit 0 open, 1 refused/unreachable, 2 timeout
     python3 -m f2bext.lab.tools fail-logins HOST PORT N
     python3 -m f2bext.lab.tools hold HOST PORT STATUSFILE   status: "open", then "ended: <why>"
+    python3 -m f2bext.lab.tools probe-until HOST PORT STOPFILE   connects until STOPFILE exists, then
+                                                    prints "ready", at the end "tried N through K"
 """
 
 from __future__ import annotations
@@ -187,6 +189,23 @@ def hold(host: str, port: int, status: str) -> int:
     return 0
 
 
+def probe_until(host: str, port: int, stopfile: str) -> int:
+    """TCP connects to host:port one after another, up to 200 a second, until `stopfile` exists; then
+    say how many were tried and how many got through (an attacker probing while the firewall moves)."""
+    tried = through = 0
+    print("ready", flush=True)
+    while not os.path.exists(stopfile):
+        tried += 1
+        try:
+            socket.create_connection((host, port), timeout=0.1).close()
+            through += 1
+        except OSError:
+            pass
+        time.sleep(0.005)
+    print(f"tried {tried} through {through}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="f2bext.lab.tools")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -196,6 +215,7 @@ def main(argv: list[str]) -> int:
     s.add_argument("--udp", action="store_true"); s.add_argument("--sctp", action="store_true")
     s = sub.add_parser("fail-logins"); s.add_argument("host"); s.add_argument("port", type=int); s.add_argument("count", type=int)
     s = sub.add_parser("hold"); s.add_argument("host"); s.add_argument("port", type=int); s.add_argument("status")
+    s = sub.add_parser("probe-until"); s.add_argument("host"); s.add_argument("port", type=int); s.add_argument("stopfile")
     a = p.parse_args(argv)
     if a.cmd == "serve":
         serve(a.log, [int(x) for x in a.ports.split(",")], [int(x) for x in a.udp.split(",") if x])
@@ -203,6 +223,8 @@ def main(argv: list[str]) -> int:
         return probe(a.host, a.port, a.source, udp=a.udp, sctp=a.sctp)
     if a.cmd == "fail-logins":
         return fail_logins(a.host, a.port, a.count)
+    if a.cmd == "probe-until":
+        return probe_until(a.host, a.port, a.stopfile)
     return hold(a.host, a.port, a.status)
 
 

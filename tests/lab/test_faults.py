@@ -239,6 +239,7 @@ def keep_changing(stop: threading.Event, commands, pause=0.05):
 @pytest.mark.parametrize("backend", ["nftables", "ipset-nft"])
 def test_our_objects_removed_in_a_loop_while_banning_thousands_loses_no_ban(hosts, f2b, fw):
     fw.save_baseline()
+    f2b.unowned()  # owned, the kernel refuses every one of these changes (tests/lab/test_owned_table.py)
     f2b.start()
     rules = hook_count(fw)
     ns = hosts.server
@@ -424,6 +425,7 @@ def nft_restore(ns, workdir, text):
 
 @pytest.mark.parametrize("backend", ["nftables"])
 def test_nft_restoring_a_ruleset_saved_before_f2bext_started_heals_every_ban(hosts, workdir, f2b, fw):
+    f2b.unowned()  # owned, the flush skips the table: nothing to heal
     f2b.start()
     rules = hook_count(fw)
     ban(f2b, lab.ATTACKER4, lab.ATTACKER6, CIDR4, CIDR6, *addresses(30))
@@ -436,6 +438,7 @@ def test_nft_restoring_a_ruleset_saved_before_f2bext_started_heals_every_ban(hos
 @pytest.mark.parametrize("backend", ["nftables"])
 def test_nft_restoring_a_ruleset_saved_while_f2bext_ran_brings_back_exactly_what_fail2ban_holds(
         hosts, workdir, f2b, fw):
+    f2b.unowned()  # owned, the restore is refused whole (tests/lab/test_owned_table.py)
     f2b.start()
     rules = hook_count(fw)
     ban(f2b, lab.ATTACKER4, CIDR4)
@@ -506,6 +509,7 @@ def test_a_refused_direct_ban_stays_out_of_every_rebuild(hosts, f2b, fw, reach):
 @pytest.mark.parametrize("backend", ["nftables"])
 def test_the_repair_command_never_loads_a_refused_ban_from_fail2bans_list(hosts, workdir, f2b, fw, reach):
     f2b.jails[JAIL]["ignoreip"] = f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"
+    f2b.unowned()  # so that the hook can be removed from outside
     f2b.start()
     ban(f2b, *OWN_OR_IGNORED, lab.ATTACKER4)
     f2b.wait(lambda: lab.ATTACKER4 in kernel_bans(fw), "the attacker's ban")
@@ -594,6 +598,7 @@ def test_foreign_tables_chains_rules_and_sets_are_untouched_by_every_cycle_and_n
             ns.run([tool, "-w", *rule])
     before = fw.snapshot()  # the whole firewall: nft ruleset, ipsets, legacy iptables (counters aside)
     assert all(name in before for name in ("admin-block", "admin-nat", "admin-list", "f2bext-sshd", "ADMIN"))
+    f2b.unowned()  # so that the hook can be removed from outside
     f2b.start()
     ban(f2b, lab.ATTACKER4, lab.ATTACKER6, CIDR4)
     fw.unhook(JAIL)  # someone removes our hook: the watchdog repairs it

@@ -81,6 +81,7 @@ def write_failures(logpath, stop, written, per_round=20):
 @pytest.mark.parametrize("backend", ["nftables", "ipset-nft"])
 def test_repair_run_again_and_again_while_fail2ban_bans_a_stream_loses_no_ban(hosts, workdir, f2b, fw):
     f2b.jails[JAIL].update(maxretry="1")
+    f2b.unowned()  # so that the hook can be removed from outside
     f2b.start()
     rules = hook_count(fw)
     stop, written = threading.Event(), []

@@ -20,28 +20,57 @@ import threading
 import time
 from typing import Any, Iterable, Optional, Sequence
 
-from ...kernel import nftgen
+from ...kernel import netlink, nftgen
 from ...addr import Network, is_single
 from ...errors import KernelError
 from ...spec import JailSpec
 from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
-from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS, RULE_COMMENT,
+from .build import (CHUNK, OWNER_FLAGS, adds_table, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS, RULE_COMMENT,
                     SET_KINDS, TABLE, Command, Observed, _obj, build_elements, build_load, build_network_sets,
                     build_rebuild, build_remote, build_rule_exprs, build_structure, build_teardown, chain_name,
                     collapsed_networks, is_table_empty_after, jail_of, port_keys, set_kind, set_name)
 from .read import Signature, check_jail, expected_signatures, parse_elements, parse_ruleset, rule_signature
 
 
+def describe_owner(info: Optional[nftgen.TableInfo]) -> str:
+    """Who owns our table, in words: "fail2ban-server (pid 812)"; "" when no process does."""
+    if info is None or info.owner is None:
+        return ""
+    found = netlink.port_process(netlink.NETLINK_NETFILTER, info.owner)
+    return f"{found[1]} (pid {found[0]})" if found else f"netlink port {info.owner}"
+
+
+def refusal(what: str, err: str) -> KernelError:
+    """nftables' refusal; when the table belongs to another process, say whose and what to do instead."""
+    if "Operation not permitted" in err:
+        owner = describe_owner(nftgen.read_table(FAMILY, TABLE))
+        if owner:
+            return KernelError(f"cannot {what}: table {FAMILY} {TABLE} belongs to {owner}, and no other process "
+                               "may change it; change its jails through fail2ban (fail2ban-client set JAIL banip "
+                               "ADDRESS), or set owner = no on its f2bext-nftables.py jails")
+    return KernelError(f"nftables refused to {what}", err)
+
+
+LIST_TRIES = 5
+
+
 class Nft:
     """The one place that talks to libnftables: JSON commands in one transaction, terse listings;
-    and the ruleset generation, read over netlink, which moves with every transaction of anyone's."""
+    and the ruleset generation, read over netlink, which moves with every transaction of anyone's.
 
-    def __init__(self) -> None:
+    With `owner`, our table is created `flags owner` (and `persist` where nftables can say it): it
+    belongs to this context's netlink socket, so no other process can flush or delete it, and every
+    change goes through this one object."""
+
+    def __init__(self, owner: bool = False) -> None:
         import nftables  # Debian's python3-nftables; imported here so the builders need nothing
         self._ctx = nftables.Nftables()
         self._ctx.set_json_output(True)
         self._lock = threading.Lock()
         self._generation = nftgen.Generation()
+        self.owner = owner
+        self.table_flags = ""  # how this context holds the table once it made it: "owner, persist", "owner"
+        self.unowned = ""  # why the table is not ours alone although `owner` asked for it
 
     def generation(self) -> int:
         return self._generation.read()
@@ -50,9 +79,33 @@ class Nft:
         if not cmds:
             return
         with self._lock:
-            rc, _out, err = self._ctx.json_cmd({"nftables": cmds})
+            if self.owner and any(adds_table(c) for c in cmds):
+                self._add_owned_table(what)
+                cmds = [c for c in cmds if not adds_table(c)]
+            rc, _out, err = self._ctx.json_cmd({"nftables": cmds}) if cmds else (0, "", "")
         if rc != 0:
-            raise KernelError(f"nftables refused to {what}", err)
+            raise refusal(what, err)
+
+    def _add_owned_table(self, what: str) -> None:
+        """Create our table owned by this context, or adopt it as an orphan `persist` left. libnftables'
+        JSON drops table flags, and adding the table without them would be refused once it is owned."""
+        if self.unowned:
+            return
+        errors = []
+        for flags in (self.table_flags,) if self.table_flags else OWNER_FLAGS:
+            rc, _out, err = self._ctx.cmd(f"add table {FAMILY} {TABLE} {{ flags {flags}; }}")
+            if rc == 0:
+                self.table_flags = flags
+                return
+            errors.append(err)
+        info = nftgen.read_table(FAMILY, TABLE)
+        if info is not None and not info.owned and not info.persist:
+            # Made before ownership, by an earlier f2bext or a .conf jail: the kernel lets no one take
+            # a table over, so this process uses it as it is.
+            self.unowned = (f"table {FAMILY} {TABLE} existed without an owner when this process first changed it "
+                            "(an earlier f2bext, or a .conf jail): a flush can still wipe it")
+            return
+        raise refusal(what, errors[-1])
 
     def ruleset(self) -> Observed:
         """Our table without set elements: cheap however many addresses are banned."""
@@ -85,12 +138,20 @@ class Nft:
         return parse_elements(out or {})
 
     def _list(self, command: str, terse: bool) -> dict[str, Any]:
-        with self._lock:
-            self._ctx.set_terse_output(terse)
-            rc, out, err = self._ctx.cmd(command)
-        if rc != 0:
-            raise KernelError(f"nftables refused to {command}", err)
-        return json.loads(out) if out.strip() else {}
+        for attempt in range(LIST_TRIES):
+            with self._lock:
+                self._ctx.set_terse_output(terse)
+                rc, out, err = self._ctx.cmd(command)
+            if rc != 0:
+                raise KernelError(f"nftables refused to {command}", err)
+            try:
+                return json.loads(out) if out.strip() else {}
+            except ValueError as e:
+                # Seen once from libnftables 1.0.6 while the table's owner committed a change: a
+                # listing that does not parse. Asked again, it did.
+                why = str(e)
+                time.sleep(0.05 * (attempt + 1))
+        raise KernelError(f"nftables gave no readable answer to {command}", why)
 
 
 class NftBackend:
@@ -98,8 +159,8 @@ class NftBackend:
 
     name = "nftables"
 
-    def __init__(self, nft: Optional[Nft] = None) -> None:
-        self.nft = nft or Nft()
+    def __init__(self, nft: Optional[Nft] = None, owner: bool = False) -> None:
+        self.nft = nft or Nft(owner)
         self._remote = SharedBans()
         self._handles: dict[str, Optional[int]] = {}  # our table's handle when each jail was last built
         # The ruleset generation at which each jail last checked out: no listing is needed while it
@@ -124,9 +185,14 @@ class NftBackend:
 
     def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
         seen = self.nft.ruleset()
+        present = None
         if check_jail(spec, seen):
             self._rebuild(spec, seen, ())
-        for batch in build_load(spec.jail, held):
+        elif self.nft.owner:
+            # Whole already: a table that outlived its owner (`persist`), adopted. Its bans held while
+            # fail2ban was down; swap in fail2ban's without a gap.
+            present = self.banned(spec)
+        for batch in build_load(spec.jail, held, present):
             self.nft.apply(batch, f"load bans of jail {spec.jail}")
         self._built(spec)
 

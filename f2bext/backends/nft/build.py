@@ -20,6 +20,10 @@ LOAD_BATCH = 1_000  # elements per transaction when a jail is filled at start: l
                     # about 450 bytes per element of a batch, and fail2ban-server keeps the peak
                     # (10,000 per batch cost it 7 MB at 10,000 bans; 100,000 load as fast either way)
 
+# Table flags of an owned table, the first nftables can say: `persist` (nftables 1.0.9, kernel 6.9)
+# keeps the table, bans and all, when its owner dies; without it the table goes with its owner.
+OWNER_FLAGS = ("owner, persist", "owner")
+
 LOCAL_KINDS = ("v4", "net4", "v6", "net6")
 REMOTE_KINDS = ("rv4", "rnet4", "rv6", "rnet6")
 SET_KINDS = {"v4": ("ipv4_addr", False), "net4": ("ipv4_addr", True),
@@ -66,6 +70,10 @@ class Observed:
 
 
 # ---- builders ---------------------------------------------------------------------------------
+
+def adds_table(cmd: Command) -> bool:
+    return "table" in cmd.get("add", {})
+
 
 def _obj(kind: str, **fields: Any) -> dict[str, Any]:
     return {kind: {"family": FAMILY, "table": TABLE, **fields}}
@@ -144,9 +152,11 @@ def _chunked(op: str, by_set: dict[str, list[Any]]) -> list[Command]:
     return cmds
 
 
-def build_load(jail: str, nets: Iterable[Network]) -> list[list[Command]]:
-    """Fill a jail's sets with `nets` (flushed first) in transactions of LOAD_BATCH elements, reading
-    `nets` once: only element text is kept, so a generator of 100,000 addresses stays small."""
+def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Network]] = None) -> list[list[Command]]:
+    """Fill a jail's sets with `nets` in transactions of LOAD_BATCH elements, reading `nets` once:
+    only element text is kept, so a generator of 100,000 addresses stays small. The sets are flushed
+    first; or, given what they hold already (`present`: a table kept while fail2ban was down), the bans
+    are added first and then what is not in `nets` is deleted, so no ban on both sides lapses."""
     singles: dict[str, list[Any]] = {}
     networks: list[Network] = []
     for net in nets:
@@ -154,11 +164,19 @@ def build_load(jail: str, nets: Iterable[Network]) -> list[list[Command]]:
             singles.setdefault(set_name(jail, set_kind(net)), []).append(_element(net))
         else:
             networks.append(net)
-    batches: list[list[Command]] = [[{"flush": _obj("set", name=set_name(jail, k))} for k in LOCAL_KINDS]
-                                    + build_elements("add", jail, collapsed_networks(networks))]
+    if present is None:
+        first = [{"flush": _obj("set", name=set_name(jail, k))} for k in LOCAL_KINDS]
+        first += build_elements("add", jail, collapsed_networks(networks))
+    else:
+        first = build_network_sets(jail, networks, (4, 6))
+    batches: list[list[Command]] = [first]
     for name, elems in singles.items():
         for i in range(0, len(elems), LOAD_BATCH):
             batches.append(_chunked("add", {name: elems[i:i + LOAD_BATCH]}))
+    if present is not None:
+        loaded = {e for elems in singles.values() for e in elems}
+        stale = [n for n in present if is_single(n) and _element(n) not in loaded]
+        batches += [[cmd] for cmd in build_elements("delete", jail, stale)]
     return batches
 
 

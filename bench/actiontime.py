@@ -219,7 +219,8 @@ HEAL_SAMPLES = 3
 def self_heal(kind: str, backend: Any, spec: Any, n: int) -> dict[str, Any]:
     """What a firewall reload really takes away, and seconds until the watchdog has every ban back.
 
-    `nft flush ruleset` takes everything of f2bext-nftables (sets, elements, chains). Of f2bext-ipset
+    `nft flush ruleset` takes everything of f2bext-nftables with `owner = no` (sets, elements, chains),
+    and nothing of its owned table (the default since the owned table: 0 lost). Of f2bext-ipset
     it takes the iptables-nft rules only: the ipsets are not nf_tables objects and keep every entry,
     so that case times the rules coming back; the second case also destroys the sets, as a reboot or
     an `ipset destroy` would, and times every entry coming back."""

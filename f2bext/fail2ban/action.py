@@ -30,6 +30,7 @@ log = getLogger("fail2ban.f2bext")
 PRELOAD_GRACE = 60.0  # seconds after start in which fail2ban works through the bans start() preloaded
 
 _backends: dict[str, Backend] = {}
+_said: set[str] = set()  # process-wide warnings already logged
 _backends_lock = threading.Lock()
 
 
@@ -168,6 +169,10 @@ class EnforcingAction(ActionBase):
             self._fleet = fleets.join(self, self._share)
             self._save_state()
         log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
+        unowned = getattr(getattr(self.backend, "nft", None), "unowned", "")
+        if unowned and unowned not in _said:
+            _said.add(unowned)
+            log.warning("f2bext: %s", unowned)
 
     def _save_state(self) -> None:
         """What the command line needs to check and rebuild the jail: its spec, and what it must not ban."""

@@ -16,6 +16,7 @@ An accept in another base chain ends only that chain, so a drop here holds whate
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any, Iterable, Optional, Sequence
@@ -52,6 +53,7 @@ def refusal(what: str, err: str) -> KernelError:
 
 
 LIST_TRIES = 5
+OWNER_SAFE_FROM = (1, 0, 9)
 
 
 class Nft:
@@ -79,9 +81,12 @@ class Nft:
         if not cmds:
             return
         with self._lock:
-            if self.owner and any(adds_table(c) for c in cmds):
+            # Before this context's first change too: a table that outlived its last owner (`persist`)
+            # is adopted before anything is changed in it.
+            if self.owner and not self.unowned and (not self.table_flags or any(adds_table(c) for c in cmds)):
                 self._add_owned_table(what)
-                cmds = [c for c in cmds if not adds_table(c)]
+                if self.table_flags:  # made or adopted: the JSON `add table` would be refused now
+                    cmds = [c for c in cmds if not adds_table(c)]
             rc, _out, err = self._ctx.json_cmd({"nftables": cmds}) if cmds else (0, "", "")
         if rc != 0:
             raise refusal(what, err)
@@ -90,6 +95,15 @@ class Nft:
         """Create our table owned by this context, or adopt it as an orphan `persist` left. libnftables'
         JSON drops table flags, and adding the table without them would be refused once it is owned."""
         if self.unowned:
+            return
+        version = self.version()
+        if version < OWNER_SAFE_FROM:
+            # Before 1.0.9, libnftables' JSON listing of a table with one flag frees that flag twice
+            # (nftables commit "json: fix use after free in table_flags_json()"): every listing of an
+            # owned table would corrupt this process's memory.
+            self.unowned = (f"libnftables {'.'.join(map(str, version))} cannot list an owned table safely "
+                            "(fixed in 1.0.9): the table stays unowned, and a flush can wipe it until the "
+                            "watchdog puts it back")
             return
         errors = []
         for flags in (self.table_flags,) if self.table_flags else OWNER_FLAGS:
@@ -106,6 +120,14 @@ class Nft:
                             "(an earlier f2bext, or a .conf jail): a flush can still wipe it")
             return
         raise refusal(what, errors[-1])
+
+    def version(self) -> tuple[int, ...]:
+        """libnftables' version, from a listing's metainfo (`list sets` prints no table)."""
+        rc, out, _err = self._ctx.cmd("list sets")
+        for item in json.loads(out).get("nftables", []) if rc == 0 and out.strip() else []:
+            if "metainfo" in item:
+                return tuple(int(p) for p in re.findall(r"\d+", str(item["metainfo"].get("version", "")))[:3])
+        return (0,)
 
     def ruleset(self) -> Observed:
         """Our table without set elements: cheap however many addresses are banned."""

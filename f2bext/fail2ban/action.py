@@ -337,7 +337,7 @@ def fleets() -> Fleets:
     """The process's fleet hook-up, made for the first jail with share options: a jail that shares
     nothing never imports the fleet (its Redis client, disk queue and threads)."""
     global _fleets
-    with _backends_lock:
+    with _fleets_lock:
         if _fleets is None:
             from .fleets import Fleets  # the one door to f2bext.fleet from fail2ban-server
             _fleets = Fleets(killer)
@@ -348,3 +348,4 @@ def fleets() -> Fleets:
 watchdog = Watchdog()
 killer = SessionKiller()
 _fleets: Optional[Fleets] = None
+_fleets_lock = threading.Lock()

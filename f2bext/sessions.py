@@ -139,9 +139,10 @@ def conntrack_filters(nets: Sequence[Network], protocols: tuple[str, ...], ports
                     filters.append(CtFilter(family, daddr=addr, protocol=proto))
             # ctnetlink filters compare whole addresses, never a prefix, and invert the IPv6 compare
             # (`!ipv6_addr_cmp` in ctnetlink_filter_match_tuple, 5.8 to 6.18 at least: an IPv6 address
-            # filter returns every entry but that address). So for a CIDR or an IPv6 address the kernel
-            # narrows by family, protocol and destination port (it compares ports for TCP and UDP only);
-            # the address is matched here.
+            # filter returns every entry but that address, in the reply direction too; no mark or zone
+            # tells a ban's entries apart). So for a CIDR or an IPv6 address the kernel narrows by
+            # family, protocol and destination port (it compares ports for TCP and UDP only); the
+            # address is matched here. The dumps are then the floor: bench/killbench.py times both.
             elif few and proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
                 filters += [CtFilter(family, protocol=proto, dport=port) for port in few]
             else:

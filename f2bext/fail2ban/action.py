@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
@@ -17,17 +17,20 @@ from .. import guard, state
 from ..addr import Network, parse_target, to_text
 from ..backends import Backend, get_backend
 from ..errors import InputError
-from ..fleet import BanEvent, Fleet, redact
 from ..sessions import KillReport
 from ..spec import JailSpec
-from .fleets import Fleets, share_options
 from .internals import restorable_bans
 from .killer import SessionKiller
 from .watchdog import Watchdog
 
+if TYPE_CHECKING:
+    from ..fleet import Fleet
+    from .fleets import Fleets
+
 log = getLogger("fail2ban.f2bext")
 
 PRELOAD_GRACE = 60.0  # seconds after start in which fail2ban works through the bans start() preloaded
+SHARE_OPTIONS = ("share", "share_scope", "share_origin", "share_max_prefix")
 
 _backends: dict[str, Backend] = {}
 _said: set[str] = set()  # process-wide warnings already logged
@@ -78,7 +81,7 @@ class EnforcingAction(ActionBase):
         self._kept: object = None  # what the last recheck() guarded: host, protected, ignoreip
         self._guard_cache: Optional[tuple[object, guard.Guard]] = None
         self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
-        self._share = share_options(params)
+        self._share = _share_options(params)
         owner = parse_owner(params, self.backend_name)
         self.spec = JailSpec.from_params(jail.name, params)
         self.backend = shared_backend(self.backend_name, owner)
@@ -99,7 +102,7 @@ class EnforcingAction(ActionBase):
     @property
     def share(self) -> str:
         """What `fail2ban-client get JAIL action ACT share` shows: the Redis URL, password redacted."""
-        return redact(self._share["share"]) if self._share else ""
+        return fleets().redact(self._share["share"]) if self._share else ""
 
     def _parsed(self, ips: Iterable[str]) -> Iterator[Network]:
         """Restored bans, minus any f2bext must refuse (the database may hold one banned before)."""
@@ -166,7 +169,7 @@ class EnforcingAction(ActionBase):
             self.backend.start(self.spec, self._parsed(everything))
             self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
         if self._share:
-            self._fleet = fleets.join(self, self._share)
+            self._fleet = fleets().join(self, self._share)
             self._save_state()
         log.info("[%s] f2bext %s enforcing %s", self._jail.name, self.backend.name, self._describe())
         unowned = getattr(getattr(self.backend, "nft", None), "unowned", "")
@@ -181,7 +184,7 @@ class EnforcingAction(ActionBase):
     def stop(self) -> None:
         watchdog.forget(self)
         if self._fleet:
-            fleets.leave(self)
+            fleets().leave(self)
             self._fleet = None
         with self._lock:
             self.backend.stop(self.spec)
@@ -255,7 +258,7 @@ class EnforcingAction(ActionBase):
                 self.backend.unban(self.spec, lifted, self.held)
             self._kept = kept
         if self._fleet:
-            fleets.recheck(self._fleet)
+            fleets().recheck(self._fleet)
 
     def reban(self, aInfo: Any) -> None:
         self.ban(aInfo)
@@ -268,15 +271,15 @@ class EnforcingAction(ActionBase):
         self._publish("unban", net, aInfo)
 
     def _publish(self, op: str, net: Network, aInfo: Any) -> None:
-        if self._fleet is None or to_text(net) in fleets.unbanning:
+        if self._fleet is None or to_text(net) in fleets().unbanning:
             return
         bantime = int(aInfo["bantime"])
         expires = math.inf if bantime < 0 else float(aInfo["time"]) + bantime
         if op == "unban" and expires <= MyTime.time() + 1:
             return  # it expired: every server holds the same expiry, and may hold bans of its own
         bantime = bantime if op == "ban" else 0
-        self._fleet.publish(BanEvent(op, self.spec.jail, to_text(net), bantime, expires, self._fleet.origin,
-                                     f"{aInfo['failures']} failures" if op == "ban" else "unban"))
+        fleets().publish(self._fleet, op, self.spec.jail, net, bantime, expires,
+                         f"{aInfo['failures']} failures" if op == "ban" else "unban")
 
     def fleet_unban(self, ip: str) -> str:
         """Lift a ban everywhere: `fail2ban-client set JAIL action ACT fleet_unban '{"ip": "ADDR"}'`."""
@@ -284,8 +287,8 @@ class EnforcingAction(ActionBase):
         if self._fleet is None:
             raise InputError(f"jail {self.spec.jail} does not share its bans")
         self._fleet.remote.get(self.spec.jail, {}).pop(to_text(net), None)
-        self._fleet.publish(BanEvent("unban", self.spec.jail, to_text(net), 0, 0.0, self._fleet.origin, "fleet_unban"))
-        fleets.apply(self._fleet, self.spec.jail, "delete", [net])
+        fleets().publish(self._fleet, "unban", self.spec.jail, net, 0, 0.0, "fleet_unban")
+        fleets().apply(self._fleet, self.spec.jail, "delete", [net])
         return f"unbanned {to_text(net)} on every server sharing jail {self.spec.jail}"
 
     def clearAllParams(self) -> None:
@@ -293,14 +296,14 @@ class EnforcingAction(ActionBase):
 
     def reload(self, **params: Any) -> None:
         """New parameters from `fail2ban-client reload`: keep every ban, rebuild if the spec changed."""
-        share = share_options(params)
+        share = _share_options(params)
         shared_backend(self.backend_name, parse_owner(params, self.backend_name))  # warns of a change
         spec = JailSpec.from_params(self._jail.name, params)
         if share != self._share:
             if self._fleet:
-                fleets.leave(self)
+                fleets().leave(self)
             self._share = share
-            self._fleet = fleets.join(self, share) if share else None
+            self._fleet = fleets().join(self, share) if share else None
         with self._lock:
             if spec != self.spec:
                 self.spec = spec
@@ -358,7 +361,25 @@ class EnforcingAction(ActionBase):
                 f"hooks={p['hooks']} kill={p['kill']}")
 
 
+def _share_options(params: dict[str, Any]) -> dict[str, str]:
+    """Take the sharing options out of an action's parameters, validated; {} when there are none."""
+    opts = {key: str(params.pop(key)) for key in SHARE_OPTIONS if key in params}
+    return fleets().options(opts) if opts else {}
+
+
+def fleets() -> Fleets:
+    """The process's fleet hook-up, made for the first jail with share options: a jail that shares
+    nothing never imports the fleet (its Redis client, disk queue and threads)."""
+    global _fleets
+    with _fleets_lock:
+        if _fleets is None:
+            from .fleets import Fleets  # the one door to f2bext.fleet from fail2ban-server
+            _fleets = Fleets(killer)
+        return _fleets
+
+
 # One of each per fail2ban-server process, shared by every jail's action.
 watchdog = Watchdog()
 killer = SessionKiller()
-fleets = Fleets(killer)
+_fleets: Optional[Fleets] = None
+_fleets_lock = threading.Lock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any, Optional, Protocol
+from typing import Optional, Protocol
 
 from fail2ban.helpers import getLogger
 
@@ -13,7 +13,7 @@ from .. import guard, state
 from ..addr import Network, parse_target, to_text
 from ..backends import Backend
 from ..errors import InputError
-from ..fleet import FLEET_JAIL, SCOPES, Fleet, check_origin, check_url, parse_max_prefix
+from ..fleet import FLEET_JAIL, SCOPES, BanEvent, Fleet, check_origin, check_url, parse_max_prefix, redact
 from ..spec import JailSpec
 from .internals import jail_of
 from .killer import KillReporter, SessionKiller
@@ -23,9 +23,8 @@ log = getLogger("fail2ban.f2bext")
 DEFAULT_MAX_PREFIX = "16,32"  # a peer shares no IPv4 network wider than /16, no IPv6 one wider than /32
 
 
-def share_options(params: dict[str, Any]) -> dict[str, str]:
-    """Take the sharing options out of an action's parameters, validated."""
-    opts = {k: str(params.pop(k)) for k in ("share", "share_scope", "share_origin", "share_max_prefix") if k in params}
+def share_options(opts: dict[str, str]) -> dict[str, str]:
+    """An action's sharing options (share and its companions), validated, with their defaults."""
     if not opts.get("share"):
         if opts:
             raise InputError("share_scope, share_origin and share_max_prefix need share = redis://...")
@@ -54,6 +53,9 @@ class Member(KillReporter, Protocol):
 
 class Fleets:
     """The Fleet of each Redis URL in this process, and the jails sharing through it."""
+
+    options = staticmethod(share_options)
+    redact = staticmethod(redact)
 
     def __init__(self, killer: SessionKiller) -> None:
         self._killer = killer  # a peer's ban cuts sessions here too
@@ -97,6 +99,11 @@ class Fleets:
                     if url in self._fleet_jails:
                         self._fleet_jails.discard(url)
                         action.backend.stop(fleet_spec())
+
+    def publish(self, fleet: Fleet, op: str, jail: str, net: Network, bantime: int, expires: float,
+                why: str) -> None:
+        """Tell the fleet of a ban or unban made here."""
+        fleet.publish(BanEvent(op, jail, to_text(net), bantime, expires, fleet.origin, why))
 
     def _refusal(self, members: dict[str, Member], jail: str, net: Network) -> Optional[str]:
         """Why a peer's ban must not be applied here: it overlaps what must stay reachable (guard.py),

@@ -148,3 +148,30 @@ def test_forward_rules_matching_the_original_port_read_back_as_built(hosts, vari
         assert backend.verify([spec]) == []
     saved = hosts.server.run([lab.iptables(6, variant, "-save")]).stdout
     assert "-A FORWARD -p tcp -m conntrack --ctorigdstport 9000:9010 -m set --match-set f2bext6-postfix src" in saved
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_repair_after_lost_rules_puts_back_the_rules_and_leaves_the_sets(hosts, smtp, reach, monkeypatch, variant):
+    held = [net(lab.ATTACKER4), net("2001:db8::50")]
+    with hosts.server.entered():
+        backend = ipset.IpsetBackend(ipset.Xtables(variant))
+        backend.start(POSTFIX, held)
+        for family in (4, 6):  # what `nft flush ruleset` does on an iptables-nft host: the ipsets stay
+            hosts.server.run([lab.iptables(family, variant), "-F", "INPUT"])
+        assert [f.code for f in backend.verify([POSTFIX])] == ["jump-missing", "jump-missing"]
+        sent = []
+        for method in ("restore_sets", "restore_rules"):
+            real = getattr(backend.xt, method)
+            monkeypatch.setattr(backend.xt, method, lambda *a, real=real, m=method: sent.append(m) or real(*a))
+        backend.repair(POSTFIX, held)
+        assert sent == ["restore_rules", "restore_rules"]  # one iptables-restore per family, no ipset restore
+        assert backend.verify([POSTFIX]) == []
+        assert set(backend.banned(POSTFIX)) == set(held)
+        # The other way round: entries lost, rules kept. One ipset transaction, the rules untouched.
+        backend.xt.restore_sets("flush f2bext-postfix\n")
+        sent.clear()
+        backend.repair(POSTFIX, held)
+        assert sent == ["restore_sets"]
+        assert set(backend.banned(POSTFIX)) == set(held)
+    assert not reach(hosts.attacker, lab.SERVER4, 25)
+    assert reach(hosts.bystander, lab.SERVER4, 25)

@@ -26,7 +26,7 @@ from ...kernel import nftgen, xtables
 from ...kernel.ipset import Ipset, ipset_error
 from ...spec import JailSpec
 from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
-from .build import (CHAINS, FAMILIES, MAXELEM, MULTIPORT_MAX, build_rules_removal, build_rules_restore,
+from .build import (CHAINS, FAMILIES, MAXELEM, MULTIPORT_MAX, SetHeader, build_rules_removal, build_rules_restore,
                     build_set_restore, build_set_swap, comment, ipset_name, ipset_names, rule_args, swap_name)
 from .read import check_jail, check_rules, check_sets, expected_shapes, parse_set_headers, parse_sets
 
@@ -70,12 +70,16 @@ class Xtables:
     def set_headers(self) -> dict[str, tuple[str, str]]:
         return self.sets()[0]
 
-    def sets(self) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, int]]]:
-        """Every set's (type, family) and (maxelem, entries): `ipset list -t`, over netlink."""
+    def headers(self) -> dict[str, SetHeader]:
+        """Every set's type, family, maxelem and number of entries: `ipset list -t`, over netlink."""
         try:
-            found = self._ipset.headers()
+            return self._ipset.headers()
         except OSError as e:
             raise KernelError("cannot list ipsets", ipset_error(e)) from None
+
+    def sets(self) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[int, int]]]:
+        """Every set's (type, family) and (maxelem, entries)."""
+        found = self.headers()
         return ({n: (kind, family) for n, (kind, family, _, _) in found.items()},
                 {n: (maxelem, entries) for n, (_, _, maxelem, entries) in found.items()})
 
@@ -181,6 +185,9 @@ class IpsetBackend:
         return findings
 
     def repair(self, spec: JailSpec, held: Iterable[Network]) -> None:
+        """Put back what the jail lacks, and only that: sets gone, wrong or holding another number of
+        bans than `held` (one ipset transaction), rules missing, altered or shadowed (one
+        iptables-restore per family). A firewall reload that kept the sets costs no refill."""
         held = list(held)
         sets = self.xt.set_headers()
         for family in FAMILIES:
@@ -190,7 +197,9 @@ class IpsetBackend:
                     self.xt.restore_rules(family, build_rules_removal(spec.jail, family, self.xt.table(family)))
                     self.xt.destroy_set(name)
         # Shared sets survive iptables reloads; refill them only with what this process knows.
-        self.xt.restore_sets(build_set_swap(spec.jail, held, self.xt.set_headers(), self._remote.get(spec.jail)))
+        text = build_set_swap(spec.jail, held, self.xt.headers(), self._remote.get(spec.jail))
+        if text:
+            self.xt.restore_sets(text)
         self._place_rules(spec, only_if_broken=False)
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
@@ -208,10 +217,14 @@ class IpsetBackend:
             self.repair(spec, held())
 
     def _place_rules(self, spec: JailSpec, only_if_broken: bool) -> None:
+        """Put the jail's rules at the head of its chains, in each family where they are broken or
+        (not `only_if_broken`) have anything to say against them, a shadow included."""
         for family in FAMILIES:
             table = self.xt.table(family)
             if only_if_broken and not [f for f in check_jail(spec, family, table, self.xt.set_headers())
                                        if f.severity == BROKEN]:
+                continue
+            if not only_if_broken and not check_rules(spec, family, table):
                 continue
             try:
                 self.xt.restore_rules(family, build_rules_restore(spec, family, table))
@@ -245,7 +258,7 @@ class IpsetBackend:
         return [n for name in names if name in sets for n in self.xt.members(name)]
 
 
-__all__ = ["CHAINS", "FAMILIES", "MAXELEM", "MULTIPORT_MAX", "build_rules_removal", "build_rules_restore",
+__all__ = ["CHAINS", "FAMILIES", "MAXELEM", "MULTIPORT_MAX", "SetHeader", "build_rules_removal", "build_rules_restore",
            "build_set_restore", "build_set_swap", "comment", "ipset_name", "ipset_names", "rule_args", "swap_name",
            "check_jail", "check_rules", "check_sets", "expected_shapes", "parse_set_headers", "parse_sets",
            "Xtables", "IpsetBackend"]

@@ -4,7 +4,7 @@ iptables-restore and ipset restore text that places, removes, creates, fills and
 from __future__ import annotations
 
 import shlex
-from typing import Collection, Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from ... import audit
 from ...addr import Network, to_text
@@ -14,6 +14,7 @@ FAMILIES = (4, 6)
 CHAINS = {"input": "INPUT", "forward": "FORWARD"}
 MAXELEM = 1048576  # fail2ban hosts with long bantimes collect hundreds of thousands of bans
 MULTIPORT_MAX = 15  # ports per multiport match (a range counts twice)
+SetHeader = tuple[str, str, int, int]  # a set's type, family, maxelem and number of entries
 
 
 def ipset_name(jail: str, family: int, remote: bool = False) -> str:
@@ -129,24 +130,38 @@ def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
     return "\n".join(lines) + "\n"
 
 
-def build_set_swap(jail: str, held: Iterable[Network], present: Collection[str],
+def _intact(found: Mapping[str, SetHeader], name: str, family: int, count: int) -> bool:
+    """Whether one of our sets is there as we make it, holding `count` entries."""
+    header = found.get(name)
+    return (header is not None and header[:2] == ("hash:net", "inet" if family == 4 else "inet6")
+            and header[2] >= MAXELEM and header[3] == count)
+
+
+def build_set_swap(jail: str, held: Iterable[Network], found: Mapping[str, SetHeader],
                    remote: Optional[Iterable[Network]] = None) -> str:
-    """ipset restore input that refills the jail's sets while the bans hold throughout: each local set
-    is filled apart with exactly `held` and swapped in (so a set someone made too small is replaced);
-    the local sets not in `present` are created first; the shared ones are created if absent and
-    refilled only when `remote` is given."""
-    held, remote = list(held), None if remote is None else list(remote)
+    """ipset restore input that puts back what the jail's sets lack, while the bans hold throughout:
+    a local set that is absent, too small or holds another number of entries than `held` is filled
+    apart with exactly `held` and swapped in; one that checks out in `found` (`ipset list -t`'s
+    headers) is left alone. The shared sets are created if absent, and refilled when `remote` is given
+    and they hold another number. "" when every set checks out."""
+    # Distinct, as the kernel counts them, and in the given order.
+    held, remote = list(dict.fromkeys(held)), None if remote is None else list(dict.fromkeys(remote))
     lines = []
     for family in FAMILIES:
         shared = ipset_name(jail, family, remote=True)
-        lines.append(_create(shared, family))
-        if remote is not None:
+        if shared not in found:
+            lines.append(_create(shared, family))
+        theirs = None if remote is None else [n for n in remote if n.version == family]
+        if theirs is not None and not _intact(found, shared, family, len(theirs)):
             lines.append(f"flush {shared}")
-            lines += [f"add {shared} {to_text(n)} -exist" for n in remote if n.version == family]
+            lines += [f"add {shared} {to_text(n)} -exist" for n in theirs]
         name, tmp = ipset_name(jail, family), swap_name(jail, family)
-        if name not in present:
+        ours = [n for n in held if n.version == family]
+        if _intact(found, name, family, len(ours)):
+            continue
+        if name not in found:
             lines.append(_create(name, family, exist=False))
         lines += [_create(tmp, family), f"flush {tmp}"]
-        lines += [f"add {tmp} {to_text(n)} -exist" for n in held if n.version == family]
+        lines += [f"add {tmp} {to_text(n)} -exist" for n in ours]
         lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""

@@ -17,6 +17,7 @@ from ..addr import Network, to_text
 from ..backends import ipset as ipset_backend
 from ..backends import nft as nft_backend
 from ..errors import KernelError
+from .shares import read_shares
 from .model import (CONNTRACK, INTERFACES, IPSETS, NFTABLES, SOCKETS, ActionInfo, Flow, JailInfo, KernelInfo,
                     Snapshot, rules_read, set_read)
 
@@ -199,4 +200,4 @@ def collect(sock: Optional[str] = None) -> Snapshot:
     specs = {}
     for entry in state.load_all():
         specs[entry.spec.jail] = entry.spec
-    return Snapshot(jails, read_kernel(banned), specs)
+    return Snapshot(jails, read_kernel(banned), specs, read_shares(sock, jails))

@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 from ..severity import Severity, worst
 from .model import Diagnosis, Snapshot
+from .shares import describe
 
 OK, WARNING, CRITICAL, UNKNOWN = Severity.OK, Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN
 
@@ -44,9 +45,9 @@ def summary_line(snap: Snapshot, findings: list[Diagnosis]) -> str:
 
 
 def render(snap: Snapshot, findings: list[Diagnosis]) -> str:
-    lines = [summary_line(snap, findings)]
+    lines = [summary_line(snap, findings)] + [describe(s) for s in snap.shares]
     if not findings:
-        return lines[0]
+        return "\n".join(lines)
     jails = sorted({d.jail for d in findings}, key=lambda j: -max(d.severity.rank for d in findings if d.jail == j))
     for jail in jails:
         lines.append(f"\n[{jail}]")
@@ -61,7 +62,7 @@ def render(snap: Snapshot, findings: list[Diagnosis]) -> str:
 
 def to_json(snap: Snapshot, findings: list[Diagnosis]) -> str:
     return json.dumps({"status": overall(findings).name, "summary": summary_line(snap, findings),
-                       "perfdata": perfdata(snap, findings),
+                       "perfdata": perfdata(snap, findings), "shares": [s.status for s in snap.shares],
                        "findings": [dict(asdict(d), severity=d.severity.name) for d in findings]}, indent=2)
 
 

@@ -50,23 +50,29 @@ class SentinelUrl:
         return {k: v for k, v in (("username", username), ("password", password)) if v}
 
 
+def scheme(url: str) -> str:
+    """The URL's scheme, read by hand: urlsplit refuses a Sentinel list with an IPv6 member."""
+    name, colon, _ = url.partition(":")
+    return name.lower() if colon else ""
+
+
 def is_sentinel(url: str) -> bool:
-    return urlsplit(url).scheme.lower() in SENTINEL
+    return scheme(url) in SENTINEL
 
 
 def check_url(url: str) -> str:
     """The URL, if it is one `share` takes; InputError (the password hidden) if not."""
     if is_sentinel(url):
         parse_sentinel(url)
-    elif urlsplit(url).scheme not in PLAIN:
+    elif scheme(url) not in PLAIN:
         raise InputError(f"share must be a redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel:// "
-                         f"URL, not {redact(url)[:60]!r}")
+                         f"URL, not {redact(url).partition('?')[0][:60]!r}")
     return url
 
 
 def parse_sentinel(url: str) -> SentinelUrl:
     """A redis+sentinel:// or rediss+sentinel:// URL, read whole; InputError naming what is wrong."""
-    shown = redact(url)[:80]
+    shown = redact(url).partition("?")[0][:80]  # no query: a misspelt password option is no password= one
 
     def bad(why: str) -> InputError:
         return InputError(f"share {shown!r}: {why}")

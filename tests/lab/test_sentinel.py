@@ -2,6 +2,7 @@
 real redis-servers (a master, two replicas) and three real Sentinels; three real fail2ban-servers
 share through the Sentinel URL. The master is killed with SIGKILL while bans flow."""
 
+import json
 import os
 import time
 
@@ -14,6 +15,12 @@ from test_fleet import SERVERS, enforced, servers, share_jail  # noqa: F401 - se
 # Measured here (Debian 12, 2 shared cores): every ban held everywhere at most about 5 s after it was
 # asked, the failover's included; the bound leaves CI's slower legs room.
 BOUND = 15.0
+
+
+def status(server):
+    """What the server's fail2ban says of its sharing (the doctor reads the same)."""
+    out = server.client("get", "postfix", "action", "f2bext-nftables", "share_status").stdout.strip()
+    return json.loads(out.splitlines()[-1]) if out else {}
 
 
 def log_of(server):
@@ -31,7 +38,8 @@ def sentinel_fleet(servers, tmp_path):
         marker = "100.64.255.1"
         fleet["a"].client("set", "postfix", "banip", marker)
         for server in fleet.values():
-            server.wait(lambda: marker in held(server.ns), "sharing through the Sentinels", timeout=30)
+            server.wait(lambda: marker in held(server.ns) and status(server).get("master_id"),
+                        "sharing through the Sentinels, both ways", timeout=30)
         yield fleet, redis
     finally:
         redis.stop()

@@ -77,11 +77,10 @@ class Fleets:
                               jails=lambda: set(members), scope_all=opts["share_scope"] == "all",
                               allowed=lambda jail, net: self._refusal(members, jail, net),
                               max_prefix=parse_max_prefix(opts["share_max_prefix"]),
-                              own=lambda: self.own(members, opts["share_origin"]))
+                              own=lambda: self.own(members, opts["share_origin"]),
+                              reached=lambda host: self._protect(url, host))
                 self._fleets[url] = fleet
-                # A ban of the Redis server (or a Sentinel) would cut this server off the fleet for good.
-                guard.protect(url, [k for host in fleet.hosts
-                                    for k in guard.resolve(host, f"the Redis server of share {fleet.url}")])
+                self._protect(url)
                 fleet.start()
                 log.info("f2bext share: jail %s shares its bans through %s", action.spec.jail, fleet.url)
         return fleet
@@ -100,6 +99,15 @@ class Fleets:
                     if url in self._fleet_jails:
                         self._fleet_jails.discard(url)
                         action.backend.stop(fleet_spec())
+
+    def _protect(self, url: str, master: str = "") -> None:
+        """A ban of the Redis server, a Sentinel or the master they name would cut this server off the
+        fleet for good: kept reachable while the URL is shared through."""
+        fleet = self._fleets.get(url)
+        if fleet:
+            hosts = fleet.hosts + ([master] if master else [])
+            guard.protect(url, [k for host in dict.fromkeys(hosts)
+                                for k in guard.resolve(host, f"the Redis server of share {fleet.url}")])
 
     @staticmethod
     def own(members: dict[str, Member], origin: str) -> list[BanEvent]:

@@ -54,11 +54,13 @@ class Fleet:
 
     def __init__(self, url: str, origin: str, folder: str, apply: Apply, jails: Callable[[], set[str]],
                  scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None,
-                 max_prefix: tuple[int, int] = (16, 32), own: Callable[[], list[BanEvent]] = list) -> None:
+                 max_prefix: tuple[int, int] = (16, 32), own: Callable[[], list[BanEvent]] = list,
+                 reached: Callable[[str], None] = lambda host: None) -> None:
         """folder: where the queue and the instance id survive a reboot (state.lib_dir()); own: this
-        server's current bans in the jails sharing through this URL."""
+        server's current bans in the jails sharing through this URL; reached(host): the Sentinels
+        named this master (to be kept reachable)."""
         self._url = connect.check_url(url)
-        self._own = own
+        self._own, self._reached = own, reached
         self._reconcile = threading.Event()  # the master changed: publish again what it may have lost
         self.health = Health(redact(url), connect.is_sentinel(url))
         self.max_prefix = max_prefix
@@ -313,6 +315,8 @@ class Fleet:
         """On each connection: note the master; follow on from `last` if this master's stream holds
         it, else (a first start, a stream cut back by a failover or trimmed meanwhile) load the present."""
         before = self.health.connected(client.info("server")["run_id"], connect.address(client))
+        if self.health.sentinel:
+            self._reached(self.health.address.rpartition(":")[0].strip("[]"))
         if before is not None:
             log.warning("f2bext share: %s: following a new master at %s (was %s)", self.url,
                         self.health.address, before)

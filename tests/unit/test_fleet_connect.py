@@ -119,10 +119,11 @@ def test_the_doctor_says_when_servers_disagree_on_the_master():
 
 
 @pytest.mark.parametrize("kw,said", [
-    ({"contact": 0}, "no answer from Redis since fail2ban started"),
-    ({"contact": time.time() - 45}, "no answer from Redis for 45 s"),
-    ({"queued": 7, "pending_since": time.time() - 40}, "7 bans and unbans wait to be published"),
+    (lambda now: {"contact": 0}, "no answer from Redis since fail2ban started"),
+    (lambda now: {"contact": now - 45}, "no answer from Redis for 45 s"),
+    (lambda now: {"queued": 7, "pending_since": now - 40}, "7 bans and unbans wait to be published"),
 ])
 def test_the_doctor_says_when_sharing_is_stalled(kw, said):
-    (found,) = share_findings([Share(("postfix", "sshd"), status(**kw))])
+    now = time.time()
+    (found,) = share_findings([Share(("postfix", "sshd"), status(now=now, **kw(now)))])
     assert found.code == "share-stalled" and said in found.message and found.jail == "postfix,sshd"

@@ -117,7 +117,9 @@ class SentinelLab:
         return self.addresses.index(address)
 
     def role(self, i: int) -> str:
-        return self.cli(i, "ROLE").split("\n")[0].strip()
+        """"master" or "slave" (ROLE's word; "replica" read as it, should a Redis say that)."""
+        role = self.cli(i, "ROLE").split("\n")[0].strip()
+        return "slave" if role == "replica" else role
 
     def wait_role(self, i: int, role: str, timeout: float = 60) -> float:
         """Until node i is a "master" or a "slave" (the Sentinels take about 10 s to convert a master

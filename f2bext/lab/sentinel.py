@@ -27,15 +27,29 @@ FAILOVER_TIMEOUT_MS = 3000
 
 class SentinelLab:
     """Three (or more) Redis nodes and their Sentinels; node i listens on addresses[i], in the i-th
-    namespace start() is given (the URL is known before: the servers that share need it first)."""
+    namespace start() is given (the URL is known before: the servers that share need it first).
+    tls: a folder with ca.pem, redis.pem and redis.key (for every address): TLS only, replication and
+    the Sentinels' links included."""
 
-    def __init__(self, folder: str, addresses: list[str]) -> None:
-        self.folder, self.addresses = folder, addresses
+    def __init__(self, folder: str, addresses: list[str], tls: str = "") -> None:
+        self.folder, self.addresses, self.tls = folder, addresses, tls
         self.spaces: list[Netns] = []
         self.redis: list[Optional[subprocess.Popen]] = [None] * len(addresses)
         self.sentinels: list[Optional[subprocess.Popen]] = [None] * len(addresses)
         members = ",".join(f"{address}:{SENTINEL_PORT}" for address in addresses)
-        self.url = f"redis+sentinel://:{PASSWORD}@{members}/{SERVICE}/0?sentinel_password={SENTINEL_PASSWORD}"
+        self.url = (f"redis{'s' if tls else ''}+sentinel://:{PASSWORD}@{members}/{SERVICE}/0"
+                    f"?sentinel_password={SENTINEL_PASSWORD}" + (f"&ssl_ca_certs={tls}/ca.pem" if tls else ""))
+
+    def _listen(self, port: int) -> str:
+        if not self.tls:
+            return f"port {port}\n"
+        return (f"port 0\ntls-port {port}\ntls-cert-file {self.tls}/redis.pem\ntls-key-file {self.tls}/redis.key\n"
+                f"tls-ca-cert-file {self.tls}/ca.pem\ntls-auth-clients no\ntls-replication yes\n")
+
+    def _cli(self, i: int, port: int, password: str, args: tuple[str, ...]) -> str:
+        tls = ["--tls", "--cacert", f"{self.tls}/ca.pem"] if self.tls else []
+        return self.spaces[i].run(["redis-cli", "-h", self.addresses[i], "-p", str(port), *tls, "--no-auth-warning",
+                                   "-a", password, *args], check=False, timeout=10).stdout
 
     def _dir(self, i: int) -> str:
         path = os.path.join(self.folder, f"redis{i}")
@@ -60,7 +74,7 @@ class SentinelLab:
         conf = os.path.join(self._dir(i), "redis.conf")
         if not os.path.exists(conf):
             with open(conf, "w") as f:
-                f.write(f"bind {address}\nport {PORT}\ndir {self._dir(i)}\nrequirepass {PASSWORD}\n"
+                f.write(f"bind {address}\n{self._listen(PORT)}dir {self._dir(i)}\nrequirepass {PASSWORD}\n"
                         f"masterauth {PASSWORD}\nlogfile {self._dir(i)}/redis.log\n"
                         f"repl-diskless-sync-delay 0\nappendonly yes\nsave \"\"\ndaemonize no\n"
                         + (f"replicaof {replica_of} {PORT}\n" if replica_of else ""))
@@ -71,7 +85,7 @@ class SentinelLab:
         ns, address = self.spaces[i], self.addresses[i]
         conf = os.path.join(self._dir(i), "sentinel.conf")
         with open(conf, "w") as f:  # the Sentinel rewrites it: it must be its own, and writable
-            f.write(f"bind {address}\nport {SENTINEL_PORT}\ndir {self._dir(i)}\ndaemonize no\n"
+            f.write(f"bind {address}\n{self._listen(SENTINEL_PORT)}dir {self._dir(i)}\ndaemonize no\n"
                     f"requirepass {SENTINEL_PASSWORD}\nlogfile {self._dir(i)}/sentinel.log\n"
                     f"sentinel monitor {SERVICE} {self.addresses[0]} {PORT} 2\n"
                     f"sentinel auth-pass {SERVICE} {PASSWORD}\n"
@@ -96,14 +110,10 @@ class SentinelLab:
                 proc.wait()
 
     def cli(self, i: int, *args: str) -> str:
-        ns, address = self.spaces[i], self.addresses[i]
-        return ns.run(["redis-cli", "-h", address, "-p", str(PORT), "--no-auth-warning", "-a", PASSWORD, *args],
-                      check=False, timeout=10).stdout
+        return self._cli(i, PORT, PASSWORD, args)
 
     def sentinel_cli(self, i: int, *args: str) -> str:
-        ns, address = self.spaces[i], self.addresses[i]
-        return ns.run(["redis-cli", "-h", address, "-p", str(SENTINEL_PORT), "--no-auth-warning",
-                       "-a", SENTINEL_PASSWORD, *args], check=False, timeout=10).stdout
+        return self._cli(i, SENTINEL_PORT, SENTINEL_PASSWORD, args)
 
     def master(self, i: int = 0) -> str:
         """The master's address as Sentinel i names it."""

@@ -10,7 +10,7 @@ import pytest
 
 from f2bext import lab
 from f2bext.lab.sentinel import BanFlow, SentinelLab, held
-from test_fleet import SERVERS, enforced, servers, share_jail  # noqa: F401 - servers is the fixture
+from test_fleet import SERVERS, enforced, make_tls_certificates, servers, share_jail  # noqa: F401 - servers is the fixture
 
 # Measured here (Debian 12, 2 shared cores): every ban held everywhere at most about 5 s after it was
 # asked, the failover's included; the bound leaves CI's slower legs room.
@@ -135,3 +135,25 @@ def test_bans_the_old_master_never_passed_on_are_published_again(hosts, sentinel
         server.wait(lambda: lost in enforced(server, remote_only=True), "the lost ban back on every server")
     stream = redis.cli(master, "XRANGE", "f2bext:events", "-", "+")
     assert stream.count(lost) == 1, "published again once, not twice"
+
+
+def test_sharing_through_sentinels_over_tls_follows_a_failover(hosts, servers, tmp_path):
+    """rediss+sentinel://: TLS to the Sentinels and to the master, whichever it is."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_tls_certificates(str(certs), *(SERVERS[n][0] for n in "abc"))
+    redis = SentinelLab(str(tmp_path / "redis"), [SERVERS[n][0] for n in "abc"], tls=str(certs))
+    assert redis.url.startswith("rediss+sentinel://")
+    fleet = servers({n: {"postfix": share_jail(redis.url, n)} for n in "ab"})
+    try:
+        redis.start([fleet["a"].ns, fleet["b"].ns, lab.add_server(hosts, "srvc", *SERVERS["c"])])
+        fleet["a"].client("set", "postfix", "banip", lab.ATTACKER4)
+        fleet["b"].wait(lambda: lab.ATTACKER4 in enforced(fleet["b"], remote_only=True), "the ban over TLS", timeout=30)
+        redis.kill_redis(0)
+        lab.Fail2banLab.wait(lambda: redis.master(1) not in ("", redis.addresses[0]), "the failover")
+        fleet["b"].client("set", "postfix", "banip", "203.0.113.21")
+        fleet["a"].wait(lambda: "203.0.113.21" in enforced(fleet["a"], remote_only=True), "b's ban after it",
+                        timeout=30)
+        assert "SSL" not in log_of(fleet["a"]) + log_of(fleet["b"])
+    finally:
+        redis.stop()

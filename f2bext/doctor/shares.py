@@ -32,6 +32,10 @@ def read_shares(sock: Optional[str], jails: list[JailInfo]) -> list[Share]:
     return [Share(tuple(names), status) for names, status in by_url.values()]
 
 
+def servers(n: int) -> str:
+    return f"{n} other server follows" if n == 1 else f"{n} other servers follow"
+
+
 def describe(share: Share) -> str:
     """One line: the URL, the master it follows, and whether the other servers follow the same one."""
     s = share.status
@@ -39,7 +43,7 @@ def describe(share: Share) -> str:
         return f"share {s['url']}: no master reached yet"
     live = [p for p in s.get("peers", []) if p.get("age", LIVE) < LIVE]
     others = [p for p in live if p.get("master_id") != s["master_id"]]
-    agree = f"{len(live) - len(others)} other servers follow it too" + (f", {len(others)} follow another" if others else "")
+    agree = f"{servers(len(live) - len(others))} it too" + (f", {servers(len(others))} another" if others else "")
     via = " (named by the Sentinels)" if s.get("sentinel") else ""
     return (f"share {s['url']}: follows the master at {s.get('master')}{via}, run id {s['master_id'][:8]}; {agree}; "
             f"{s.get('failovers', 0)} master changes since fail2ban started")
@@ -66,6 +70,6 @@ def share_findings(shares: list[Share]) -> list[Diagnosis]:
             seen = "; ".join(f"{p['origin']} follows {p['address']} (run id {p['master_id'][:8]})" for p in others[:8])
             out.append(Diagnosis(jail, Severity.WARNING, "share-split",
                                  f"servers disagree on the master of {s['url']}: this one follows {s.get('master')}, "
-                                 f"{len(others)} other servers follow another", seen,
+                                 f"{servers(len(others))} another", seen,
                                  "check that the Sentinels agree: redis-cli -p 26379 SENTINEL get-master-addr-by-name NAME"))
     return out

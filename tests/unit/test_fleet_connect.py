@@ -107,14 +107,14 @@ def test_the_doctor_says_which_master_a_server_follows_and_finds_nothing_wrong()
     assert share_findings([share]) == []
     text = render(Snapshot([], KernelInfo(), shares=[share]), [])
     assert "follows the master at 192.0.2.1:6379 (named by the Sentinels)" in text
-    assert "1 other servers follow it too" in text
+    assert "1 other server follows it too" in text
 
 
 def test_the_doctor_says_when_servers_disagree_on_the_master():
     peers = [{"origin": "b", "master_id": RUN_B, "address": "192.0.2.2:6379", "age": 3.0, "instance": INSTANCE},
              {"origin": "gone", "master_id": RUN_B, "address": "192.0.2.2:6379", "age": 3600.0, "instance": INSTANCE}]
     (found,) = share_findings([Share(("postfix",), status(peers=peers))])
-    assert found.code == "share-split" and "1 other servers follow another" in found.message
+    assert found.code == "share-split" and "1 other server follows another" in found.message
     assert "b follows 192.0.2.2:6379" in found.evidence and "gone" not in found.evidence
 
 

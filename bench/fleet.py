@@ -1,8 +1,10 @@
 """Fleet sharing figures, in the namespace lab with real fail2ban-servers and a real redis-server:
 propagation latency A -> B at 100 bans/s (from the ban asked of A, and from A's kernel), catch-up of 100,000 current bans on a fresh server, and
-Redis memory per 100,000 bans. Writes bench/out/fleet.json.
+Redis memory per 100,000 bans; and the failover: three servers sharing through Redis Sentinel (three
+redis-servers, three Sentinels), the master killed with SIGKILL while bans flow: the time until bans
+propagate again, and the bans lost. Writes bench/out/fleet.json (--failover-only: fleet-failover.json).
 
-    /usr/bin/python3 bench/fleet.py [--bans 500] [--catchup 100000]
+    /usr/bin/python3 bench/fleet.py [--bans 500] [--catchup 100000] [--failovers 3] [--failover-only]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from f2bext import lab  # noqa: E402
 from f2bext.f2bsocket import Fail2banSocket  # noqa: E402
 from f2bext.fleet import CURRENT, STREAM, STREAM_MAXLEN  # noqa: E402
+from f2bext.lab.sentinel import BanFlow, SentinelLab  # noqa: E402
 
 PASSWORD = "bench-secret"
 
@@ -43,9 +46,9 @@ def redis_client(sock: str):
     return redis.Redis(unix_socket_path=sock, password=PASSWORD)
 
 
-def share_jail(sock: str, origin: str) -> dict[str, str]:
+def share_jail(sock: str, origin: str, url: str = "") -> dict[str, str]:
     jail = {k: v for k, v in lab.DEFAULT_JAIL.items() if k != "banaction"}
-    jail["action"] = (f'f2bext-nftables.py[port="smtp,ssmtp,submission", share="unix://:{PASSWORD}@{sock}", '
+    jail["action"] = (f'f2bext-nftables.py[port="smtp,ssmtp,submission", share="{url or f"unix://:{PASSWORD}@{sock}"}", '
                       f'share_origin="{origin}", kill="none"]')
     jail["bantime"] = "1d"
     return jail
@@ -130,14 +133,77 @@ def catch_up(hosts: lab.Hosts, folder: str, sock: str, count: int) -> float:
         c.stop()
 
 
+def failover(rate: float, before: float, after: float) -> dict[str, float]:
+    """One failover: bans asked of a, b and c in turn at `rate` a second, the master killed `before`
+    seconds in; the figures from the kill: the Sentinels' new master, the first ban asked after the kill
+    held by every server, the worst ban asked after it, and the bans never held everywhere."""
+    addresses = {"a": lab.SERVER4, "b": "198.51.100.2", "c": "198.51.100.3"}
+    with tempfile.TemporaryDirectory(prefix="f2bext-failover-") as folder, lab.hosts_up() as hosts:
+        redis = SentinelLab(os.path.join(folder, "redis"), list(addresses.values()))
+        servers: dict[str, lab.Fail2banLab] = {}
+        try:
+            for name, address in addresses.items():
+                ns = hosts.server if name == "a" else lab.add_server(hosts, f"srv{name}", address, f"2001:db8::{name}")
+                os.mkdir(os.path.join(folder, name))
+                servers[name] = lab.Fail2banLab(hosts, os.path.join(folder, name), ns=ns,
+                                                jails={"postfix": share_jail("", name, redis.url)})
+                servers[name].start()
+            redis.start([s.ns for s in servers.values()])
+            for server in servers.values():  # every follower on the master before it dies
+                server.wait(lambda: '"master_id": "' in server.client("get", "postfix", "action", "f2bext-nftables",
+                                                                       "share_status").stdout, "sharing", timeout=30)
+            flow = BanFlow(servers, rate=rate)
+            flow.start()
+            time.sleep(before)
+            killed = time.time()
+            redis.kill_redis(0)
+            sentinels = lab.Fail2banLab.wait(lambda: redis.master(1) not in ("", lab.SERVER4), "the failover")
+            time.sleep(after)
+            try:
+                flow.settle(timeout=60)
+            except TimeoutError:
+                pass  # counted below as lost
+            later = [a for a, (_, t) in flow.asked.items() if t >= killed]
+            held = [flow.everywhere[a] - killed for a in later if a in flow.everywhere]
+            return {"bans": len(flow.asked), "sentinels_s": round(sentinels, 2),
+                    "propagating_again_s": round(min(held), 2) if held else math.inf,
+                    "worst_after_kill_s": round(max(flow.everywhere[a] - flow.asked[a][1] for a in later
+                                                    if a in flow.everywhere), 2),
+                    "lost": len(set(flow.asked) - set(flow.everywhere))}
+        finally:
+            for server in servers.values():
+                server.stop()
+            redis.stop()
+
+
+def failovers(runs: int, rate: float) -> dict[str, object]:
+    results = [failover(rate, before=3.0, after=6.0) for _ in range(runs)]
+    for n, r in enumerate(results, 1):
+        print(f"fleet: failover {n}: {r['bans']} bans at {rate:.0f}/s; the Sentinels named a new master "
+              f"{r['sentinels_s']} s after the kill; bans held everywhere again {r['propagating_again_s']} s "
+              f"after it (worst ban asked after the kill: {r['worst_after_kill_s']} s); lost {r['lost']}", file=sys.stderr)
+    return {"failover_runs": results, "failover_rate_per_s": rate,
+            "failover_propagating_again_s_max": max(r["propagating_again_s"] for r in results),
+            "failover_bans_lost": sum(r["lost"] for r in results)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bans", type=int, default=500, help="bans for the latency run (at --rate per second)")
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--catchup", type=int, default=100_000)
+    parser.add_argument("--failovers", type=int, default=3, help="failovers to time (a fresh lab each)")
+    parser.add_argument("--failover-rate", type=float, default=20.0, help="bans a second while the master dies")
+    parser.add_argument("--failover-only", action="store_true", help="time the failovers only")
     args = parser.parse_args()
     out_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     os.makedirs(out_dir, exist_ok=True)
+    if args.failover_only:
+        figures = failovers(args.failovers, args.failover_rate)
+        with open(os.path.join(out_dir, "fleet-failover.json"), "w") as f:
+            json.dump(figures, f, indent=2)
+        print(json.dumps(figures))
+        return 0
     with tempfile.TemporaryDirectory(prefix="f2bext-fleet-") as folder, lab.hosts_up() as hosts:
         redis_proc, sock = start_redis(folder)
         servers = []
@@ -169,6 +235,7 @@ def main() -> int:
         "kernel_to_kernel_p99_ms": p99(kernel_to_kernel),
         "catchup_bans": args.catchup, "catchup_s": round(catchup, 2),
         "redis_bytes_per_100k_bans": round(memory * 100_000 / args.catchup),
+        **failovers(args.failovers, args.failover_rate),
     }
     with open(os.path.join(out_dir, "fleet.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..severity import Severity
 from ..spec import JailSpec
 from .dnat import dnat_findings, port_in
+from .shares import share_findings
 from .model import (CONNTRACK, INTERFACES, IPSETS, NFTABLES, SOCKETS, ActionInfo, Diagnosis, JailInfo, KernelInfo,
                     Snapshot, rules_read, set_read)
 
@@ -266,4 +267,4 @@ def diagnose(snap: Snapshot) -> list[Diagnosis]:
                 f"{jail.notices_day} in the last day", "likely cause: " + (", ".join(causes) if causes else
                                                                            "none found in the kernel now (fixed since, or a slow action)")))
         out += sorted(found, key=lambda d: -d.severity.rank)
-    return out
+    return out + share_findings(snap.shares)

@@ -73,8 +73,17 @@ class KernelInfo:
     unread: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Share:
+    """One share URL as the running fail2ban follows it (Fleet.status()), and the jails sharing through it."""
+
+    jails: tuple[str, ...]
+    status: dict[str, Any]
+
+
 @dataclass
 class Snapshot:
     jails: list[JailInfo]
     kernel: KernelInfo
     specs: dict[str, JailSpec] = field(default_factory=dict)  # f2bext's own view of its jails
+    shares: list[Share] = field(default_factory=list)

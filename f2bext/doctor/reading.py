@@ -20,6 +20,7 @@ from ..backends import nft as nft_backend
 from ..errors import KernelError
 from ..kernel import ctnetlink, nftgen, rtnl, sockdiag
 from ..spec import PROTOCOL_NUMBERS
+from .shares import read_shares
 from .model import (CONNTRACK, INTERFACES, IPSETS, NFTABLES, SOCKETS, ActionInfo, Flow, JailInfo, KernelInfo,
                     Snapshot, rules_read, set_read)
 
@@ -202,4 +203,4 @@ def collect(sock: Optional[str] = None) -> Snapshot:
     specs = {}
     for entry in state.load_all():
         specs[entry.spec.jail] = entry.spec
-    return Snapshot(jails, read_kernel(banned), specs)
+    return Snapshot(jails, read_kernel(banned), specs, read_shares(sock, jails))

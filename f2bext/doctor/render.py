@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 from ..severity import Severity, worst
 from .model import Diagnosis, Snapshot
+from .shares import describe
 
 OK, WARNING, CRITICAL, UNKNOWN = Severity.OK, Severity.WARNING, Severity.CRITICAL, Severity.UNKNOWN
 
@@ -56,9 +57,9 @@ def ownership(snap: Snapshot) -> str:
 
 
 def render(snap: Snapshot, findings: list[Diagnosis]) -> str:
-    lines = [summary_line(snap, findings)]
+    lines = [summary_line(snap, findings)] + [describe(s) for s in snap.shares]
     if not findings:
-        return lines[0]
+        return "\n".join(lines)
     lines += [ownership(snap)] if ownership(snap) else []
     jails = sorted({d.jail for d in findings}, key=lambda j: -max(d.severity.rank for d in findings if d.jail == j))
     for jail in jails:
@@ -75,6 +76,7 @@ def render(snap: Snapshot, findings: list[Diagnosis]) -> str:
 def to_json(snap: Snapshot, findings: list[Diagnosis]) -> str:
     return json.dumps({"status": overall(findings).name, "summary": summary_line(snap, findings),
                        "perfdata": perfdata(snap, findings), "nft_table_owner": snap.kernel.nft_owner,
+                       "shares": [s.status for s in snap.shares],
                        "findings": [dict(asdict(d), severity=d.severity.name) for d in findings]}, indent=2)
 
 

@@ -4,6 +4,7 @@ killer and fleet hook-up it hands its jails to."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -103,6 +104,12 @@ class EnforcingAction(ActionBase):
     def share(self) -> str:
         """What `fail2ban-client get JAIL action ACT share` shows: the Redis URL, password redacted."""
         return fleets().redact(self._share["share"]) if self._share else ""
+
+    @property
+    def share_status(self) -> str:
+        """`fail2ban-client get JAIL action ACT share_status`: whom sharing follows and how it goes
+        (JSON, for `f2bext doctor`; "" when the jail does not share)."""
+        return json.dumps(self._fleet.status()) if self._fleet else ""
 
     def _parsed(self, ips: Iterable[str]) -> Iterator[Network]:
         """Restored bans, minus any f2bext must refuse (the database may hold one banned before)."""

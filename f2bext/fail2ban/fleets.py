@@ -3,6 +3,7 @@ their bans through which Fleet (f2bext.fleet), whose peers' bans land in the jai
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from typing import Optional, Protocol
@@ -15,7 +16,7 @@ from ..backends import Backend
 from ..errors import InputError
 from ..fleet import FLEET_JAIL, SCOPES, BanEvent, Fleet, check_origin, check_url, parse_max_prefix, redact
 from ..spec import JailSpec
-from .internals import jail_of
+from .internals import current_bans, jail_of
 from .killer import KillReporter, SessionKiller
 
 log = getLogger("fail2ban.f2bext")
@@ -43,6 +44,7 @@ class Member(KillReporter, Protocol):
     spec: JailSpec
     backend: Backend
     _lock: state.JailLock  # every change to the jail's kernel objects takes it, the peers' bans' too
+    _refused: set[str]  # bans fail2ban holds that f2bext refused: never published
 
     def guard(self) -> guard.Guard: ...
 
@@ -76,11 +78,11 @@ class Fleets:
                               apply=lambda jail, op, nets: self.apply(self._fleets[url], jail, op, nets),
                               jails=lambda: set(members), scope_all=opts["share_scope"] == "all",
                               allowed=lambda jail, net: self._refusal(members, jail, net),
-                              max_prefix=parse_max_prefix(opts["share_max_prefix"]))
+                              max_prefix=parse_max_prefix(opts["share_max_prefix"]),
+                              own=lambda: self.own(members, opts["share_origin"]),
+                              reached=lambda host: self._protect(url, host))
                 self._fleets[url] = fleet
-                # A ban of the Redis server would cut this server off the fleet for good.
-                guard.protect(url, guard.resolve(fleet.host, f"the Redis server of share {fleet.url}")
-                              if fleet.host else [])
+                self._protect(url)
                 fleet.start()
                 log.info("f2bext share: jail %s shares its bans through %s", action.spec.jail, fleet.url)
         return fleet
@@ -104,6 +106,31 @@ class Fleets:
                 why: str) -> None:
         """Tell the fleet of a ban or unban made here."""
         fleet.publish(BanEvent(op, jail, to_text(net), bantime, expires, fleet.origin, why))
+
+    def _protect(self, url: str, master: str = "") -> None:
+        """A ban of the Redis server, a Sentinel or the master they name would cut this server off the
+        fleet for good: kept reachable while the URL is shared through."""
+        fleet = self._fleets.get(url)
+        if fleet:
+            hosts = fleet.hosts + ([master] if master else [])
+            guard.protect(url, [k for host in dict.fromkeys(hosts)
+                                for k in guard.resolve(host, f"the Redis server of share {fleet.url}")])
+
+    @staticmethod
+    def own(members: dict[str, Member], origin: str) -> list[BanEvent]:
+        """The bans the local fail2ban holds now in the jails sharing through one URL, as published."""
+        out = []
+        for jail, action in list(members.items()):
+            for address, start, bantime in current_bans(jail_of(action)):
+                if address in action._refused:
+                    continue
+                try:
+                    address = to_text(parse_target(address))
+                except InputError:
+                    continue
+                out.append(BanEvent("ban", jail, address, bantime, math.inf if bantime < 0 else start + bantime,
+                                    origin, "published again"))
+        return out
 
     def _refusal(self, members: dict[str, Member], jail: str, net: Network) -> Optional[str]:
         """Why a peer's ban must not be applied here: it overlaps what must stay reachable (guard.py),

@@ -49,3 +49,11 @@ def restorable_bans(jail: Any) -> list[str]:
         if (left == -1 or left > 0) and not jail.filter.inIgnoreIPList(ip, log_ignore=False):
             out.append(str(ip))
     return out
+
+
+def current_bans(jail: Any) -> list[tuple[str, float, int]]:
+    """(address, time of ban, ban time; -1: for ever) of each ban the jail holds now, from the tickets
+    of its ban manager (Actions.banManager, which Actions.getBanList reads too)."""
+    manager = jail.actions.banManager
+    default = manager.getBanTime()
+    return [(str(t.getID()), float(t.getTime()), int(t.getBanTime(default))) for t in manager]

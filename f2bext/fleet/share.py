@@ -9,6 +9,10 @@ of the local fail2ban, on disk until Redis acknowledged them) and a follower thr
 into each jail's remote sets, which local unbans and flushes never touch). A server never
 re-publishes what it received, and knows its own events by a random instance id (host names repeat
 across cloned machines). Everything read from Redis is untrusted input.
+
+Redis replicates asynchronously: after a failover (a new master: a new run id) what the old master
+acknowledged may be gone. Each server then publishes again its own current bans the present lacks,
+and each follower resumes from its position in the stream if the new master has it, else reloads.
 """
 
 from __future__ import annotations
@@ -23,56 +27,23 @@ import threading
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
 
 from ..addr import Network, parse_target
 from ..errors import InputError
+from . import connect
 from .diskqueue import QUEUE_LIMIT, DiskQueue
-from .events import FLEET_JAIL, BanEvent, check_origin, check_url, instance_id, redact, too_wide
+from .events import FLEET_JAIL, BanEvent, check_origin, instance_id, redact, too_wide
+from .health import Health
+from .notices import Doubles, Notices
 
 STREAM = "f2bext:events"
 CURRENT = "f2bext:bans"
 STREAM_MAXLEN = 100_000
 BATCH = 500
 STOP_WAIT = 6.0  # seconds a stop waits for the publisher to flush (a send times out after 5)
-NOTICE_BURST, NOTICE_PERIOD = 10, 60.0  # lines about peers' entries: this many a minute, then one summary
-TWIN_PERIOD = 3600.0  # seconds between warnings that another server publishes under our origin
+MAX_BACKOFF = 2.0  # seconds between retries at most: a failover is found this long after it at worst
 
 log = logging.getLogger("fail2ban.f2bext.share")
-
-
-class Notices:
-    """Warnings about what peers wrote, bounded whatever they write: per kind, the first NOTICE_BURST
-    lines of each minute, then one summary line for the rest of it."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._windows: dict[str, list[Any]] = {}  # kind -> [start, lines said, lines held back, latest]
-
-    def say(self, kind: str, message: str, *args: Any) -> None:
-        now = self._clock()
-        window = self._windows.get(kind)
-        if window is None or now - window[0] >= NOTICE_PERIOD:
-            self._close(kind)
-            window = self._windows[kind] = [now, 0, 0, ""]
-        if window[1] < NOTICE_BURST:
-            window[1] += 1
-            log.warning(message, *args)
-        else:
-            window[2] += 1
-            window[3] = message % args
-
-    def tick(self) -> None:
-        """Summarize the minutes that ended (the follower calls this about every second)."""
-        now = self._clock()
-        for kind in [k for k, w in self._windows.items() if now - w[0] >= NOTICE_PERIOD]:
-            self._close(kind)
-
-    def _close(self, kind: str) -> None:
-        window = self._windows.pop(kind, None)
-        if window and window[2]:
-            log.warning("f2bext share: %d more of these in the last minute (%s), the latest: %s",
-                        window[2], kind, window[3])
 
 
 Apply = Callable[[str, str, list[Network]], None]  # (jail, "add"/"delete"/"replace", nets)
@@ -83,9 +54,15 @@ class Fleet:
 
     def __init__(self, url: str, origin: str, folder: str, apply: Apply, jails: Callable[[], set[str]],
                  scope_all: bool = False, allowed: Callable[[str, Network], Optional[str]] = lambda j, n: None,
-                 max_prefix: tuple[int, int] = (16, 32)) -> None:
-        """folder: where the queue and the instance id survive a reboot (state.lib_dir())."""
-        self._url = check_url(url)
+                 max_prefix: tuple[int, int] = (16, 32), own: Callable[[], list[BanEvent]] = list,
+                 reached: Callable[[str], None] = lambda host: None) -> None:
+        """folder: where the queue and the instance id survive a reboot (state.lib_dir()); own: this
+        server's current bans in the jails sharing through this URL; reached(host): the Sentinels
+        named this master (to be kept reachable)."""
+        self._url = connect.check_url(url)
+        self._own, self._reached = own, reached
+        self._reconcile = threading.Event()  # the master changed: publish again what it may have lost
+        self.health = Health(redact(url), connect.is_sentinel(url))
         self.max_prefix = max_prefix
         self.origin = check_origin(origin)
         self.instance = instance_id(folder)
@@ -103,7 +80,7 @@ class Fleet:
         self._stop = threading.Event()
         self._said: set[str] = set()  # conditions said once until they clear (a small fixed set of keys)
         self._notices = Notices()
-        self._twin_said = self._clone_said = -math.inf
+        self._doubles = Doubles()
         self._sent: "OrderedDict[tuple[str, str, str, float], None]" = OrderedDict()  # the latest, bounded
         self._sent_lock = threading.Lock()
         self.remote: dict[str, dict[str, float]] = {}  # jail -> address -> expiry, as applied here
@@ -115,9 +92,13 @@ class Fleet:
         return redact(self._url)
 
     @property
-    def host(self) -> str:
-        """The host the URL connects to ("" for a unix socket)."""
-        return "" if self._url.startswith("unix:") else urlsplit(self._url).hostname or "localhost"
+    def hosts(self) -> list[str]:
+        """The hosts the URL names (the Sentinels'; none for a unix socket)."""
+        return connect.hosts(self._url)
+
+    def status(self) -> dict[str, Any]:
+        """Whom the follower follows and how sharing goes, for `f2bext doctor` (no Redis round trip)."""
+        return self.health.status(len(self.queue) + len(self._unsaved))
 
     def start(self) -> None:
         for t in self._threads:
@@ -147,10 +128,7 @@ class Fleet:
                     pass
 
     def _client(self, **kw: Any):
-        import redis  # Debian's python3-redis
-        if not self._url.startswith("unix:"):  # redis-py's unix socket connection takes no connect timeout
-            kw["socket_connect_timeout"] = 2
-        return redis.Redis.from_url(self._url, **kw)
+        return connect.client(self._url, **kw)
 
     def _say_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._said:
@@ -169,9 +147,15 @@ class Fleet:
             try:
                 self._take(wait=0.0 if stopping or self._unsaved or len(self.queue) else 1.0)
                 self._save()
-                if self._unsaved or len(self.queue):
+                pending = bool(self._unsaved or len(self.queue))
+                self.health.pending_since = (self.health.pending_since or time.time()) if pending else 0.0
+                if not pending and self._reconcile.is_set() and not stopping:
+                    client = client or self._client(socket_timeout=5)
+                    self._republish(client)
+                if pending:
                     client = client or self._client(socket_timeout=5)
                     sent = self._send_some(client)
+                    self.health.sent = time.time()
                     if backoff > 0.2:
                         log.info("f2bext share: %s reachable again; sending %d queued events", self.url,
                                  sent + len(self.queue) + len(self._unsaved))
@@ -188,7 +172,7 @@ class Fleet:
                 if stopping:
                     return
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, MAX_BACKOFF)
             else:
                 if stopping and not (self._unsaved or len(self.queue)):
                     return
@@ -256,6 +240,26 @@ class Fleet:
         del self._unsaved[:len(events)]
         return len(events)
 
+    def _republish(self, client: Any) -> None:
+        """This server's current bans that the present lacks, published again (after the events queued
+        meanwhile, so what they already carried is not sent twice)."""
+        self._reconcile.clear()
+        try:
+            own = [e for e in self._own() if e.expires > time.time()]
+            missing = []
+            for at in range(0, len(own), 10 * BATCH):
+                pipe = client.pipeline(transaction=False)
+                for e in own[at:at + 10 * BATCH]:
+                    pipe.zscore(CURRENT, e.member)
+                missing += [e for e, score in zip(own[at:], pipe.execute()) if score is None]
+        except Exception:
+            self._reconcile.set()
+            raise
+        for e in missing:
+            self.publish(e)
+        log.log(logging.WARNING if missing else logging.INFO, "f2bext share: %s: %d of this server's %d current "
+                "bans were missing on the new master and are published again", self.url, len(missing), len(own))
+
     def _remember(self, events: list[BanEvent]) -> None:
         """Note what this server sends, before it is sent (the follower may read it back at once)."""
         with self._sent_lock:
@@ -282,11 +286,11 @@ class Fleet:
 
     def _follow_loop(self) -> None:
         import redis
-        backoff = 0.2
+        backoff, last = 0.2, None  # last: the position in the stream; None until the present is loaded
         while not self._stop.is_set():
             try:
                 client = self._client(socket_timeout=10)
-                last = self._load_present(client)
+                last = self._resume(client, last)
                 backoff = 0.2
                 self._said.discard("sub-down")
                 while not self._stop.is_set():
@@ -295,6 +299,8 @@ class Fleet:
                             self._receive(entry_id, fields)
                             last = entry_id
                         self._save_last(last)
+                    self.health.heard()
+                    self.health.beat(client, self.instance, self.origin)
                     self._expire()
                     self._notices.tick()
             except Exception as e:  # noqa: BLE001 - the follower must outlive any error; Redis's are expected
@@ -303,7 +309,24 @@ class Fleet:
                 self._say_once("sub-down", "f2bext share: cannot follow %s (%s); retrying", self.url,
                                type(e).__name__)
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _resume(self, client: Any, last: Optional[bytes]) -> bytes:
+        """On each connection: note the master; follow on from `last` if this master's stream holds
+        it, else (a first start, a stream cut back by a failover or trimmed meanwhile) load the present."""
+        before = self.health.connected(client.info("server")["run_id"], connect.address(client))
+        if self.health.sentinel:
+            self._reached(self.health.address.rpartition(":")[0].strip("[]"))
+        if before is not None:
+            log.warning("f2bext share: %s: following a new master at %s (was %s)", self.url,
+                        self.health.address, before)
+            self._reconcile.set()
+        if last is not None and client.xrange(STREAM, last, last, count=1):
+            return last
+        if last is not None:
+            log.warning("f2bext share: %s: the stream no longer holds this server's position; reloading "
+                        "the present", self.url)
+        return self._load_present(client)
 
     def _load_present(self, client: Any) -> bytes:
         """Every current ban in one read, applied in one transaction per jail; returns the stream
@@ -342,9 +365,9 @@ class Fleet:
         with self._sent_lock:
             ours = event.instance == self.instance and event.key in self._sent
         if event.instance == self.instance and not ours:
-            self._clone(event)
+            self._doubles.clone(event, os.path.join(self._folder, "instance-id"))
         elif event.origin == self.origin and event.instance and not ours:
-            self._twin(event)
+            self._doubles.twin(event, self.url, self.origin)
         target = self._target(event)
         if target is None:
             return
@@ -370,24 +393,6 @@ class Fleet:
                               event.origin, event.address, jail, refusal)
             return False
         return True
-
-    def _twin(self, event: BanEvent) -> None:
-        """Another live server publishes under our origin: sharing works (instance ids tell the two
-        apart), but logs and `f2bext doctor` cannot; an hour between warnings, whatever a peer sends."""
-        now = time.monotonic()
-        if now - self._twin_said >= TWIN_PERIOD:
-            self._twin_said = now
-            log.warning("f2bext share: another server (instance %s) publishes to %s as %r, this server's "
-                        "origin; give each server its own share_origin", event.instance, self.url, self.origin)
-
-    def _clone(self, event: BanEvent) -> None:
-        now = time.monotonic()
-        if now - self._clone_said >= TWIN_PERIOD:
-            self._clone_said = now
-            log.warning("f2bext share: %s's %s of %s in jail %s carries this server's instance id, and this "
-                        "server did not send it: if this repeats, another server has a copy of %s (a cloned "
-                        "image?); delete it there and restart that fail2ban", event.origin, event.op,
-                        event.address, event.jail, os.path.join(self._folder, "instance-id"))
 
     def _expire(self) -> None:
         now = time.time()

@@ -248,16 +248,16 @@ def test_every_server_ends_with_exactly_the_union_of_current_bans(hosts, fleet):
         server.wait(lambda: enforced(server) == union, f"{name_of(server)} to hold exactly the union")
 
 
-def make_tls_certificates(folder, address):
-    """A throwaway CA and a server certificate for `address`."""
+def make_tls_certificates(folder, *addresses):
+    """A throwaway CA and a server certificate for each of `addresses`."""
     def openssl(*args):
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
             "-subj", "/CN=f2bext test CA", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", f"/CN={address}")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", f"/CN={addresses[0]}")
     # What Python 3.13's default VERIFY_X509_STRICT asks of a server certificate (Debian 13).
     with open(os.path.join(folder, "ext"), "w") as f:
-        f.write(f"subjectAltName=IP:{address}\nbasicConstraints=critical,CA:FALSE\n"
+        f.write(f"subjectAltName={','.join('IP:' + a for a in addresses)}\nbasicConstraints=critical,CA:FALSE\n"
                 "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
                 "authorityKeyIdentifier=keyid,issuer\nsubjectKeyIdentifier=hash\n")
     openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",

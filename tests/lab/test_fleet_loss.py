@@ -10,7 +10,7 @@ import time
 import pytest
 
 from f2bext import lab
-from f2bext.fleet import DiskQueue, Fleet, events, share
+from f2bext.fleet import DiskQueue, Fleet, events, notices, share
 from fleet_events import BANNED, event
 from test_fleet import PASSWORD, SERVERS, enforced, redis, share_jail  # noqa: F401 - redis is the fixture
 
@@ -255,7 +255,7 @@ def test_a_flood_of_crafted_entries_costs_a_few_log_lines(server_a, redis):
     pipe.execute()
     a.wait(lambda: "203.0.113.11" in enforced(a), "the marker ban", timeout=60)
     lines = [line for line in log_of(a).splitlines() if "f2bext share:" in line and "WARNING" in line]
-    assert len(lines) <= 2 * share.NOTICE_BURST, lines[-3:]
+    assert len(lines) <= 2 * notices.NOTICE_BURST, lines[-3:]
     assert any("skipping event" in line for line in lines) and any("refusing evil's ban" in line for line in lines)
 
 

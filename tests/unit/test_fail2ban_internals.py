@@ -121,6 +121,18 @@ def test_the_ban_information_holds_what_the_action_reads(jail):
     assert int(info["bantime"]) == BANTIME
 
 
+def test_current_bans_are_the_tickets_fail2ban_holds_with_their_ban_times(jail):
+    """What a fleet server publishes again after a failover (fleets.Fleets.own)."""
+    start = MyTime.time()
+    jail.actions.addBannedIP("192.0.2.1")
+    forever = BanTicket("192.0.2.2", start)
+    forever.setBanTime(-1)
+    jail.actions.banManager.addBanTicket(forever)
+    got = sorted(internals.current_bans(jail))
+    assert [(ip, bantime) for ip, _, bantime in got] == [("192.0.2.1", BANTIME), ("192.0.2.2", -1)]
+    assert all(abs(t - start) < 5 for _, t, _ in got)
+
+
 def test_fail2ban_still_calls_the_hooks_enforcing_action_answers():
     source = inspect.getsource(Actions)
     for hook in ("consistencyCheck", "clearAllParams", ".reload(", ".flush(", "banEpoch"):

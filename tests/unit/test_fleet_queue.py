@@ -10,7 +10,7 @@ import pytest
 from f2bext import lab, state
 from f2bext.addr import to_text
 from f2bext.errors import InputError
-from f2bext.fleet import BanEvent, DiskQueue, Fleet, events, share
+from f2bext.fleet import BanEvent, DiskQueue, Fleet, events, notices, share
 from fleet_events import BANNED, event
 
 
@@ -87,17 +87,17 @@ def test_the_publisher_outlives_an_unwritable_queue_and_bounds_its_memory(tmp_pa
 def test_peer_spam_costs_a_bounded_memory_and_log(tmp_path, caplog):
     fleet = quiet_fleet(str(tmp_path))
     clock = [1000.0]
-    fleet._notices = share.Notices(clock=lambda: clock[0])
+    fleet._notices = notices.Notices(clock=lambda: clock[0])
     common = {"op": "ban", "jail": "postfix", "bantime": "600", "expires": str(time.time() + 600), "origin": "evil"}
     with caplog.at_level(logging.WARNING, logger="fail2ban.f2bext.share"):
         for n in range(20_000):
             fleet._receive(f"{n}-0".encode(), dict(common, address=f"bad-{n}"))
             fleet._receive(f"{n}-1".encode(), dict(common, address=f"192.0.2.{n % 256}"))
-        assert len(caplog.records) == 2 * share.NOTICE_BURST
-        clock[0] += share.NOTICE_PERIOD
+        assert len(caplog.records) == 2 * notices.NOTICE_BURST
+        clock[0] += notices.NOTICE_PERIOD
         fleet._notices.tick()
     assert len(fleet._said) == 0 and len(fleet._notices._windows) == 0
-    summaries = [r.getMessage() for r in caplog.records[2 * share.NOTICE_BURST:]]
+    summaries = [r.getMessage() for r in caplog.records[2 * notices.NOTICE_BURST:]]
     assert len(summaries) == 2
     assert any("19990 more of these in the last minute (entries skipped)" in s for s in summaries)
     assert any("19990 more of these in the last minute (bans refused)" in s for s in summaries)

@@ -15,8 +15,11 @@ An accept in another base chain ends only that chain, so a drop here holds whate
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import socket
 import threading
 import time
 from typing import Any, Iterable, Optional, Sequence
@@ -31,6 +34,21 @@ from .build import (CHUNK, OWNER_FLAGS, adds_table, DPORT, FAMILY, LOAD_BATCH, L
                     build_rebuild, build_remote, build_rule_exprs, build_structure, build_teardown, chain_name,
                     collapsed_networks, is_table_empty_after, jail_of, port_keys, set_kind, set_name)
 from .read import Signature, check_jail, expected_signatures, parse_elements, parse_ruleset, rule_signature
+
+
+def _netfilter_sockets() -> set[int]:
+    """This process's open NETLINK_NETFILTER sockets, by file descriptor."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                if sock.family == socket.AF_NETLINK and sock.proto == netlink.NETLINK_NETFILTER:
+                    found.add(int(name))
+        except OSError:
+            continue  # closed meanwhile
+    return found
 
 
 def describe_owner(info: Optional[nftgen.TableInfo]) -> str:
@@ -53,7 +71,7 @@ def refusal(what: str, err: str) -> KernelError:
 
 
 LIST_TRIES = 5
-OWNER_SAFE_FROM = (1, 0, 9)
+PERSIST_FROM = (1, 0, 9)  # libnftables that says `persist`, and lists a one-flag table safely
 
 
 class Nft:
@@ -66,13 +84,19 @@ class Nft:
 
     def __init__(self, owner: bool = False) -> None:
         import nftables  # Debian's python3-nftables; imported here so the builders need nothing
+        before = _netfilter_sockets() if owner else set()
         self._ctx = nftables.Nftables()
+        # The context's own netlink socket, opened by nft_ctx_new: where libnftables cannot say
+        # `persist`, the owned table is added on it, so that its owner is still this context.
+        mine = _netfilter_sockets() - before if owner else set()
+        self._sock_fd = mine.pop() if len(mine) == 1 else None
         self._ctx.set_json_output(True)
         self._lock = threading.Lock()
         self._generation = nftgen.Generation()
         self.owner = owner
         self.table_flags = ""  # how this context holds the table once it made it: "owner, persist", "owner"
         self.unowned = ""  # why the table is not ours alone although `owner` asked for it
+        self._version: tuple[int, ...] = ()
 
     def generation(self) -> int:
         return self._generation.read()
@@ -96,14 +120,14 @@ class Nft:
         JSON drops table flags, and adding the table without them would be refused once it is owned."""
         if self.unowned:
             return
-        version = self.version()
-        if version < OWNER_SAFE_FROM:
-            # Before 1.0.9, libnftables' JSON listing of a table with one flag frees that flag twice
-            # (nftables commit "json: fix use after free in table_flags_json()"): every listing of an
-            # owned table would corrupt this process's memory.
-            self.unowned = (f"libnftables {'.'.join(map(str, version))} cannot list an owned table safely "
-                            "(fixed in 1.0.9): the table stays unowned, and a flush can wipe it until the "
-                            "watchdog puts it back")
+        self._version = self._version or self.version()
+        version = self._version
+        if version < PERSIST_FROM:
+            # Before 1.0.9 libnftables cannot say `persist`, and its JSON listing of a table with one
+            # flag frees that flag twice (nftables commit "json: fix use after free in
+            # table_flags_json()"): `owner` alone would corrupt this process at every listing. Both
+            # flags are set over netlink instead, on the context's own socket.
+            self._add_table_on_socket(version)
             return
         errors = []
         for flags in (self.table_flags,) if self.table_flags else OWNER_FLAGS:
@@ -120,6 +144,25 @@ class Nft:
                             "(an earlier f2bext, or a .conf jail): a flush can still wipe it")
             return
         raise refusal(what, errors[-1])
+
+    def _add_table_on_socket(self, version: tuple[int, ...]) -> None:
+        if self._sock_fd is None:
+            self.unowned = (f"libnftables {'.'.join(map(str, version))} cannot own the table safely, and its "
+                            "netlink socket was not found: the table stays unowned")
+            return
+        try:
+            nftgen.add_table_on(self._sock_fd, FAMILY, TABLE, nftgen.TABLE_F_OWNER | nftgen.TABLE_F_PERSIST)
+        except OSError as e:
+            info = nftgen.read_table(FAMILY, TABLE)
+            if info is not None and not info.owned and not info.persist:
+                self.unowned = (f"table {FAMILY} {TABLE} existed without an owner when this process first "
+                                "changed it (an earlier f2bext, or a .conf jail): a flush can still wipe it")
+                return
+            if e.errno == errno.EOPNOTSUPP:  # a kernel before 6.9: no persist, and owner alone is unsafe
+                self.unowned = "this kernel cannot keep an owned table (persist: Linux 6.9): it stays unowned"
+                return
+            raise refusal(f"create table {FAMILY} {TABLE}", str(e)) from None
+        self.table_flags = "owner, persist"
 
     def version(self) -> tuple[int, ...]:
         """libnftables' version, from a listing's metainfo (`list sets` prints no table)."""

@@ -124,6 +124,7 @@ def repair_lines(f2b):
 
 
 def test_an_accept_for_another_port_triggers_no_repair(hosts, f2b, fw):
+    f2b.unowned()  # so that the real break below can be made from outside
     f2b.start()
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)
     for family in (4, 6):

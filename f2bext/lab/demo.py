@@ -74,7 +74,8 @@ class Demo:
         refused = h.server.run(["nft", "delete", "table", "inet", "f2bext"], check=False)
         self.check("Operation not permitted" in refused.stderr,
                    "table inet f2bext is fail2ban-server's: the kernel lets no other process flush or delete it")
-        self.check(self.probe(h.attacker, s4, 25) == REFUSED, "the attacker is still refused right after it: nothing was lost, nothing to heal")
+        self.check(self.probe(h.attacker, s4, 25) == REFUSED,
+                   "the attacker is still refused right after it: nothing was lost, nothing to heal")
         self.check(self.probe(h.attacker, s6, 587) == REFUSED, "the IPv6 ban too")
         self.say(self.f2b.client("status", "postfix").stdout.strip().replace("\n", "\n  "))
         return 0 if self.failures == 0 else 1

@@ -230,12 +230,6 @@ def _owner_of(entry: state.JailState) -> str:
     return relay.table_owner() if entry.backend == "nftables" else ""
 
 
-def _table_owner(args: argparse.Namespace) -> Optional[str]:
-    """For a ban or unban: the owner to ask, when another process owns the nftables table; else None."""
-    backend, _spec, _known = _spec_from_args(args)
-    return (relay.table_owner() or None) if backend == "nftables" else None
-
-
 def _known_jails(jail: Optional[str]) -> list[state.JailState]:
     return state.load_all() if jail is None else [state.load(jail)]  # "" is a bad name, not "every jail"
 
@@ -246,10 +240,13 @@ def run(argv: Sequence[str]) -> int:
     cmd = args.command
     if cmd in ("ban", "unban", "start", "stop", "flush"):
         nets = parse_targets(args.addresses) if cmd in ("ban", "unban") else []
-        owner = _table_owner(args) if cmd in ("ban", "unban") else None
-        if owner:
-            print(relay.relay_bans(cmd, parse_jail(args.jail), nets, owner))
-            for line in _fleet_unban(parse_jail(args.jail), nets) if cmd == "unban" else ():
+        backend_name, spec, known = _spec_from_args(args)  # validated before anything is asked
+        owner = relay.table_owner() if cmd in ("ban", "unban") and backend_name == "nftables" else ""
+        if owner:  # another process owns the table: ask it, through fail2ban
+            if cmd == "ban":
+                Guard(_keeps(args.ignoreip, known.keeps if known else ())).refuse(nets)
+            print(relay.relay_bans(cmd, spec.jail, nets, owner))
+            for line in _fleet_unban(spec.jail, nets) if cmd == "unban" else ():
                 print(line)
             return 0
         # Held from the state's read to its write: a rebuild elsewhere must not load a list this
@@ -366,7 +363,8 @@ def render_fixes(snap, findings, sock: Optional[str] = None) -> str:
         owner = _owner_of(entry)
         if owner:
             healed = relay.relay_heal(jail, owner, "f2bext doctor --fix", sock)
-            done.append(f"jail {jail}: {owner} owns its table and {'repaired' if healed else 'found nothing to repair in'} it")
+            done.append(f"jail {jail}: {owner} owns its table and "
+                        + ("repaired it" if healed else "found nothing to repair in it"))
             continue
         with state.JailLock(jail):  # fail2ban's list read anew under the lock: the snapshot is out of date
             check = Guard(entry.keeps)

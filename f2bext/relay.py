@@ -52,8 +52,11 @@ def relay_bans(op: str, jail: str, nets: Sequence[Network], owner: str, sock: Op
     if act is None:
         raise _refused(jail, owner, f"{op} in jail {jail}")
     command = "banip" if op == "ban" else "unbanip"
-    with Fail2banSocket(sock, timeout=30.0) as f2b:
-        f2b.send(["set", jail, command, *(to_text(n) for n in nets)])
+    try:
+        with Fail2banSocket(sock, timeout=30.0) as f2b:
+            f2b.send(["set", jail, command, *(to_text(n) for n in nets)])
+    except OSError as e:
+        raise KernelError(f"fail2ban did not {op} in jail {jail}", str(e)) from None
     return f"{op}ned {', '.join(to_text(n) for n in nets)} in jail {jail} through fail2ban ({owner} owns the table)"
 
 
@@ -63,5 +66,8 @@ def relay_heal(jail: str, owner: str, why: str, sock: Optional[str] = None) -> b
     act = owning_action(jail, sock)
     if act is None:
         raise _refused(jail, owner, f"repair jail {jail}")
-    with Fail2banSocket(sock, timeout=120.0) as f2b:
-        return bool(f2b.send(["set", jail, "action", act, "heal", json.dumps({"why": why})]))
+    try:
+        with Fail2banSocket(sock, timeout=120.0) as f2b:
+            return bool(f2b.send(["set", jail, "action", act, "heal", json.dumps({"why": why})]))
+    except OSError as e:
+        raise KernelError(f"fail2ban did not repair jail {jail}", str(e)) from None

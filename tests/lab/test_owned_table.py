@@ -112,6 +112,11 @@ def test_the_command_line_asks_the_owner_and_refuses_in_clear_words(hosts, workd
     assert run("unban", "--jail", "postfix", lab.ATTACKER_NET_PEER4).returncode == 0
     assert lab.ATTACKER_NET_PEER4 not in banned.banned("postfix") and not holds(hosts, lab.ATTACKER_NET_PEER4)
     assert run("repair", "--jail", "postfix").returncode == 0
+    own = run("ban", "--jail", "postfix", lab.SERVER4)  # the host's own address: refused before fail2ban is asked
+    assert own.returncode == 2 and "an address of this host" in own.stderr and lab.SERVER4 not in banned.banned("postfix")
+    other = run("ban", "--jail", "nosuch", lab.ATTACKER_NET_PEER4)  # a jail the owner does not run
+    assert other.returncode == 1 and "jail nosuch is not one of its" in other.stderr, other.stderr
+    assert "Traceback" not in other.stderr and other.stderr.count("\n") == 1
     before = table(hosts)
     flush = run("flush", "--jail", "postfix")
     assert flush.returncode == 1 and "belongs to fail2ban-server (pid" in flush.stderr, flush.stderr

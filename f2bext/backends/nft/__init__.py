@@ -29,10 +29,11 @@ from ...addr import Network, is_single
 from ...errors import KernelError
 from ...spec import JailSpec
 from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
-from .build import (CHUNK, OWNER_FLAGS, adds_table, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS, RULE_COMMENT,
-                    SET_KINDS, TABLE, Command, Observed, _obj, build_elements, build_load, build_network_sets,
-                    build_rebuild, build_remote, build_rule_exprs, build_structure, build_teardown, chain_name,
-                    collapsed_networks, is_table_empty_after, jail_of, port_keys, set_kind, set_name)
+from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, OWNER_FLAGS, PRIORITY, REMOTE_KINDS,
+                    RULE_COMMENT, SET_KINDS, TABLE, Command, Observed, _obj, adds_table, build_elements, build_load,
+                    build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_structure,
+                    build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of, port_keys,
+                    set_kind, set_name)
 from .read import Signature, check_jail, expected_signatures, parse_elements, parse_ruleset, rule_signature
 
 
@@ -70,7 +71,6 @@ def refusal(what: str, err: str) -> KernelError:
     return KernelError(f"nftables refused to {what}", err)
 
 
-LIST_TRIES = 5
 PERSIST_FROM = (1, 0, 9)  # libnftables that says `persist`, and lists a one-flag table safely
 
 
@@ -136,14 +136,18 @@ class Nft:
                 self.table_flags = flags
                 return
             errors.append(err)
+        if not self._made_unowned():
+            raise refusal(what, errors[-1])
+
+    def _made_unowned(self) -> bool:
+        """Whether the table exists without an owner, made before ownership (by an earlier f2bext, or a
+        .conf jail): the kernel lets no one take a table over, so this process uses it as it is."""
         info = nftgen.read_table(FAMILY, TABLE)
-        if info is not None and not info.owned and not info.persist:
-            # Made before ownership, by an earlier f2bext or a .conf jail: the kernel lets no one take
-            # a table over, so this process uses it as it is.
-            self.unowned = (f"table {FAMILY} {TABLE} existed without an owner when this process first changed it "
-                            "(an earlier f2bext, or a .conf jail): a flush can still wipe it")
-            return
-        raise refusal(what, errors[-1])
+        if info is None or info.owned or info.persist:
+            return False
+        self.unowned = (f"table {FAMILY} {TABLE} existed without an owner when this process first changed it "
+                        "(an earlier f2bext, or a .conf jail): a flush can still wipe it")
+        return True
 
     def _add_table_on_socket(self, version: tuple[int, ...]) -> None:
         if self._sock_fd is None:
@@ -153,10 +157,7 @@ class Nft:
         try:
             nftgen.add_table_on(self._sock_fd, FAMILY, TABLE, nftgen.TABLE_F_OWNER | nftgen.TABLE_F_PERSIST)
         except OSError as e:
-            info = nftgen.read_table(FAMILY, TABLE)
-            if info is not None and not info.owned and not info.persist:
-                self.unowned = (f"table {FAMILY} {TABLE} existed without an owner when this process first "
-                                "changed it (an earlier f2bext, or a .conf jail): a flush can still wipe it")
+            if self._made_unowned():
                 return
             if e.errno == errno.EOPNOTSUPP:  # a kernel before 6.9: no persist, and owner alone is unsafe
                 self.unowned = "this kernel cannot keep an owned table (persist: Linux 6.9): it stays unowned"
@@ -203,20 +204,15 @@ class Nft:
         return parse_elements(out or {})
 
     def _list(self, command: str, terse: bool) -> dict[str, Any]:
-        for attempt in range(LIST_TRIES):
-            with self._lock:
-                self._ctx.set_terse_output(terse)
-                rc, out, err = self._ctx.cmd(command)
-            if rc != 0:
-                raise KernelError(f"nftables refused to {command}", err)
-            try:
-                return json.loads(out) if out.strip() else {}
-            except ValueError as e:
-                # Seen once from libnftables 1.0.6 while the table's owner committed a change: a
-                # listing that does not parse. Asked again, it did.
-                why = str(e)
-                time.sleep(0.05 * (attempt + 1))
-        raise KernelError(f"nftables gave no readable answer to {command}", why)
+        with self._lock:
+            self._ctx.set_terse_output(terse)
+            rc, out, err = self._ctx.cmd(command)
+        if rc != 0:
+            raise KernelError(f"nftables refused to {command}", err)
+        try:
+            return json.loads(out) if out.strip() else {}
+        except ValueError as e:  # libnftables 1.0.6 printed freed memory for a table with one flag
+            raise KernelError(f"nftables gave no readable answer to {command}", str(e)) from None
 
 
 class NftBackend:

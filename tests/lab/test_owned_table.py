@@ -172,6 +172,7 @@ def test_kill_9_then_start_keeps_exactly_fail2bans_bans(hosts, workdir, banned):
           f"from kill -9 to the restart's bans ({gap:.2f} s after fail2ban answered)")
     assert owned_and_persist(hosts) and "progname" in table(hosts), "adopted by the new fail2ban-server"
     assert banned.banned("postfix") == [lab.ATTACKER4]
+    assert not logged(workdir, "Failed to start jail")  # the orphan adopted before its first listing
     f2b_wait_unheld = banned.wait(lambda: not holds(hosts, lab.ATTACKER6), "the expired ban to go")
     assert f2b_wait_unheld < 20
     assert through == 0, (tried, through)  # fail2ban's bans swapped in: added first, lapsed ones deleted last

@@ -105,15 +105,20 @@ class Nft:
         if not cmds:
             return
         with self._lock:
-            # Before this context's first change too: a table that outlived its last owner (`persist`)
-            # is adopted before anything is changed in it.
-            if self.owner and not self.unowned and (not self.table_flags or any(adds_table(c) for c in cmds)):
-                self._add_owned_table(what)
-                if self.table_flags:  # made or adopted: the JSON `add table` would be refused now
-                    cmds = [c for c in cmds if not adds_table(c)]
+            self._hold_table(what)
+            if self.owner and self.table_flags and any(adds_table(c) for c in cmds):
+                self._add_owned_table(what)  # deleted and made again (the last jail stopped, a new one starts)
+                cmds = [c for c in cmds if not adds_table(c)]  # the JSON `add table` would be refused now
             rc, _out, err = self._ctx.json_cmd({"nftables": cmds}) if cmds else (0, "", "")
         if rc != 0:
             raise refusal(what, err)
+
+    def _hold_table(self, what: str) -> None:
+        """Before this context's first listing or change, make the owned table, or adopt the one that
+        outlived its last owner (`persist`). An orphan has one flag, and libnftables 1.0.6 cannot list
+        a table with one flag safely (below); adopted, it has two. The caller holds the lock."""
+        if self.owner and not self.unowned and not self.table_flags:
+            self._add_owned_table(what)
 
     def _add_owned_table(self, what: str) -> None:
         """Create our table owned by this context, or adopt it as an orphan `persist` left. libnftables'
@@ -197,6 +202,7 @@ class Nft:
         # nft's command language cannot name a set that starts with a digit (jail "0day"), even quoted;
         # a JSON command can, but libnftables 1.0.6 cuts its output short past ~250,000 elements.
         with self._lock:
+            self._hold_table(f"list set {name}")
             self._ctx.set_terse_output(False)
             rc, out, err = self._ctx.json_cmd({"nftables": [{"list": _obj("set", name=name)}]})
         if rc != 0:
@@ -205,6 +211,7 @@ class Nft:
 
     def _list(self, command: str, terse: bool) -> dict[str, Any]:
         with self._lock:
+            self._hold_table(command)
             self._ctx.set_terse_output(terse)
             rc, out, err = self._ctx.cmd(command)
         if rc != 0:

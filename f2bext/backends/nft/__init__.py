@@ -116,17 +116,22 @@ class Nft:
     def _hold_table(self, what: str) -> None:
         """Before this context's first listing or change, make the owned table, or adopt the one that
         outlived its last owner (`persist`). An orphan has one flag, and libnftables 1.0.6 cannot list
-        a table with one flag safely (below); adopted, it has two. The caller holds the lock."""
+        a table with one flag safely (below); adopted, it has two. Another process only refuses to
+        list such a table, rather than corrupt its memory. The caller holds the lock."""
         if self.owner and not self.unowned and not self.table_flags:
             self._add_owned_table(what)
+        elif not self.owner and self.version() < PERSIST_FROM:
+            info = nftgen.read_table(FAMILY, TABLE)
+            if info is not None and bin(info.flags).count("1") == 1:
+                raise KernelError(f"cannot {what}: table {FAMILY} {TABLE} has one flag (an orphan while "
+                                  "fail2ban-server is down?), which libnftables before 1.0.9 cannot list safely")
 
     def _add_owned_table(self, what: str) -> None:
         """Create our table owned by this context, or adopt it as an orphan `persist` left. libnftables'
         JSON drops table flags, and adding the table without them would be refused once it is owned."""
         if self.unowned:
             return
-        self._version = self._version or self.version()
-        version = self._version
+        version = self.version()
         if version < PERSIST_FROM:
             # Before 1.0.9 libnftables cannot say `persist`, and its JSON listing of a table with one
             # flag frees that flag twice (nftables commit "json: fix use after free in
@@ -171,12 +176,15 @@ class Nft:
         self.table_flags = "owner, persist"
 
     def version(self) -> tuple[int, ...]:
-        """libnftables' version, from a listing's metainfo (`list sets` prints no table)."""
-        rc, out, _err = self._ctx.cmd("list sets")
-        for item in json.loads(out).get("nftables", []) if rc == 0 and out.strip() else []:
-            if "metainfo" in item:
-                return tuple(int(p) for p in re.findall(r"\d+", str(item["metainfo"].get("version", "")))[:3])
-        return (0,)
+        """libnftables' version, from a listing's metainfo (`list sets` prints no table); read once."""
+        if not self._version:
+            rc, out, _err = self._ctx.cmd("list sets")
+            for item in json.loads(out).get("nftables", []) if rc == 0 and out.strip() else []:
+                if "metainfo" in item:
+                    words = str(item["metainfo"].get("version", ""))
+                    self._version = tuple(int(p) for p in re.findall(r"\d+", words)[:3])
+            self._version = self._version or (0,)
+        return self._version
 
     def ruleset(self) -> Observed:
         """Our table without set elements: cheap however many addresses are banned."""

@@ -70,7 +70,10 @@ def test_every_ban_made_before_during_and_after_a_failover_holds_on_every_server
         assert set(flow.asked) <= held(server.ns), "a ban lost"
         assert "following a new master at" in log_of(server)
     master = new_master(redis)
-    assert redis.cli(master, "ZCARD", "f2bext:bans").strip() == str(len(flow.asked) + 1)
+    # Each server reconciles once its queue is empty: bans the old master took but never passed on
+    # (27 of 83 in one CI run) are published again a few seconds after the flow ends.
+    lab.Fail2banLab.wait(lambda: redis.cli(master, "ZCARD", "f2bext:bans").strip() == str(len(flow.asked) + 1),
+                         "every server's bans in the new master's present", timeout=BOUND)
 
     # An unban made after the failover lifts the ban everywhere (one a made before the kill).
     gone = next(a for a, (name, t) in flow.asked.items() if name == "a" and t < killed)

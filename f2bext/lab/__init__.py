@@ -239,7 +239,8 @@ class Fail2banLab:
             src = os.path.join(PROJECT_ROOT, sub)
             if os.path.isdir(src):
                 for name in os.listdir(src):
-                    shutil.copy(os.path.join(src, name), os.path.join(self.confdir, sub, name))
+                    if os.path.isfile(os.path.join(src, name)):  # not a __pycache__ a Python left there
+                        shutil.copy(os.path.join(src, name), os.path.join(self.confdir, sub, name))
         with open(os.path.join(self.confdir, "action.d", "sendmail-common.local"), "w") as f:
             f.write('[Init]\nmailcmd = sendmail -f "<sender>" "<dest>"\n')  # the lab's, on PATH
         with open(os.path.join(self.confdir, "fail2ban.local"), "w") as f:

@@ -19,7 +19,8 @@ NEVER = ("redis", "f2bext.fleet", "f2bext.fail2ban.fleets", "f2bext.doctor", "f2
 def loaded_after(code: str) -> set[str]:
     """The modules a fresh interpreter holds after running `code`."""
     probe = f"import sys\n{code}\nprint('\\n'.join(sys.modules))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+    # -B: no bytecode written beside the action files (action.d/__pycache__ would be copied as config).
+    done = subprocess.run([sys.executable, "-B", "-c", probe], capture_output=True, text=True, check=True,
                           env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
     return set(done.stdout.split())
 

@@ -13,12 +13,12 @@ import socket
 import time
 from typing import Callable, Iterable, Optional, TypeVar
 
-from .. import managers, state
-from ..addr import Address, Network, to_text
+from .. import managers, relay, state
+from ..addr import Address, Network, is_single, to_text
 from ..backends import ipset as ipset_backend
 from ..backends import nft as nft_backend
 from ..errors import KernelError
-from ..kernel import ctnetlink, nftgen, rtnl, sockdiag
+from ..kernel import ctnetlink, rtnl, sockdiag
 from ..spec import PROTOCOL_NUMBERS
 from .shares import read_shares
 from .model import (CONNTRACK, INTERFACES, IPSETS, NFTABLES, SOCKETS, ActionInfo, Flow, JailInfo, KernelInfo,
@@ -132,8 +132,8 @@ def read_ipsets(info: KernelInfo) -> None:
 
 
 def _banned_lookup(banned: list[Network]) -> Callable[[Address], bool]:
-    singles = {n.network_address for n in banned if n.prefixlen == n.max_prefixlen}
-    networks = [n for n in banned if n.prefixlen != n.max_prefixlen]
+    singles = {n.network_address for n in banned if is_single(n)}
+    networks = [n for n in banned if not is_single(n)]
     return lambda addr: addr in singles or any(addr in n for n in networks)
 
 
@@ -175,8 +175,7 @@ def read_flows(info: KernelInfo, banned: list[Network]) -> list[Flow]:
 def read_kernel(banned: Iterable[Network]) -> KernelInfo:
     info = KernelInfo()
     info.nft = _read(info, NFTABLES, lambda: nft_backend.Nft().listing(), {})
-    info.nft_owner = _read(info, NFTABLES, lambda: nft_backend.describe_owner(
-        nftgen.read_table(nft_backend.FAMILY, nft_backend.TABLE)), "")
+    info.nft_owner = _read(info, NFTABLES, relay.table_owner, "")
     info.iptables = {family: read_iptables(info, family) for family in (4, 6)}
     read_ipsets(info)
     info.flows = read_flows(info, list(banned))

@@ -79,9 +79,9 @@ def main() -> int:
                                   ("list ruleset", "list ruleset", False),
                                   ("list table", "list table inet hash", False),
                                   ("list chain", "list chain inet hash input", False)):
-        out["listing"][label] = quantiles(timed(listing(command, terse), 5, budget=math.inf))
+        out["listing"][label] = quantiles(timed(listing(command, terse), 3, budget=math.inf))
     build(ctx, "interval", interval=True)
-    out["add_one"]["interval"] = quantiles(timed(add("interval"), 10, budget=math.inf))
+    out["add_one"]["interval"] = quantiles(timed(add("interval"), 5, budget=math.inf))
     print(json.dumps(out))
     return 0
 

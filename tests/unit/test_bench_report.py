@@ -1,0 +1,40 @@
+"""The bench's report reads a recorded run whole: every table and every target row comes out of it,
+and a fresh run's extrapolation check is told apart from the capped runs it checks."""
+
+import copy
+import json
+import os
+import sys
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench")
+sys.path.insert(0, BENCH)
+
+import report  # noqa: E402
+from targets import targets  # noqa: E402
+
+RECORDED = os.path.join(BENCH, "results", "b5216dc5d3d0.json")
+
+
+def recorded() -> dict:
+    with open(RECORDED) as f:
+        return json.load(f)
+
+
+def test_every_table_and_target_comes_out_of_a_recorded_run():
+    text = report.tables(recorded())
+    for heading in ("### 1. Restore", "### 2. Per-ban", "### 3. Verify", "### 4. Session kill", "### Targets"):
+        assert heading in text
+    rows = targets(recorded())
+    assert any("≤ 1.0 s" in t for t, _, _ in rows) and any("0.05 ms" in t for t, _, _ in rows)
+    assert all(isinstance(ok, bool) for _, _, ok in rows)
+
+
+def test_the_uncapped_check_run_is_not_one_of_the_capped_samples():
+    results = recorded()
+    capped = [r for r in results["restore"] if r["action"] == report.UNCAPPED_STOCK and r["n"] == report.CHECKED_N]
+    check = dict(copy.deepcopy(capped[0]), check=True, enforced_s=200.0)
+    results["restore"].append(check)
+    estimate = report.restore_time(results, report.UNCAPPED_STOCK, report.CHECKED_N)
+    assert estimate.extrapolated and estimate.samples == len(capped)
+    line = " ".join(report.extrapolation_check(results))
+    assert f"uncapped at N = {report.CHECKED_N:,}" in line and "3.3 min" in line

@@ -9,12 +9,13 @@ share the wire, and the host's receive path, with the flood. The flood is 500 so
 frames in an AF_PACKET TX ring, handed to the kernel in a tight loop by a process pinned to CPU 0.
 
 Cases: "wire" (frames for another MAC, which the host's IP never takes: the send and the veth
-alone), "none" (no ban), f2bext's two backends as their start() builds them (input hook, priority
--10), the nftables one with blocktype drop too, "f2bext-nftables-raw" and "-raw-drop" (the same
-table and sets, the rules moved to prerouting at priority raw behind `fib daddr type local`; built
-here, not by the backend),
-and fail2ban's stock nftables-multiport and iptables-ipset-proto6 as their actionstart/actionban
-build them. Each once without conntrack and once with the seed firewall's conntrack rule loaded.
+alone); "none" (no ban); f2bext's two backends as their start() builds them (input hook, priority
+-10), the nftables one with blocktype drop too; "f2bext-nftables-raw" and "-raw-drop" (its table
+and sets, the rules moved to prerouting at priority raw behind `fib daddr type local`) and
+"f2bext-ipset-raw-drop" (its rules moved to the raw table's PREROUTING behind `-m addrtype
+--dst-type LOCAL`), both built here, not by the backends; fail2ban's stock nftables-multiport and
+iptables-ipset-proto6 as their actionstart/actionban build them. Each without conntrack, and with
+the seed firewall's conntrack rule loaded.
 
 CPU: a veth hands each frame to the host's receive backlog on the sending CPU, and the host's whole
 receive path (IP, conntrack, netfilter, the drop or reject) runs there in softirq as the send leaves
@@ -51,7 +52,7 @@ BYSTANDER4, BYSTANDER6 = "198.51.100.20", "2001:db8::20"
 JAIL = "postfix"
 OTHER_CPU = 1  # the bystander, the listeners, the firewall tools; the flood has FLOOD_CPU
 CASES = ("none", "f2bext-nftables", "f2bext-nftables-drop", "f2bext-nftables-raw", "f2bext-nftables-raw-drop",
-         "f2bext-ipset",
+         "f2bext-ipset", "f2bext-ipset-raw-drop",
          "nftables-multiport", "iptables-ipset-proto6")
 
 
@@ -94,6 +95,19 @@ def raw_prerouting(blocktype: str = "reject") -> Callable[[Netns, str, list[str]
     return build
 
 
+def ipset_raw(host: Netns, workdir: str, addrs: list[str]) -> None:
+    """f2bext-ipset's sets and rules, the rules moved from INPUT to the raw table's PREROUTING behind
+    `-m addrtype --dst-type LOCAL`; DROP, since iptables refuses REJECT outside the filter table."""
+    from f2bext.backends.ipset.build import rule_args
+    spec = _spec("drop")
+    f2bext_backend("ipset", "drop")(host, workdir, addrs)
+    for family in (4, 6):
+        for args in rule_args(spec, family):
+            host.run([lab.iptables(family), "-w", "-D", "INPUT", *args])
+            host.run([lab.iptables(family), "-w", "-t", "raw", "-A", "PREROUTING", "-m", "addrtype",
+                      "--dst-type", "LOCAL", *args])
+
+
 def stock(action: str) -> Callable[[Netns, str, list[str]], None]:
     """A stock action as fail2ban builds it: its actionstart run by fail2ban's own CommandAction (one
     IPv4 and one IPv6 ban start both families), the other bans added as its actionban would."""
@@ -120,6 +134,7 @@ BUILDERS = {"none": lambda host, workdir, addrs: None,
             "f2bext-nftables-raw": raw_prerouting(),
             "f2bext-nftables-raw-drop": raw_prerouting("drop"),
             "f2bext-ipset": f2bext_backend("ipset"),
+            "f2bext-ipset-raw-drop": ipset_raw,
             "nftables-multiport": stock("nftables-multiport"),
             "iptables-ipset-proto6": stock("iptables-ipset-proto6")}
 
@@ -362,7 +377,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=2.0, help="length of each flood")
+    p.add_argument("--seconds", type=float, default=1.5, help="length of each flood")
     p.add_argument("--rounds", type=int, default=2, help="passes through every case, interleaved")
     p.add_argument("--sources", type=int, default=1000, help="banned sources (half IPv4, half IPv6)")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")

@@ -310,62 +310,6 @@ def heal_table(results: dict) -> list[str]:
     return out
 
 
-def set_type_table(results: dict) -> list[str]:
-    st = results.get("set_types")
-    if not st:
-        return []
-    out = [f"### 6. Set types and listings, libnftables, {st['elements']:,} elements per set", ""]
-    rows = [[f"add one address to a {name} set", f"{q['p50_ms']:.3f}", f"{q['max_ms']:.3f}"]
-            for name, q in st["add_one"].items()]
-    rows += [[f"`{name}`", f"{q['p50_ms']:.3f}", f"{q['max_ms']:.3f}"] for name, q in st["listing"].items()]
-    out += _table(["operation", "p50 ms", "max ms"], rows)
-    return out
-
-
-def fixed_memory_table(results: dict) -> list[str]:
-    fm = results.get("fixed_memory")
-    if not fm:
-        return []
-    out = ["### 7. Fixed memory cost: resident memory added to an interpreter that loaded fail2ban-server's",
-           "modules, by one action's backend (median of 3)", ""]
-    out += _table(["what is loaded", "MiB added"], [[name, f"{v['added_kib'] / 1024:.1f}"] for name, v in fm.items()])
-    return out
-
-
-def fleet_table(results: dict) -> list[str]:
-    fl = results.get("fleet")
-    if not fl:
-        return []
-    out = ["### 8. Fleet sharing through Redis, two real fail2ban-servers", ""]
-    out += _table(["measure", "value"], [
-        [f"ban asked of A (`banip`) until B's kernel holds it, {fl['rate_per_s']:.0f} bans/s, p50 / p99",
-         f"{fl['propagation_p50_ms']} / {fl['propagation_p99_ms']} ms"],
-        ["A's kernel holds it until B's kernel holds it, p50 / p99",
-         f"{fl['kernel_to_kernel_p50_ms']} / {fl['kernel_to_kernel_p99_ms']} ms"],
-        [f"fresh server: fail2ban-server start until {fl['catchup_bans']:,} shared bans are enforced",
-         f"{fl['catchup_s']} s"],
-        ["Redis memory per 100,000 bans (stream and current set)", f"{fl['redis_bytes_per_100k_bans'] / 1e6:.1f} MB"]])
-    return out
-
-
-def kill_table(results: dict) -> list[str]:
-    k = results["kill"]
-    if not k:
-        return ["### 4. Session kill: failed, see the run's output", ""]
-    out = [f"### 4. Session kill: {k['unrelated']:,} unrelated conntrack entries and {k['per_address']} of the "
-           "banned address (ports 25, 465, 587)", ""]
-    rows = []
-    for v, addr in ((4, "203.0.113.7"), (6, "2001:db8::7")):
-        a, c = k[f"ipv{v}"], k[f"conntrack_D_ipv{v}"]
-        floor = k.get(f"floor_ipv{v}")  # runs before the floor was timed have none
-        shown = f"{floor['p50_ms']:.1f} ({floor['dumps']} dump{'s' * (floor['dumps'] > 1)})" if floor else ""
-        rows.append([f"IPv{v} {addr}", f"{a['p50_ms']:.1f}", f"{a['max_ms']:.1f}", f"{a['cut'][0]}", shown,
-                     f"{c['p50_ms']:.0f}"])
-    out += _table(["address", "kill_sessions p50 ms", "max ms", "entries cut", "the kernel's dumps alone, p50 ms",
-                   "`conntrack -D -s` p50 ms"], rows)
-    return out
-
-
 def tables(results: dict) -> str:
     m = results["machine"]
     lines = [f"Commit {results.get('commit', '?')}{' (with uncommitted changes)' if results.get('dirty') else ''}. "
@@ -373,9 +317,10 @@ def tables(results: dict) -> str:
              f"({m['cpu']}), {m['memory_gib']} GiB; fail2ban {m['fail2ban']}, {m['nft']}, {m['iptables']}, "
              f"ipset {m['ipset']}. Load average {results['loadavg']['start']} at start, "
              f"{results['loadavg'].get('end', '?')} at the end. Whole run {results.get('total_s', 0) / 60:.1f} min.", ""]
+    from sections import fixed_memory_table, fleet_table, flood_table, kill_table, set_type_table
+    from targets import targets  # both read this module's estimates
     lines += restore_tables(results) + action_tables(results) + kill_table(results)
-    lines += set_type_table(results) + fixed_memory_table(results) + fleet_table(results)
-    from targets import targets  # the targets read this module's estimates
+    lines += set_type_table(results) + fixed_memory_table(results) + fleet_table(results) + flood_table(results)
     lines += ["### Targets", ""]
     lines += _table(["target", "measured", "met"], [[t, v, "yes" if ok else "**no**"] for t, v, ok in targets(results)])
     return "\n".join(lines)

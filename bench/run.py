@@ -212,11 +212,13 @@ def main() -> int:
             ("set_types", "6. set types: one add, and the listings verification reads", ["settypes.py"]),
             ("fixed_memory", "7. fixed memory cost in fail2ban-server", ["importcost.py"]),
             ("fleet", "8. fleet sharing through Redis", ["fleet.py", *(["--bans", "100", "--catchup", "10000"]
-                                                                   if args.quick else [])])):
+                                                                   if args.quick else [])]),
+            ("flood", "9. a banned flood", ["flood.py", "--workdir", os.path.join(work, "flood"),
+                                            *(["--seconds", "0.5", "--rounds", "1"] if args.quick else [])])):
         phase = time.monotonic()
         say(title)
         try:
-            if key == "fleet":  # builds a lab of its own: several namespaces
+            if key in ("fleet", "flood"):  # each builds a lab of its own: several namespaces
                 results[key] = in_process([lab.PYTHON, os.path.join(BENCH, argv[0]), *argv[1:]])
             else:
                 results[key] = in_namespace(key, [os.path.join(BENCH, argv[0]), *argv[1:]],

@@ -41,6 +41,7 @@ def test_an_action_file_loads_no_fleet_doctor_lab_cli_or_dataclasses(action):
     assert "f2bext.fail2ban.action" in loaded
     assert not [m for m in loaded if m.startswith(NEVER)]
     assert not loaded & NEVER_STDLIB
+    assert "f2bext.sessions" not in loaded  # loaded by the first kill (fail2ban restores bans without one)
 
 
 def test_fail2ban_server_itself_loads_no_dataclasses():

@@ -6,8 +6,7 @@ Conntrack entries, sockets and interfaces are read over netlink (f2bext/kernel/)
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .severity import Severity
 from .spec import JailSpec, PortRange
@@ -22,36 +21,37 @@ SHADOW_WORDS = {FULL: "accepts the banned traffic", HELD: "accepts held sessions
                 SOURCE: "accepts banned traffic from some sources"}
 
 
-@dataclass
 class Rule:
     """One `-A CHAIN ...` line, reduced to what decides whether it can match banned traffic."""
 
-    chain: str
-    text: str
-    position: int  # 1-based, as `iptables -L --line-numbers` counts
-    target: str = ""
-    proto: Optional[str] = None
-    proto_negated: bool = False
-    source: Optional[str] = None  # a non-negated -s restriction
-    in_iface: Optional[str] = None
-    in_iface_negated: bool = False
-    dports: Optional[tuple[PortRange, ...]] = None
-    dports_negated: bool = False
-    orig_dports: Optional[tuple[PortRange, ...]] = None  # -m conntrack --ctorigdstport: before any DNAT
-    orig_dports_negated: bool = False
-    states: Optional[frozenset[str]] = None
-    states_negated: bool = False
-    match_sets: list[tuple[str, str]] = field(default_factory=list)  # (set, "src"/"dst"), non-negated
-    comment: str = ""
-    unknown: list[str] = field(default_factory=list)  # modules or options we do not read
-    reject_with: str = ""
-    to_destination: str = ""  # a DNAT's --to-destination
+    # Not a dataclass: `dataclasses` would cost the fail2ban-server of f2bext-ipset.py 1 MiB.
+    def __init__(self, chain: str, text: str, position: int) -> None:
+        self.chain = chain
+        self.text = text
+        self.position = position  # 1-based, as `iptables -L --line-numbers` counts
+        self.target = ""
+        self.proto: Optional[str] = None
+        self.proto_negated = False
+        self.source: Optional[str] = None  # a non-negated -s restriction
+        self.in_iface: Optional[str] = None
+        self.in_iface_negated = False
+        self.dports: Optional[tuple[PortRange, ...]] = None
+        self.dports_negated = False
+        self.orig_dports: Optional[tuple[PortRange, ...]] = None  # -m conntrack --ctorigdstport: before any DNAT
+        self.orig_dports_negated = False
+        self.states: Optional[frozenset[str]] = None
+        self.states_negated = False
+        self.match_sets: list[tuple[str, str]] = []  # (set, "src"/"dst"), non-negated
+        self.comment = ""
+        self.unknown: list[str] = []  # modules or options we do not read
+        self.reject_with = ""
+        self.to_destination = ""  # a DNAT's --to-destination
 
 
-@dataclass
 class Table:
-    policies: dict[str, str] = field(default_factory=dict)
-    chains: dict[str, list[Rule]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.policies: dict[str, str] = {}
+        self.chains: dict[str, list[Rule]] = {}
 
 
 def _ports(text: str) -> tuple[PortRange, ...]:
@@ -191,8 +191,7 @@ def _narrower(a: str, b: str) -> str:
     return a if order.index(a) <= order.index(b) else b
 
 
-@dataclass(frozen=True)
-class Shadow:
+class Shadow(NamedTuple):
     """An earlier rule that lets banned traffic through before ours."""
 
     rule: str

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict
 from typing import Callable, Optional, Sequence
 
 from . import relay, state
@@ -208,7 +207,7 @@ def _report(findings: list[Finding], jails: Sequence[str], args: argparse.Namesp
         return int(code)
     if args.json:
         print(json.dumps({"status": VERIFY_WORDS[code], "jails": list(jails),
-                          "findings": [dict(asdict(f), severity=VERIFY_WORDS[f.severity]) for f in findings]}, indent=2))
+                          "findings": [dict(f._asdict(), severity=VERIFY_WORDS[f.severity]) for f in findings]}, indent=2))
     elif not findings:
         print(f"OK: {len(jails)} jail(s) enforced as configured" + (f" ({', '.join(jails)})" if jails else ""))
     else:

@@ -10,8 +10,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 from .addr import Network, to_text
 from .errors import InputError, KernelError
@@ -26,8 +25,7 @@ _HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\.?")
 _WORD = re.compile(r"[A-Za-z0-9_.:/-]{1,253}")  # what an ignoreip entry fail2ban accepts is made of
 
 
-@dataclass(frozen=True)
-class Keep:
+class Keep(NamedTuple):
     """Something that must stay reachable: one address of the host (`why` names it), or an entry of
     a list (`listed`, `why` names the list)."""
 

@@ -15,8 +15,7 @@ import ipaddress
 import queue
 import socket
 import threading
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 from .addr import Address, Network, is_single
 from .kernel.ctnetlink import Conntrack, CtFilter, CtTuple, pack_tuple, parse_ct_handle, parse_ct_orig
@@ -26,8 +25,7 @@ from .spec import PROTOCOL_NUMBERS, PortRange
 Ports = tuple[PortRange, ...]
 
 
-@dataclass(frozen=True)
-class KillReport:
+class KillReport(NamedTuple):
     """What a kill did, and what it could not do."""
 
     conntrack: int  # conntrack entries deleted

@@ -13,8 +13,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from .errors import InputError, KernelError
 from .guard import Keep
@@ -36,8 +35,7 @@ def lib_dir() -> str:
     return os.path.join(moved, "lib") if moved else "/var/lib/f2bext"
 
 
-@dataclass(frozen=True)
-class JailState:
+class JailState(NamedTuple):
     backend: str
     spec: JailSpec
     bans: frozenset[str] = frozenset()  # what the command line banned in the jail, as text

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Literal, NamedTuple, Optional, Protocol, Sequence
 
 from ..addr import Network
 from ..severity import Severity
@@ -17,8 +16,7 @@ WARNING = Severity.WARNING
 BROKEN = Severity.CRITICAL  # `verify` prints it "broken"
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One thing wrong with a jail's enforcement: how bad, what, and the kernel's own words for it."""
 
     jail: str

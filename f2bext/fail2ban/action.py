@@ -18,7 +18,6 @@ from .. import guard, state
 from ..addr import Network, parse_target, to_text
 from ..backends import Backend, get_backend
 from ..errors import InputError
-from ..sessions import KillReport
 from ..spec import JailSpec
 from .internals import restorable_bans
 from .killer import SessionKiller
@@ -26,6 +25,7 @@ from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from ..fleet import Fleet
+    from ..sessions import KillReport
     from .fleets import Fleets
 
 log = getLogger("fail2ban.f2bext")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..addr import Network
-from ..sessions import KillReport, kill_sessions
 from ..spec import JailSpec
+
+if TYPE_CHECKING:
+    from ..sessions import KillReport
 
 
 class KillReporter(Protocol):
@@ -34,6 +36,8 @@ class SessionKiller:
         self._queue.put((action, net, spec))
 
     def _run(self) -> None:
+        # Loaded by the first kill: a jail that only restores bans, or kills nothing, never needs it.
+        from ..sessions import kill_sessions
         while True:
             action, net, spec = self._queue.get()
             action.report_kill(net, kill_sessions([net], spec.protocols, spec.ports, spec.kill))

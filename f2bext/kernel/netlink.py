@@ -10,6 +10,7 @@ asked again, a refusal carries the kernel's own words (extended ack), and no dat
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import socket
 import struct
@@ -152,7 +153,9 @@ class Socket:
             raise
         self.seq = 0
         self.interrupted = False  # whether the last answer carried NLM_F_DUMP_INTR
-        self._buf = bytearray(RECV_SIZE)
+        # Anonymous memory: a page costs resident memory only once an answer fills it (a bytearray is
+        # zeroed, 128 KiB at once per socket); most answers are a few KiB.
+        self._buf: mmap.mmap | bytearray = mmap.mmap(-1, RECV_SIZE)
 
     def close(self) -> None:
         self.sock.close()

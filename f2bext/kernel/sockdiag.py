@@ -6,8 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from ..addr import Address, Network
 from . import netlink
@@ -56,8 +55,7 @@ def pack_dump_request(seq: int, family: int, protocol: int, states: int, bytecod
     return netlink.message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, request)
 
 
-@dataclass(frozen=True)
-class DiagSocket:
+class DiagSocket(NamedTuple):
     """One socket from a sock_diag dump."""
 
     family: int

@@ -1,5 +1,6 @@
 """What fail2ban-server loads with our action: a jail that shares nothing loads neither the fleet nor
-Redis, and no jail loads the doctor, the lab or the command line (each costs fail2ban-server memory)."""
+Redis, and no jail loads the doctor, the lab, the command line or `dataclasses` (which brings inspect,
+ast and dis: 1 MiB); each costs fail2ban-server memory."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from f2bext.fail2ban.action import _share_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NEVER = ("redis", "f2bext.fleet", "f2bext.fail2ban.fleets", "f2bext.doctor", "f2bext.lab", "f2bext.cli")
+NEVER_STDLIB = {"dataclasses", "inspect", "ast", "dis"}  # fail2ban-server itself loads none of them
 
 
 def loaded_after(code: str) -> set[str]:
@@ -26,16 +28,25 @@ def loaded_after(code: str) -> set[str]:
 
 
 @pytest.mark.parametrize("action", ["f2bext-ipset.py", "f2bext-nftables.py"])
-def test_an_action_file_loads_no_fleet_doctor_lab_or_cli(action):
+def test_an_action_file_loads_no_fleet_doctor_lab_cli_or_dataclasses(action):
     # As fail2ban's Actions loads a Python action: the file run as a module of its own.
     code = ("import importlib.util\n"
             f"spec = importlib.util.spec_from_file_location('act', 'action.d/{action}')\n"
             "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
             "from f2bext.fail2ban.action import _share_options\n"
-            "assert _share_options({'port': '25'}) == {}")
+            "assert _share_options({'port': '25'}) == {}\n"
+            # What the action's __init__ loads: its backend (built only in a jail, with the kernel).
+            f"import f2bext.backends.{'ipset' if 'ipset' in action else 'nft'}")
     loaded = loaded_after(code)
     assert "f2bext.fail2ban.action" in loaded
     assert not [m for m in loaded if m.startswith(NEVER)]
+    assert not loaded & NEVER_STDLIB
+    assert "f2bext.sessions" not in loaded  # loaded by the first kill (fail2ban restores bans without one)
+
+
+def test_fail2ban_server_itself_loads_no_dataclasses():
+    # Else NEVER_STDLIB would guard nothing: what fail2ban-server has loaded when it loads an action.
+    assert not loaded_after("import fail2ban.server.server, fail2ban.server.actions, fail2ban.server.jail") & NEVER_STDLIB
 
 
 def test_share_options_load_the_fleet_and_are_still_checked():

@@ -3,7 +3,6 @@ rules in iptables-save as the kernel walks them (missing, altered, shadowed)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 from ... import audit
@@ -84,7 +83,7 @@ def check_rules(spec: JailSpec, family: int, table: audit.Table) -> list[Finding
                 "\n".join(r.text for r in mine))
         # In FORWARD the port a rule sees may be DNAT's (Docker's `-p 8025:25` accepts --dport 25):
         # an accept there lets banned traffic through whatever port it names.
-        seen_as = dataclasses.replace(spec, ports=()) if hook == "forward" else spec
+        seen_as = spec._replace(ports=()) if hook == "forward" else spec
         for shadow in audit.shadows(chain, seen_as, table, ours):
             add(shadow.severity, shadow.code, shadow.says(tool, chain, "f2bext's", mine[0].position), shadow.rule)
     for chain, rules in table.chains.items():

@@ -4,7 +4,6 @@ spec -> libnftables JSON commands (structure, elements, loads, rebuilds, teardow
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 from ...addr import Network, is_single
@@ -58,15 +57,15 @@ def set_kind(net: Network, remote: bool = False) -> str:
 
 
 
-@dataclass
 class Observed:
     """Our table as the kernel holds it: sets and chains by name, rules per chain."""
 
-    table: bool = False
-    handle: Optional[int] = None
-    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
-    rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.table = False
+        self.handle: Optional[int] = None
+        self.sets: dict[str, dict[str, Any]] = {}
+        self.chains: dict[str, dict[str, Any]] = {}
+        self.rules: dict[str, list[dict[str, Any]]] = {}
 
 
 # ---- builders ---------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from ...addr import Network
 from ...spec import JailSpec, PortRange
@@ -19,8 +18,7 @@ from .build import (DPORT, FAMILY, ORIGDPORT, PRIORITY, SET_KINDS, TABLE, _PORT_
 _UNTYPED = re.compile(r"^0x([0-9a-f]{1,4}) \[invalid type\]$")
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(NamedTuple):
     """What a rule of ours enforces, whatever form nft lists it in."""
 
     set: str

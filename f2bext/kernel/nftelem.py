@@ -69,19 +69,37 @@ def read_answer(sock: socket.socket, seq: int, buf: bytearray) -> Optional[int]:
                     return generation
 
 
-def netfilter_sockets() -> dict[int, int]:
-    """This process's open NETLINK_NETFILTER sockets: file descriptor -> netlink port id (0: unbound)."""
-    found = {}
+def netfilter_sockets() -> set[int]:
+    """This process's open NETLINK_NETFILTER sockets, by file descriptor."""
+    found = set()
     for name in os.listdir("/proc/self/fd"):
         try:
             if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
                 continue
             with socket.socket(fileno=os.dup(int(name))) as sock:
                 if sock.family == socket.AF_NETLINK and sock.proto == NETLINK_NETFILTER:
-                    found[int(name)] = sock.getsockname()[0]
+                    found.add(int(name))
         except OSError:
             continue  # closed meanwhile
     return found
+
+
+def socket_of_port(port: int) -> Optional[int]:
+    """The file descriptor of this process's NETLINK_NETFILTER socket bound to `port` in this thread's
+    network namespace (a port is unique only within one): its inode, from the namespace's socket list."""
+    wanted = ""
+    with open("/proc/thread-self/net/netlink") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 10 and fields[1] == str(NETLINK_NETFILTER) and fields[2] == str(port):
+                wanted = f"socket:[{fields[9]}]"
+    for name in os.listdir("/proc/self/fd") if wanted else ():
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == wanted:
+                return int(name)
+        except OSError:
+            continue  # closed meanwhile
+    return None
 
 
 class Elements:
@@ -103,9 +121,9 @@ class Elements:
         if self.adopted:
             return
         self.adopted = True
-        found = [fd for fd, bound in netfilter_sockets().items() if port and bound == port]
-        if len(found) == 1:
-            self.sock = socket.socket(fileno=os.dup(found[0]))
+        fd = socket_of_port(port) if port else None
+        if fd is not None:
+            self.sock = socket.socket(fileno=os.dup(fd))
             self.sock.settimeout(10)  # non-blocking underneath, as libnftables keeps it
 
     def change(self, op: str, family: str, table: str, name: str, keys: Sequence[bytes]) -> Optional[int]:

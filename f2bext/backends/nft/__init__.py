@@ -68,11 +68,11 @@ class Nft:
 
     def __init__(self, owner: bool = False) -> None:
         import nftables  # Debian's python3-nftables; imported here so the builders need nothing
-        before = set(nftelem.netfilter_sockets()) if owner else set()
+        before = nftelem.netfilter_sockets() if owner else set()
         self._ctx = nftables.Nftables()
         # The context's own netlink socket, opened by nft_ctx_new: where libnftables cannot say
         # `persist`, the owned table is added on it, so that its owner is still this context.
-        mine = set(nftelem.netfilter_sockets()) - before if owner else set()
+        mine = nftelem.netfilter_sockets() - before if owner else set()
         self._sock_fd = mine.pop() if len(mine) == 1 else None
         self._elements = nftelem.Elements()  # where send_elements sends
         self._ctx.set_json_output(True)

@@ -11,8 +11,8 @@ import os
 import socket
 from typing import Optional, Sequence
 
-from .netlink import (NETLINK_NETFILTER, NFGEN, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR,
-                      Socket, _messages, attr, message, nest, parse_error, refusal)
+from .netlink import (ATTR, ERRNO, HEADER, NETLINK_NETFILTER, NFGEN, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE,
+                      NLM_F_REQUEST, NLMSG_ERROR, Socket, attr, parse_error, refusal)
 from .nftgen import NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO, parse_generation
 
 NLM_F_ECHO = 0x8
@@ -30,7 +30,16 @@ SEQ = 0x10000000  # our sequence numbers, far below libnftables' own on its sock
 
 def pack_element(key: bytes) -> bytes:
     """One NFTA_LIST_ELEM whose key is `key` (an address in network byte order)."""
-    return nest(NFTA_LIST_ELEM, nest(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, key)))
+    return _element_head(len(key)) + key + bytes(-len(key) % 4)
+
+
+@functools.lru_cache(maxsize=8)
+def _element_head(size: int) -> bytes:
+    """The three attribute headers before a key of `size` bytes: they depend on nothing else."""
+    value = ATTR.size + size
+    return (ATTR.pack(3 * ATTR.size + size + -size % 4, NFTA_LIST_ELEM | NLA_F_NESTED)
+            + ATTR.pack(2 * ATTR.size + size + -size % 4, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
+            + ATTR.pack(value, NFTA_DATA_VALUE))
 
 
 def pack_setelem_batch(seq: int, op: str, family: str, table: str, name: str, keys: Sequence[bytes]) -> bytes:
@@ -38,9 +47,12 @@ def pack_setelem_batch(seq: int, op: str, family: str, table: str, name: str, ke
     absent one fails it whole) `keys` in set `name`; acknowledged with `seq + 1`, and the change and
     the new generation echoed with `seq + 1` too."""
     msg_type, flags, head = _head(op, family, table, name)
-    body = head + attr(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, b"".join(pack_element(k) for k in keys))
-    return (message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, _BATCH) + message(msg_type, flags, seq + 1, body)
-            + message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, _BATCH))
+    elements = b"".join(pack_element(k) for k in keys)
+    size = HEADER.size + len(head) + ATTR.size + len(elements)
+    return b"".join((HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0), _BATCH,
+                     HEADER.pack(size, msg_type, flags, seq + 1, 0), head,
+                     ATTR.pack(ATTR.size + len(elements), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED), elements,
+                     HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0), _BATCH))
 
 
 @functools.lru_cache(maxsize=256)
@@ -55,18 +67,21 @@ def read_answer(sock: socket.socket, seq: int, buf: bytearray) -> Optional[int]:
     """Read the answers to the batch sent with `seq` to their end, on a socket another reader may share
     (what answers another seq is the rest of an answer given up on). The generation the transaction
     made; None when it changed nothing (every element there already). OSError when the kernel refused."""
-    generation = None
+    generation, view = None, memoryview(buf)
     while True:
-        size = sock.recv_into(buf)
-        for msg_type, flags, got, payload in _messages(memoryview(buf)[:size]):
+        size, offset = sock.recv_into(buf), 0
+        while offset + HEADER.size <= size:  # every message of the datagram, read in place
+            length, msg_type, flags, got, _ = HEADER.unpack_from(buf, offset)
+            if length < HEADER.size:
+                break
             if msg_type == NFT_MSG_NEWGEN and got == seq + 1:
-                generation = parse_generation(payload)
+                generation = parse_generation(bytes(view[offset + HEADER.size:offset + length]))
             elif msg_type == NLMSG_ERROR and got in (seq, seq + 1):
-                code, text = parse_error(msg_type, flags, bytes(payload))
-                if code:
-                    raise refusal(code, text)
+                if ERRNO.unpack_from(buf, offset + HEADER.size)[0] < 0:
+                    raise refusal(*parse_error(msg_type, flags, bytes(view[offset + HEADER.size:offset + length])))
                 if got == seq + 1:
                     return generation
+            offset += (length + 3) & ~3
 
 
 def netfilter_sockets() -> set[int]:

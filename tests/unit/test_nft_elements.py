@@ -47,6 +47,14 @@ def test_one_address_is_one_message_between_batch_begin_and_end():
     assert netlink.ATTR.unpack_from(payload, offset)[1] == nftelem.NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED
 
 
+def test_an_element_is_the_three_nested_attributes_libnftnl_writes():
+    for size in (4, 16, 5):
+        key = bytes(range(1, size + 1))
+        expected = netlink.nest(nftelem.NFTA_LIST_ELEM, netlink.nest(nftelem.NFTA_SET_ELEM_KEY,
+                                                                     netlink.attr(nftelem.NFTA_DATA_VALUE, key)))
+        assert nftelem.pack_element(key) == expected
+
+
 def test_a_delete_of_several_ipv6_addresses_is_one_message():
     keys = [ipaddress.ip_address(f"2001:db8::{i}").packed for i in (1, 2, 3)]
     _, change, _ = decoded(nftelem.pack_setelem_batch(7, "delete", "inet", "f2bext", "j-v6", keys))
@@ -87,9 +95,11 @@ def ack(seq: int, code: int = 0, text: str = "") -> bytes:
 def test_the_answer_gives_the_generation_the_transaction_made():
     echo = netlink.message(nftelem.NFT_MSG_NEWSETELEM, 0, 11, b"\0" * 4)
     stale = ack(3)  # the rest of an answer given up on: another seq
-    sock = Scripted(stale, echo, newgen(11, 77), ack(11))
-    assert nftelem.change(sock, 10, "add", "inet", "f2bext", "j-v4", [b"\1\2\3\4"], bytearray(4096)) == 77
+    elements = nftelem.Elements()
+    elements.sock = sock = Scripted(stale, echo, newgen(nftelem.SEQ + 4, 77), ack(nftelem.SEQ + 4))
+    assert elements.change("add", "inet", "f2bext", "j-v4", [b"\1\2\3\4"]) == 77
     assert sock.datagrams == [], "the answer is read to its end"
+    assert decoded(sock.sent[0])[1][2] == nftelem.SEQ + 4
 
 
 def test_an_add_that_changed_nothing_has_no_generation():

@@ -134,26 +134,26 @@ class JailLock:
             self._threads.release()
 
     def _lock_file(self) -> None:
-        path = os.path.join(state_dir(), "locks", f"{self.jail}.lock")
-        deadline, pause = time.monotonic() + LOCK_WAIT, 0.002
+        deadline, pause = 0.0, 0.002
         while True:
             if self._fd is None:
+                path = os.path.join(state_dir(), "locks", f"{self.jail}.lock")
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                deadline = deadline or time.monotonic() + LOCK_WAIT
                 if time.monotonic() > deadline:
                     raise KernelError(f"jail {self.jail} stayed locked by another f2bext for {LOCK_WAIT:.0f} s",
-                                      path) from None
+                                      os.path.join(state_dir(), "locks", f"{self.jail}.lock")) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
                 continue
-            try:
-                if os.stat(path).st_ino == os.fstat(self._fd).st_ino:
-                    return
-            except FileNotFoundError:
-                pass
+            # A file still linked is the one the path names (nothing renames lock files): one fstat,
+            # no walk of the path, on every ban.
+            if os.fstat(self._fd).st_nlink:
+                return
             # Someone removed the file (or the state directory) since we opened it: a lock on it
             # excludes nobody who opens the path now.
             os.close(self._fd)

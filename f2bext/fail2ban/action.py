@@ -203,8 +203,8 @@ class EnforcingAction(ActionBase):
         return True
 
     def ban(self, aInfo: Any) -> None:
-        ip = str(aInfo["ip"])
-        if aInfo["restored"] and ip in self._preloaded:
+        ip, restored = str(aInfo["ip"]), aInfo["restored"]  # each a lookup through fail2ban's CallingMap
+        if restored and ip in self._preloaded:
             self._preloaded.discard(ip)  # start() loaded it with the others, in one transaction
             return
         try:
@@ -216,7 +216,7 @@ class EnforcingAction(ActionBase):
         with self._lock:
             for why in self.backend.ban(self.spec, [net], self.held):
                 log.warning("[%s] f2bext: %s (found at the ban of %s); repaired", self._jail.name, why.message, ip)
-        if not aInfo["restored"]:  # a restart restores bans, not sessions worth cutting
+        if not restored:  # a restart restores bans, not sessions worth cutting
             self._kill(net)
             self._publish("ban", net, aInfo)
 
@@ -238,7 +238,8 @@ class EnforcingAction(ActionBase):
 
     def _guarded(self) -> object:
         """What the guard holds for the jail now; recheck() runs when it changes."""
-        return guard.host_keeps(), guard.protected(), [str(e) for e in self._jail.filter.getIgnoreIP()]
+        # fail2ban's IPAddr entries compare by what they hold (a host name by its text): no text is made.
+        return guard.host_keeps(), guard.protected(), tuple(self._jail.filter.getIgnoreIP())
 
     def recheck(self) -> None:
         """Lift from the kernel the bans that became lockouts since they were made (a failover address

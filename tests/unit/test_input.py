@@ -1,9 +1,11 @@
 """Parsing of what users and fail2ban hand us: addresses, ports, protocols, jail names, parameters."""
 
 import ipaddress
+import random
 
 import pytest
 
+from f2bext import addr
 from f2bext.addr import parse_target, parse_targets, to_text
 from f2bext.errors import InputError
 from f2bext.spec import JailSpec, format_ports, parse_jail, parse_ports, parse_protocols
@@ -28,6 +30,24 @@ def test_addresses_and_cidrs_parse(text, expected):
 def test_bad_or_dangerous_addresses_are_refused(text):
     with pytest.raises(InputError):
         parse_target(text)
+
+
+def outcome(parse, text):
+    try:
+        return parse(text)
+    except InputError as e:
+        return str(e)
+
+
+def test_the_ipv4_fast_path_answers_exactly_as_the_full_path():
+    rng = random.Random(18)
+    edges = [f"{a}.{b}.0.{d}" for a in (0, 1, 126, 127, 128, 169, 223, 224, 239, 240, 255)
+             for b in (0, 253, 254, 255) for d in (0, 1, 255)]
+    odd = ["01.2.3.4", "1.2.3.04", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1..2.3", "1.2.3.4\n", "1.2.3.4/32",
+           "\uff11.2.3.4", "\u0661.2.3.4", "+1.2.3.4", "1.2.3.-4", "0x1.2.3.4", "1.2.3.4 ", "1e2.1.1.1"]
+    randoms = [".".join(str(rng.randrange(256)) for _ in range(4)) for _ in range(5000)]
+    for text in edges + odd + randoms:
+        assert outcome(parse_target, text) == outcome(addr._parse, text), text
 
 
 def test_one_bad_address_refuses_the_whole_list():

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
-import socket
 import threading
 import time
 from typing import Any, Iterable, Optional, Sequence
 
-from ...kernel import netlink, nftgen
+from ...kernel import netlink, nftelem, nftgen
 from ...addr import Network, is_single
 from ...errors import KernelError
 from ...spec import JailSpec
@@ -35,21 +33,6 @@ from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, OW
                     build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of, port_keys,
                     set_kind, set_name)
 from .read import Signature, check_jail, expected_signatures, parse_elements, parse_ruleset, rule_signature
-
-
-def _netfilter_sockets() -> set[int]:
-    """This process's open NETLINK_NETFILTER sockets, by file descriptor."""
-    found = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                continue
-            with socket.socket(fileno=os.dup(int(name))) as sock:
-                if sock.family == socket.AF_NETLINK and sock.proto == netlink.NETLINK_NETFILTER:
-                    found.add(int(name))
-        except OSError:
-            continue  # closed meanwhile
-    return found
 
 
 def describe_owner(info: Optional[nftgen.TableInfo]) -> str:
@@ -72,6 +55,7 @@ def refusal(what: str, err: str) -> KernelError:
 
 
 PERSIST_FROM = (1, 0, 9)  # libnftables that says `persist`, and lists a one-flag table safely
+NOT_SENT = -1  # send_elements had no socket: libnftables' JSON does it
 
 
 class Nft:
@@ -84,12 +68,13 @@ class Nft:
 
     def __init__(self, owner: bool = False) -> None:
         import nftables  # Debian's python3-nftables; imported here so the builders need nothing
-        before = _netfilter_sockets() if owner else set()
+        before = nftelem.netfilter_sockets() if owner else set()
         self._ctx = nftables.Nftables()
         # The context's own netlink socket, opened by nft_ctx_new: where libnftables cannot say
         # `persist`, the owned table is added on it, so that its owner is still this context.
-        mine = _netfilter_sockets() - before if owner else set()
+        mine = nftelem.netfilter_sockets() - before if owner else set()
         self._sock_fd = mine.pop() if len(mine) == 1 else None
+        self._elements = nftelem.Elements()  # where send_elements sends
         self._ctx.set_json_output(True)
         self._lock = threading.Lock()
         self._generation = nftgen.Generation()
@@ -112,6 +97,27 @@ class Nft:
             rc, _out, err = self._ctx.json_cmd({"nftables": cmds}) if cmds else (0, "", "")
         if rc != 0:
             raise refusal(what, err)
+
+    def send_elements(self, op: Op, name: str, nets: Sequence[Network], what: str) -> Optional[int]:
+        """Add or delete single addresses in set `name` over netlink, in one transaction: the generation
+        it made, None when it changed nothing, NOT_SENT when there is no socket to send it on."""
+        keys = [n.network_address.packed for n in nets]
+        with self._lock:
+            if self.owner:  # make the owned table first; without an owner, libnftables lists nothing here
+                self._hold_table(what)
+            if not (self.owner and self.table_flags):
+                self._elements.own()
+            elif not self._elements.adopted:
+                # Only the owner may change an owned table: this context's socket, found by the port
+                # that owns the table (libnftables 1.0.9 may open it only at its first command).
+                info = nftgen.read_table(FAMILY, TABLE)
+                self._elements.adopt(info.owner if info else None)
+            if self._elements.sock is None:
+                return NOT_SENT
+            try:
+                return self._elements.change(op, FAMILY, TABLE, name, keys)
+            except OSError as e:
+                raise refusal(what, str(e)) from None
 
     def _hold_table(self, what: str) -> None:
         """Before this context's first listing or change, make the owned table, or adopt the one that
@@ -275,35 +281,50 @@ class NftBackend:
     def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
         def everything() -> list[Network]:
             return list(held()) + list(nets)
-        networks = [n for n in nets if not is_single(n)]
-        cmds = build_elements("add", spec.jail, [n for n in nets if is_single(n)])
-        if networks:
-            cmds += build_network_sets(spec.jail, everything(), {n.version for n in networks})
-        before = self.nft.generation()
+        what, networks, before = f"ban in jail {spec.jail}", [n for n in nets if not is_single(n)], None
         try:
-            self.nft.apply(cmds, f"ban in jail {spec.jail}")
+            made = self._send(spec, "add", nets, what)
+            if made == NOT_SENT:
+                cmds = build_elements("add", spec.jail, [n for n in nets if is_single(n)])
+                if networks:
+                    cmds += build_network_sets(spec.jail, everything(), {n.version for n in networks})
+                before = self.nft.generation()
+                self.nft.apply(cmds, what)
+                made = self.nft.generation()
         except KernelError as e:
             self.repair(spec, everything())
             return [refused(spec.jail, e)]
-        after = self.nft.generation()
-        if self._good.get(spec.jail) == before and after - before in (0, 1):
-            # Our add was the only change since the jail checked out (none at all when the address
-            # was in the set already).
-            self._good[spec.jail] = after
+        good = self._good.get(spec.jail)
+        if before is not None:  # our add was the only change since the jail checked out, or none was made
+            fine = good == before and made - before in (0, 1)
+        elif made is None:  # over netlink, the address was in the set already: nothing was committed
+            made = self.nft.generation()
+            fine = made == good
+        else:  # over netlink, the transaction echoed the generation it made
+            fine = good is not None and made == good + 1
+        if fine:
+            self._good[spec.jail] = made
             return []
         seen = self.nft.ruleset()
         findings = self._check(spec, seen)
         if findings:
             self._rebuild(spec, seen, everything())
         else:
-            self._good[spec.jail] = after
+            self._good[spec.jail] = made
         return findings
+
+    def _send(self, spec: JailSpec, op: Op, nets: Sequence[Network], what: str) -> Optional[int]:
+        """Single addresses of one set over netlink (Nft.send_elements); NOT_SENT for anything else."""
+        kinds = {set_kind(n) for n in nets}
+        if len(kinds) != 1 or not is_single(nets[0]):
+            return NOT_SENT
+        return self.nft.send_elements(op, set_name(spec.jail, kinds.pop()), nets, what)
 
     def unban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         singles = [n for n in nets if is_single(n)]
         networks = [n for n in nets if not is_single(n)]
         try:
-            self.nft.apply(build_elements("delete", spec.jail, singles), f"unban in jail {spec.jail}")
+            self._delete(spec, singles)
         except KernelError:
             # One absent element fails the whole batch; unless the jail itself is broken,
             # delete one by one and take "not there" as done.
@@ -311,12 +332,20 @@ class NftBackend:
                 return
             for net in singles:
                 try:
-                    self.nft.apply(build_elements("delete", spec.jail, [net]), f"unban in jail {spec.jail}")
+                    self._delete(spec, [net])
                 except KernelError:
                     pass
         if networks:
             self.nft.apply(build_network_sets(spec.jail, held(), {n.version for n in networks}),
                            f"unban networks in jail {spec.jail}")
+
+    def _delete(self, spec: JailSpec, singles: Sequence[Network]) -> None:
+        what = f"unban in jail {spec.jail}"
+        made = self._send(spec, "delete", singles, what)
+        if made == NOT_SENT:
+            self.nft.apply(build_elements("delete", spec.jail, singles), what)
+        elif made is not None and self._good.get(spec.jail) == made - 1:
+            self._good[spec.jail] = made  # our delete was the only change: the next ban need not look
 
     def _heal(self, spec: JailSpec, held: Held) -> bool:
         """Rebuild the jail if its structure is broken; True when it was."""

@@ -1,0 +1,149 @@
+"""Set elements over netlink (NFT_MSG_NEWSETELEM / NFT_MSG_DELSETELEM): one transaction adding or
+deleting addresses in a named set, as libnftables would send it, without a command to parse or a cache
+to fill. It asks for an echo (NLM_F_ECHO on the batch's first message: the kernel then also sends the
+new generation to the sender), so a ban knows from its own answer whether anyone else changed the
+ruleset since its last look."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from typing import Optional, Sequence
+
+from .netlink import (ATTR, ERRNO, HEADER, NETLINK_NETFILTER, NFGEN, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE,
+                      NLM_F_REQUEST, NLMSG_ERROR, Socket, attr, parse_error, refusal)
+from .nftgen import NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO, parse_generation
+
+NLM_F_ECHO = 0x8
+NFT_MSG_NEWGEN = (10 << 8) | 15
+NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = (10 << 8) | 12, (10 << 8) | 14
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY = 1
+NFTA_DATA_VALUE = 1
+OPS = {"add": NFT_MSG_NEWSETELEM, "delete": NFT_MSG_DELSETELEM}
+_BATCH = NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
+RECV = 65536
+SEQ = 0x10000000  # our sequence numbers, far below libnftables' own on its socket (from time(NULL))
+
+
+def pack_element(key: bytes) -> bytes:
+    """One NFTA_LIST_ELEM whose key is `key` (an address in network byte order)."""
+    return _element_head(len(key)) + key + bytes(-len(key) % 4)
+
+
+@functools.lru_cache(maxsize=8)
+def _element_head(size: int) -> bytes:
+    """The three attribute headers before a key of `size` bytes: they depend on nothing else."""
+    value = ATTR.size + size
+    return (ATTR.pack(3 * ATTR.size + size + -size % 4, NFTA_LIST_ELEM | NLA_F_NESTED)
+            + ATTR.pack(2 * ATTR.size + size + -size % 4, NFTA_SET_ELEM_KEY | NLA_F_NESTED)
+            + ATTR.pack(value, NFTA_DATA_VALUE))
+
+
+def pack_setelem_batch(seq: int, op: str, family: str, table: str, name: str, keys: Sequence[bytes]) -> bytes:
+    """One nf_tables transaction adding (`add`: present ones are no error) or deleting (`delete`: an
+    absent one fails it whole) `keys` in set `name`; acknowledged with `seq + 1`, and the change and
+    the new generation echoed with `seq + 1` too."""
+    msg_type, flags, head = _head(op, family, table, name)
+    elements = b"".join(pack_element(k) for k in keys)
+    size = HEADER.size + len(head) + ATTR.size + len(elements)
+    return b"".join((HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0), _BATCH,
+                     HEADER.pack(size, msg_type, flags, seq + 1, 0), head,
+                     ATTR.pack(ATTR.size + len(elements), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED), elements,
+                     HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0), _BATCH))
+
+
+@functools.lru_cache(maxsize=256)
+def _head(op: str, family: str, table: str, name: str) -> tuple[int, int, bytes]:
+    """What every change of one set's elements begins with: packed once per set (the ban path is hot)."""
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | (NLM_F_CREATE if op == "add" else 0)
+    return OPS[op], flags, (NFGEN.pack(NFPROTO[family], 0, 0) + attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                            + attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+
+
+def read_answer(sock: socket.socket, seq: int, buf: bytearray) -> Optional[int]:
+    """Read the answers to the batch sent with `seq` to their end, on a socket another reader may share
+    (what answers another seq is the rest of an answer given up on). The generation the transaction
+    made; None when it changed nothing (every element there already). OSError when the kernel refused."""
+    generation, view = None, memoryview(buf)
+    while True:
+        size, offset = sock.recv_into(buf), 0
+        while offset + HEADER.size <= size:  # every message of the datagram, read in place
+            length, msg_type, flags, got, _ = HEADER.unpack_from(buf, offset)
+            if length < HEADER.size:
+                break
+            if msg_type == NFT_MSG_NEWGEN and got == seq + 1:
+                generation = parse_generation(bytes(view[offset + HEADER.size:offset + length]))
+            elif msg_type == NLMSG_ERROR and got in (seq, seq + 1):
+                if ERRNO.unpack_from(buf, offset + HEADER.size)[0] < 0:
+                    raise refusal(*parse_error(msg_type, flags, bytes(view[offset + HEADER.size:offset + length])))
+                if got == seq + 1:
+                    return generation
+            offset += (length + 3) & ~3
+
+
+def netfilter_sockets() -> set[int]:
+    """This process's open NETLINK_NETFILTER sockets, by file descriptor."""
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                if sock.family == socket.AF_NETLINK and sock.proto == NETLINK_NETFILTER:
+                    found.add(int(name))
+        except OSError:
+            continue  # closed meanwhile
+    return found
+
+
+def socket_of_port(port: int) -> Optional[int]:
+    """The file descriptor of this process's NETLINK_NETFILTER socket bound to `port` in this thread's
+    network namespace (a port is unique only within one): its inode, from the namespace's socket list."""
+    wanted = ""
+    with open("/proc/thread-self/net/netlink") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 10 and fields[1] == str(NETLINK_NETFILTER) and fields[2] == str(port):
+                wanted = f"socket:[{fields[9]}]"
+    for name in os.listdir("/proc/self/fd") if wanted else ():
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == wanted:
+                return int(name)
+        except OSError:
+            continue  # closed meanwhile
+    return None
+
+
+class Elements:
+    """The socket set elements are sent on, kept open: a socket of our own, or (`adopt`) the one that
+    owns the table, which the caller keeps its library off while it is used here."""
+
+    def __init__(self) -> None:
+        self.sock: Optional[socket.socket] = None
+        self.adopted = False
+        self._seq = SEQ
+        self._buf = bytearray(RECV)
+
+    def own(self) -> None:
+        if self.sock is None:
+            self.sock = Socket(NETLINK_NETFILTER).sock
+
+    def adopt(self, port: Optional[int]) -> None:
+        """Use the process's socket bound to netlink port `port`, once; none found, none is used."""
+        if self.adopted:
+            return
+        self.adopted = True
+        fd = socket_of_port(port) if port else None
+        if fd is not None:
+            self.sock = socket.socket(fileno=os.dup(fd))
+            self.sock.settimeout(10)  # non-blocking underneath, as libnftables keeps it
+
+    def change(self, op: str, family: str, table: str, name: str, keys: Sequence[bytes]) -> Optional[int]:
+        """Send one transaction and read its answer to the end; see read_answer."""
+        assert self.sock is not None
+        self._seq = SEQ + (self._seq + 3 - SEQ) % (1 << 24)
+        self.sock.send(pack_setelem_batch(self._seq, op, family, table, name, keys))
+        return read_answer(self.sock, self._seq, self._buf)

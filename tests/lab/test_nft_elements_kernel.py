@@ -1,0 +1,107 @@
+"""Set elements sent over netlink (kernel/nftelem.py) on a real kernel, in namespaces: with and
+without an owned table, and libnftables still at ease on the socket it shares with them."""
+
+import ipaddress
+import subprocess
+
+import pytest
+
+from f2bext import lab
+from f2bext.backends.nft import NOT_SENT, NftBackend
+from f2bext.errors import KernelError
+from f2bext.kernel import nftgen
+from f2bext.spec import JailSpec
+
+POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
+
+
+def net(text):
+    return ipaddress.ip_network(text)
+
+
+def nothing():
+    return []
+
+
+def listed(ns, name):
+    return ns.nft("list", "set", "inet", "f2bext", name)
+
+
+@pytest.mark.parametrize("owner", [True, False])
+def test_elements_added_over_netlink_are_in_the_set_and_deletes_remove_them(hosts, smtp, reach, owner):
+    with hosts.server.entered():
+        backend = NftBackend(owner=owner)
+        backend.start(POSTFIX, [net("198.51.100.9")])
+        assert backend.ban(POSTFIX, [net(lab.ATTACKER4)], nothing) == []
+        assert backend.ban(POSTFIX, [net(lab.ATTACKER6)], nothing) == []
+        assert backend.nft._elements.sock is not None, "sent over netlink, not through libnftables"
+        if owner:  # the owner's own socket: no other may change the table
+            assert backend.nft._elements.sock.getsockname()[0] == nftgen.read_table("inet", "f2bext").owner
+    assert lab.ATTACKER4 in listed(hosts.server, "postfix-v4") and lab.ATTACKER6 in listed(hosts.server, "postfix-v6")
+    assert not reach(hosts.attacker, lab.SERVER4, 25) and not reach(hosts.attacker, lab.SERVER6, 25)
+    with hosts.server.entered():
+        backend.unban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("198.51.100.9"), net(lab.ATTACKER6)])
+        backend.unban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("198.51.100.9"), net(lab.ATTACKER6)])  # absent
+        # libnftables shares the socket on an owned table: its listings still read their own answers.
+        assert sorted(map(str, backend.banned(POSTFIX))) == ["198.51.100.9/32", f"{lab.ATTACKER6}/128"]
+        assert backend.verify([POSTFIX]) == []
+    assert lab.ATTACKER4 not in listed(hosts.server, "postfix-v4")
+    assert reach(hosts.attacker, lab.SERVER4, 25)
+
+
+@pytest.mark.parametrize("owner", [True, False])
+def test_an_absent_element_or_a_missing_set_is_a_clear_refusal(hosts, owner):
+    with hosts.server.entered():
+        backend = NftBackend(owner=owner)
+        backend.start(POSTFIX, [])
+        with pytest.raises(KernelError) as e:
+            backend.nft.send_elements("delete", "postfix-v4", [net("203.0.113.77")], "unban in jail postfix")
+        assert "refused to unban in jail postfix" in str(e.value) and "No such file" in str(e.value)
+        with pytest.raises(KernelError) as e:
+            backend.nft.send_elements("add", "nosuch-v4", [net("203.0.113.77")], "ban in jail nosuch")
+        assert "refused to ban in jail nosuch" in str(e.value) and "No such file" in str(e.value)
+        # Nothing of the refusals is left unread on the socket libnftables reads next.
+        assert backend.banned(POSTFIX) == [] and backend.verify([POSTFIX]) == []
+
+
+def test_the_transaction_echoes_the_generation_it_made(hosts):
+    with hosts.server.entered():
+        backend = NftBackend(owner=True)
+        backend.start(POSTFIX, [])
+        before = backend.nft.generation()
+        made = backend.nft.send_elements("add", "postfix-v4", [net("203.0.113.5")], "ban")
+        assert made == before + 1 == backend.nft.generation()
+        assert backend.nft.send_elements("add", "postfix-v4", [net("203.0.113.5")], "ban") is None, "no change"
+        assert backend.nft.generation() == made
+
+
+def test_a_ban_after_anothers_change_on_the_owned_table_still_looks_and_repairs(hosts, smtp, reach):
+    with hosts.server.entered():
+        backend = NftBackend(owner=True)
+        backend.start(POSTFIX, [])
+        assert backend.verify([POSTFIX]) == []
+        assert backend.ban(POSTFIX, [net("203.0.113.50")], nothing) == []
+        hosts.server.nft("add", "table", "inet", "someone_else")  # moves the generation, changes nothing of ours
+        assert backend.ban(POSTFIX, [net("203.0.113.51")], nothing) == []
+        # No other process may break an owned table (below): its owner flushes the jail's chain.
+        backend.nft.apply([{"flush": {"chain": {"family": "inet", "table": "f2bext", "name": "postfix-input"}}}],
+                          "break the jail")
+        reasons = backend.ban(POSTFIX, [net(lab.ATTACKER4)], lambda: [net("203.0.113.50"), net("203.0.113.51")])
+        assert reasons, "the change since the last look was found"
+        assert backend.verify([POSTFIX]) == []
+    assert not reach(hosts.attacker, lab.SERVER4, 25)
+    denied = subprocess.run(["ip", "netns", "exec", hosts.server.name, "nft", "add", "element", "inet", "f2bext",
+                             "postfix-v4", "{ 203.0.113.99 }"], capture_output=True, text=True)
+    assert denied.returncode != 0 and "Operation not permitted" in denied.stderr
+
+
+def test_without_a_socket_found_the_ban_goes_through_libnftables(hosts):
+    with hosts.server.entered():
+        backend = NftBackend(owner=True)
+        backend.start(POSTFIX, [])
+        backend.nft._elements.adopted, backend.nft._elements.sock = True, None  # as if none was found
+        assert backend.nft.send_elements("add", "postfix-v4", [net("203.0.113.5")], "ban") == NOT_SENT
+        assert backend.ban(POSTFIX, [net("203.0.113.6")], nothing) == []
+        backend.unban(POSTFIX, [net("203.0.113.6")], nothing)
+        assert backend.ban(POSTFIX, [net("203.0.113.7")], nothing) == []
+        assert backend.banned(POSTFIX) == [net("203.0.113.7")]

@@ -354,10 +354,10 @@ class EnforcingAction(ActionBase):
         if self.spec.kill:
             killer.submit(self, net, self.spec)
 
-    def report_kill(self, net: Network, report: KillReport) -> None:
+    def report_kill(self, nets: list[Network], report: KillReport) -> None:
         if report.conntrack or report.sockets:
             log.info("[%s] f2bext cut %s: %d conntrack entries, %d sockets", self._jail.name,
-                     net, report.conntrack, report.sockets)
+                     ", ".join(map(str, nets)), report.conntrack, report.sockets)
         for problem in report.problems:
             if problem not in self._problems_said:
                 self._problems_said.add(problem)

@@ -339,15 +339,17 @@ def run(argv: Sequence[str]) -> int:
     raise AssertionError(cmd)
 
 
-def _drainer(args: argparse.Namespace) -> Callable[[list[tuple[Network, bool]], bool], None]:
+def _drainer(args: argparse.Namespace) -> twins.Batch:
     """One batch of a .conf action's fast bans, as `f2bext ban` would have followed each add: the full
-    guard (a refused ban is lifted), the jail's check and repair, the record, the session kill."""
+    guard (a refused ban is lifted), the jail's check and repair, the record; the session cut after."""
     from .sessions import kill_sessions
     backend_name, spec, known = _spec_from_args(args)  # once: the record is read again only to save
     backend, keeps = get_backend(backend_name), _keeps(args.ignoreip, known.keeps if known else ())
     unsaved: set[Network] = set()
 
-    def batch(events: list[tuple[Network, bool]], save: bool) -> None:
+    def batch(events: twins.Events, save: bool) -> Optional[Callable[[], None]]:
+        if not os.path.exists(os.path.join(state.state_dir(), "jails", f"{spec.jail}.json")):
+            return None  # the jail stopped since: nothing of it is to be made again
         check = Guard(keeps)
         nets = list(dict.fromkeys(n for n, _ in events))
         refused = [n for n in nets if check.refusal(n)]
@@ -357,10 +359,10 @@ def _drainer(args: argparse.Namespace) -> Callable[[list[tuple[Network, bool]], 
         unsaved.update(allowed)
         if unsaved:  # added again, with those not yet recorded: a rebuild since may have left them out
             backend.ban(spec, sorted(unsaved, key=str), held)
-        for net in refused:
-            log.warning("jail %s: lifted the ban of %s: %s", spec.jail, to_text(net), check.refusal(net))
         if refused:
             backend.unban(spec, refused, lambda: [n for n in held() if n not in refused])
+        for net in refused:
+            log.warning("jail %s: lifted the ban of %s: %s", spec.jail, to_text(net), check.refusal(net))
         if save:
             now = _reread(known) if known else None
             bans = (set(now.bans) if now else set()) - {to_text(n) for n in refused}
@@ -368,8 +370,13 @@ def _drainer(args: argparse.Namespace) -> Callable[[list[tuple[Network, bool]], 
             unsaved.clear()
             twins.write_guard(spec.jail, keeps)
         cut = [n for n, restored in events if not restored and n in allowed]
-        for problem in kill_sessions(cut, spec.protocols, spec.ports, spec.kill).problems if cut and spec.kill else ():
-            log.warning("%s", problem)
+        if not cut or not spec.kill:
+            return None
+
+        def after() -> None:
+            for problem in kill_sessions(cut, spec.protocols, spec.ports, spec.kill).problems:
+                log.warning("%s", problem)
+        return after
     return batch
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from . import state
 from .addr import _LOOPBACK, _NEVER, Network, parse_target
-from .errors import InputError
+from .errors import InputError, KernelError
 from .guard import Keep, host_keeps, protected
 from .spec import parse_jail
 
@@ -187,7 +187,26 @@ def _pending(jail: str) -> bool:
         return False
 
 
-def drain(jail: str, batch: Callable[[list[tuple[Network, bool]], bool], None]) -> None:
+Events = list[tuple[Network, bool]]
+Batch = Callable[[Events, bool], Optional[Callable[[], None]]]
+
+
+def _run(jail: str, batch: Batch, save: bool) -> bool:
+    """One batch under the jail's lock, then what it leaves for after (the session cut) without it;
+    whether there were bans in it."""
+    events: Events = []
+    try:
+        with state.JailLock(jail):
+            events = take(jail)
+            after = batch(events, save)
+        if after:
+            after()
+    except KernelError as e:  # this batch's bans stand or fell with their shell add; the next is tried anew
+        log.warning("jail %s: %s", jail, e)
+    return bool(events)
+
+
+def drain(jail: str, batch: Batch) -> None:
     """Hand the jail's spooled bans to `batch(events, save)` until none came for LINGER seconds (`save`:
     rewrite the state record now). The shell starts a drainer when drain.pid names no live process;
     removing the file before the last look leaves no ban behind: a ban spooled after that look finds
@@ -196,20 +215,18 @@ def drain(jail: str, batch: Callable[[list[tuple[Network, bool]], bool], None]) 
     idle_until, saved, unsaved = time.monotonic() + LINGER, -SAVE_EVERY, False
     while True:
         if _pending(jail):
-            with state.JailLock(jail):
-                events = take(jail)
-                now = time.monotonic()
-                save = now - saved >= SAVE_EVERY
-                batch(events, save)
-            saved, unsaved = (now, False) if save else (saved, unsaved or bool(events))
+            now = time.monotonic()
+            save = now - saved >= SAVE_EVERY
+            some = _run(jail, batch, save)
+            saved, unsaved = (now, False) if save else (saved, unsaved or some)
             idle_until = time.monotonic() + LINGER
+            time.sleep(POLL)  # let a flood's bans gather: a batch costs about the same for one or fifty
             continue
         if time.monotonic() < idle_until:
             time.sleep(POLL)
             continue
         if unsaved:
-            with state.JailLock(jail):
-                batch([], True)
+            _run(jail, batch, True)
             unsaved = False
         try:
             with open(pidfile) as f:

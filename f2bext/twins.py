@@ -23,6 +23,8 @@ log = logging.getLogger("f2bext")
 
 LINGER = 1.0  # seconds a drainer waits for more bans before it exits: a flood keeps one process busy
 POLL = 0.02
+GAP = 0.05  # seconds between batches in a flood: they gather, and cost about the same for one or fifty
+NICE = 10
 SAVE_EVERY = 1.0  # seconds between rewrites of the state record while draining (it holds every ban)
 _HEX = "0123456789abcdef"
 _CAP = 64  # first octets or hextets spelled out one by one at most; beyond, every address of the family
@@ -212,6 +214,7 @@ def drain(jail: str, batch: Batch) -> None:
     removing the file before the last look leaves no ban behind: a ban spooled after that look finds
     no drainer and starts one."""
     pidfile = os.path.join(folder(jail), "drain.pid")
+    os.nice(NICE)  # background work: where the CPU is short, fail2ban's next ban goes first
     idle_until, saved, unsaved = time.monotonic() + LINGER, -SAVE_EVERY, False
     while True:
         if _pending(jail):
@@ -220,7 +223,7 @@ def drain(jail: str, batch: Batch) -> None:
             some = _run(jail, batch, save)
             saved, unsaved = (now, False) if save else (saved, unsaved or some)
             idle_until = time.monotonic() + LINGER
-            time.sleep(POLL)  # let a flood's bans gather: a batch costs about the same for one or fifty
+            time.sleep(GAP)
             continue
         if time.monotonic() < idle_until:
             time.sleep(POLL)

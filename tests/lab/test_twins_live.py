@@ -85,6 +85,7 @@ def test_drainer_lifts_a_ban_the_guard_file_did_not_know_to_refuse(hosts, f2b, f
     files = twin(f2b)
     f2b.jails["postfix"]["ignoreip"] = f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"
     f2b.start()
+    f2b.wait(lambda: os.path.exists(os.path.join(files, "guard")), "actionstart")  # its last step
     with open(os.path.join(files, "guard"), "w") as f:
         f.write("127.*\n")  # as if written before the jail's ignoreip named the bystander
     f2b.client("set", "postfix", "banip", lab.BYSTANDER4)

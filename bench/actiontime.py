@@ -278,10 +278,16 @@ def heal_once(kind: str, nl: Optional[kernel.Netfilter], backend: Any, spec: Any
     """Break the jail; seconds until the watchdog's repair that left it whole returned. The repair is
     timed where it returns (no polling of the kernel to compete with it), then checked."""
     mended: list[float] = []
+    parsing: list[float] = []  # seconds in held(): fail2ban's bans parsed, where a repair asked for them
     mend = backend.mend
 
-    def timed_mend(*args: Any) -> None:
-        mend(*args)
+    def timed_mend(spec: Any, held: Callable[[], Any]) -> None:
+        def timed_held() -> Any:
+            begin = time.monotonic()
+            nets = held()
+            parsing.append(time.monotonic() - begin)
+            return nets
+        mend(spec, timed_held)
         mended.append(time.monotonic())
     backend.mend = timed_mend
     try:
@@ -298,7 +304,7 @@ def heal_once(kind: str, nl: Optional[kernel.Netfilter], backend: Any, spec: Any
         del backend.mend
     healed = {"structure_s": round((mended[0] if mended else time.monotonic()) - start, 3),
               "all_bans_s": round((whole or time.monotonic()) - start, 3),
-              "repairs": len(mended), "bans": enforced(kind, nl), "lost": lost}
+              "repairs": len(mended), "held_s": round(sum(parsing), 3), "bans": enforced(kind, nl), "lost": lost}
     time.sleep(1.5)  # the watchdog settles before the next sample
     return healed
 

@@ -79,11 +79,10 @@ class Watchdog:
                     self._look("ruleset change", full=False)
                     last_look = time.monotonic()
                 continue
-            if left > 0:
+            if events is None and left > 0:
                 time.sleep(left)
             self._look("watchdog", full=True)
-            last_look = time.monotonic()
-            next_round = last_look + WATCH_INTERVAL
+            next_round = time.monotonic() + WATCH_INTERVAL
 
     def _look(self, why: str, full: bool) -> None:
         """Check every jail and heal the broken ones; a `full` round also lifts bans that became

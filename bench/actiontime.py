@@ -206,6 +206,9 @@ def verify_and_repair(kind: str, py: bool, jail: Any, action: Any, saved: dict[s
         out["verify"] = quantiles(timed(lambda: backend.verify([spec]), 300, 5.0))
         out["held"] = quantiles(timed(action.held, 3, 5.0, least=2))
         out["repair"] = quantiles(timed(lambda: backend.repair(spec, action.held()), 3, 10.0, least=2))
+        if kind.startswith("f2bext-nftables"):
+            action = unowned_twin(jail, action)
+            backend, spec = action.backend, action.spec
         out["self_heal"] = self_heal(kind, backend, spec, len(jail.actions.getBanList()), saved)
     else:
         check = action._getOperation("<actioncheck>", "inet4")
@@ -215,6 +218,18 @@ def verify_and_repair(kind: str, py: bool, jail: Any, action: Any, saved: dict[s
 
 
 HEAL_SAMPLES = 3
+
+
+def unowned_twin(jail: Any, action: Any) -> Any:
+    """The jail's action again with `owner = no`: the owned table (the default) outlives a flush of
+    the ruleset whole, leaving nothing to heal. One backend serves a process, made by its first jail:
+    it is dropped with the owned table, so that the twin's is made unowned."""
+    from f2bext.fail2ban import action as adapter
+    action.stop()
+    adapter._backends.pop(action.backend_name, None)
+    twin = type(action)(jail, action._name, **action.spec.to_params(), owner="no")
+    twin.start()
+    return twin
 EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
 
 

@@ -81,6 +81,8 @@ def test_a_storm_of_unrelated_ruleset_changes_costs_no_look_per_change_and_stall
     f2b.start()
     ips = addresses(200)
     calm = timed_bans(f2b, fw, ips[:100])
+    # The session killer works through those bans after they are enforced: wait for it to be done.
+    f2b.wait(lambda: cpu_share(f2b.server.pid, 1) < 0.05, "fail2ban-server idle", timeout=30, step=0)
     proc = storm(hosts)
     try:
         idle = cpu_share(f2b.server.pid)

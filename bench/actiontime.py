@@ -160,6 +160,7 @@ def main() -> int:
     if args.other_rules:
         add_other_rules(args.other_rules)
 
+    saved = saved_rules()  # the admin's rules file, before any ban
     preload = list(dbgen.addresses(args.preload))
     start = time.monotonic()
     for ip in preload:  # fail2ban's own state: the jail holds these bans
@@ -192,20 +193,23 @@ def main() -> int:
     out["ban"] = quantiles(times)
 
     if args.verify:
-        out.update(verify_and_repair(kind, py, jail, action))
+        out.update(verify_and_repair(kind, py, jail, action, saved))
     print(json.dumps(out))
     sys.stdout.flush()
     os._exit(0)  # daemon threads (watchdog, killer) and the namespace go with the process
 
 
-def verify_and_repair(kind: str, py: bool, jail: Any, action: Any) -> dict[str, Any]:
+def verify_and_repair(kind: str, py: bool, jail: Any, action: Any, saved: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if py:
         backend, spec = action.backend, action.spec
         out["verify"] = quantiles(timed(lambda: backend.verify([spec]), 300, 5.0))
         out["held"] = quantiles(timed(action.held, 3, 5.0, least=2))
         out["repair"] = quantiles(timed(lambda: backend.repair(spec, action.held()), 3, 10.0, least=2))
-        out["self_heal"] = self_heal(kind, backend, spec, len(jail.actions.getBanList()))
+        if kind.startswith("f2bext-nftables"):
+            action = unowned_twin(jail, action)
+            backend, spec = action.backend, action.spec
+        out["self_heal"] = self_heal(kind, backend, spec, len(jail.actions.getBanList()), saved)
     else:
         check = action._getOperation("<actioncheck>", "inet4")
         out["verify"] = quantiles(timed(lambda: action.executeCmd(check, 60), 20, 5.0))
@@ -216,21 +220,47 @@ def verify_and_repair(kind: str, py: bool, jail: Any, action: Any) -> dict[str, 
 HEAL_SAMPLES = 3
 
 
-def self_heal(kind: str, backend: Any, spec: Any, n: int) -> dict[str, Any]:
+def unowned_twin(jail: Any, action: Any) -> Any:
+    """The jail's action again with `owner = no`: the owned table (the default) outlives a flush of
+    the ruleset whole, leaving nothing to heal. One backend serves a process, made by its first jail:
+    it is dropped with the owned table, so that the twin's is made unowned."""
+    from f2bext.fail2ban import action as adapter
+    action.stop()
+    adapter._backends.pop(action.backend_name, None)
+    twin = type(action)(jail, action._name, **action.spec.to_params(), owner="no")
+    twin.start()
+    return twin
+EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+
+def saved_rules() -> dict[str, str]:
+    """iptables-save and ip6tables-save before the jail starts, as an admin's rules file holds them
+    (a filter table with no rule of ours: the namespace's own is empty until something uses it)."""
+    out = {}
+    for tool in ("iptables", "ip6tables"):
+        text = subprocess.run([f"{tool}-save"], capture_output=True, text=True).stdout
+        out[f"{tool}-restore"] = text if "*filter" in text else EMPTY_FILTER
+    return out
+
+
+def self_heal(kind: str, backend: Any, spec: Any, n: int, saved: dict[str, str]) -> dict[str, Any]:
     """What a firewall reload really takes away, and seconds until the watchdog has every ban back.
 
     `nft flush ruleset` takes everything of f2bext-nftables with `owner = no` (sets, elements, chains),
     and nothing of its owned table (the default since the owned table: 0 lost). Of f2bext-ipset
     it takes the iptables-nft rules only: the ipsets are not nf_tables objects and keep every entry,
-    so that case times the rules coming back; the second case also destroys the sets, as a reboot or
-    an `ipset destroy` would, and times every entry coming back."""
-    cases = {"flush": "nft flush ruleset"}
+    so that case times the rules coming back, as does `iptables-restore` of a file saved before the
+    jail started; the third case also destroys the sets, as a reboot or an `ipset destroy` would,
+    and times every entry coming back."""
+    cases = {"flush": ("nft flush ruleset", lambda: flush(destroy=False))}
     if not kind.startswith("f2bext-nftables"):
-        cases["flush_and_destroy"] = "nft flush ruleset; ipset destroy (every f2bext set)"
+        cases["restore"] = ("iptables-restore of a file saved before the bans", lambda: restore(saved))
+        cases["flush_and_destroy"] = ("nft flush ruleset; ipset destroy (every f2bext set)",
+                                      lambda: flush(destroy=True))
     out: dict[str, Any] = {}
     nl = kernel.Netfilter() if kind.startswith("f2bext-nftables") else None
-    for case, what in cases.items():
-        runs = [heal_once(kind, nl, backend, spec, n, destroy_sets=case != "flush") for _ in range(HEAL_SAMPLES)]
+    for case, (what, breaker) in cases.items():
+        runs = [heal_once(kind, nl, backend, spec, n, breaker) for _ in range(HEAL_SAMPLES)]
         out[case] = {"what": what, "samples": runs,
                      "all_bans_s": statistics.median(r["all_bans_s"] for r in runs),
                      "structure_s": statistics.median(r["structure_s"] for r in runs),
@@ -239,27 +269,57 @@ def self_heal(kind: str, backend: Any, spec: Any, n: int) -> dict[str, Any]:
     return out
 
 
-def heal_once(kind: str, nl: Optional[kernel.Netfilter], backend: Any, spec: Any, n: int,
-              destroy_sets: bool) -> dict[str, Any]:
+def flush(destroy: bool) -> float:
+    """`nft flush ruleset`, and with `destroy` every f2bext ipset; when it was all done."""
     sets = [name for name in subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split()
-            if name.startswith("f2bext")] if destroy_sets else []
+            if name.startswith("f2bext")] if destroy else []
     for _ in range(5):
         run(["nft", "flush", "ruleset"])
-        start = time.monotonic()
-        # Right after the flush, before the watchdog's next pass puts rules on the sets again; if
-        # it came first, a set is in use again: flush once more.
+        # Right after the flush, before the watchdog puts rules on the sets again; if it came
+        # first, a set is in use again: flush once more.
         if all(subprocess.run(["ipset", "destroy", name], capture_output=True).returncode == 0 for name in sets):
             break
-    lost = n - enforced(kind, nl)
-    while time.monotonic() - start < 30:
-        time.sleep(0.02)
-        if not backend.verify([spec]):
-            break
-    structure = time.monotonic() - start
-    while time.monotonic() - start < 30 and enforced(kind, nl) < n:
-        time.sleep(0.02)
-    healed = {"structure_s": round(structure, 3), "all_bans_s": round(time.monotonic() - start, 3),
-              "bans": enforced(kind, nl), "lost": lost}
+    return time.monotonic()
+
+
+def restore(saved: dict[str, str]) -> float:
+    for tool, text in saved.items():
+        run([tool, "-w"], text)
+    return time.monotonic()
+
+
+def heal_once(kind: str, nl: Optional[kernel.Netfilter], backend: Any, spec: Any, n: int,
+              breaker: Callable[[], float]) -> dict[str, Any]:
+    """Break the jail; seconds until the watchdog's repair that left it whole returned. The repair is
+    timed where it returns (no polling of the kernel to compete with it), then checked."""
+    mended: list[float] = []
+    parsing: list[float] = []  # seconds in held(): fail2ban's bans parsed, where a repair asked for them
+    mend = backend.mend
+
+    def timed_mend(spec: Any, held: Callable[[], Any]) -> None:
+        def timed_held() -> Any:
+            begin = time.monotonic()
+            nets = held()
+            parsing.append(time.monotonic() - begin)
+            return nets
+        mend(spec, timed_held)
+        mended.append(time.monotonic())
+    backend.mend = timed_mend
+    try:
+        start = breaker()
+        lost = n - enforced(kind, nl)
+        seen, whole = 0, None
+        while whole is None and time.monotonic() - start < 30:
+            time.sleep(0.005)
+            if len(mended) > seen:
+                seen = len(mended)
+                if not backend.verify([spec]) and enforced(kind, nl) >= n:
+                    whole = mended[seen - 1]
+    finally:
+        del backend.mend
+    healed = {"structure_s": round((mended[0] if mended else time.monotonic()) - start, 3),
+              "all_bans_s": round((whole or time.monotonic()) - start, 3),
+              "repairs": len(mended), "held_s": round(sum(parsing), 3), "bans": enforced(kind, nl), "lost": lost}
     time.sleep(1.5)  # the watchdog settles before the next sample
     return healed
 

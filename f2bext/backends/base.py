@@ -73,6 +73,10 @@ class Backend(Protocol):
     def repair(self, spec: JailSpec, held: Iterable[Network]) -> None:
         """Rebuild the jail atomically with exactly `held` banned."""
 
+    def mend(self, spec: JailSpec, held: Held) -> None:
+        """Put back what the jail lost, and only that: `held()` is asked only if bans must be loaded
+        again (a reload that took the rules and kept the sets costs no parse of the bans)."""
+
     def flush(self, spec: JailSpec) -> None:
         """Remove every address of the jail, keeping its structure."""
 

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
@@ -16,7 +16,7 @@ from fail2ban.server.mytime import MyTime
 
 from .. import guard, state
 from ..addr import Network, parse_target, to_text
-from ..backends import Backend, get_backend
+from ..backends import Backend, Finding, get_backend
 from ..errors import InputError
 from ..spec import JailSpec
 from .internals import restorable_bans
@@ -324,15 +324,16 @@ class EnforcingAction(ActionBase):
         self.heal("fail2ban saw an already banned address")
         return True
 
-    def heal(self, why: str) -> bool:
-        """Repair the jail if the kernel no longer enforces it; True when a repair was made."""
+    def heal(self, why: str, findings: Optional[Sequence[Finding]] = None) -> bool:
+        """Repair the jail if the kernel no longer enforces it (`findings`: what the caller just saw
+        wrong); True when a repair was made. fail2ban's bans are parsed only if some were lost."""
         with self._lock:
-            findings = self.backend.verify([self.spec])
+            findings = self.backend.verify([self.spec]) if findings is None else findings
             if not findings:
                 return False
             for f in findings:
                 log.warning("[%s] f2bext: %s (%s); repairing", self._jail.name, f.message, why)
-            self.backend.repair(self.spec, self.held())
+            self.backend.mend(self.spec, self.held)
         return True
 
     def resync(self) -> None:

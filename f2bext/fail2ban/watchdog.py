@@ -1,21 +1,26 @@
-"""The watchdog: one thread per fail2ban process that puts a jail back within a second or two when
-someone flushes the ruleset or a restore of saved sets brings back lifted bans."""
+"""The watchdog: one thread per fail2ban process that puts a jail back when someone flushes the
+ruleset or a restore of saved sets brings back lifted bans. nf_tables announces every change of
+anyone's (nft, iptables-nft, a firewall manager's reload): the watchdog looks at once; its poll each
+second is the safety net, and all there is for iptables-legacy and ipsets."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Protocol
+from typing import Optional, Protocol, Sequence
 
 from fail2ban.helpers import getLogger
 
-from ..backends import Backend
+from ..backends import Backend, Finding
 from ..errors import InputError, KernelError
+from ..kernel.nfevents import RulesetEvents
 from ..spec import JailSpec
 
 log = getLogger("fail2ban.f2bext")
 
-WATCH_INTERVAL = 1.0  # seconds; keeps the self-heal delay under two seconds
+WATCH_INTERVAL = 1.0  # seconds between full rounds: the safety net under the events
+QUIET = 0.02  # after an event, the rest of its burst is read before looking: one look per burst
+FLOOR = 0.2  # seconds at least between looks an event asks for: a storm of changes never starves fail2ban
 
 
 class Watched(Protocol):
@@ -26,13 +31,14 @@ class Watched(Protocol):
 
     def recheck(self) -> None: ...
 
-    def heal(self, why: str) -> bool: ...
+    def heal(self, why: str, findings: Optional[Sequence[Finding]] = None) -> bool: ...
 
     def resync(self) -> None: ...
 
 
 class Watchdog:
-    """One thread per fail2ban process: every second, a cheap structural check of all our jails.
+    """One thread per fail2ban process: a cheap structural check of all our jails at each ruleset
+    change another process makes, and every second.
 
     It lives as long as the process and idles while no jail is watched, so a jail stopping and
     another starting can never race a thread that is on its way out."""
@@ -55,24 +61,59 @@ class Watchdog:
                 self._actions.remove(action)
 
     def _run(self) -> None:
+        events = _subscribe()
+        next_round = time.monotonic() + WATCH_INTERVAL
+        last_look = 0.0
         while True:
-            time.sleep(WATCH_INTERVAL)
-            with self._lock:
-                actions = list(self._actions)
-            for backend in {a.backend for a in actions}:
-                mine = [a for a in actions if a.backend is backend]
+            left = next_round - time.monotonic()
+            if events is not None and left > 0 and events.wait(left):
+                time.sleep(max(QUIET, last_look + FLOOR - time.monotonic()))
                 try:
-                    broken = {f.jail for f in backend.verify([a.spec for a in mine])}
-                    for action in mine:
+                    changed = events.drain()
+                except OSError as e:  # the subscription broke: the poll goes on alone
+                    log.warning("f2bext watchdog: ruleset events lost (%s); checking every %.0f s only",
+                                e, WATCH_INTERVAL)
+                    events.close()
+                    events, changed = None, True
+                if changed:  # not only this process's own bans
+                    self._look("ruleset change", full=False)
+                    last_look = time.monotonic()
+                continue
+            if events is None and left > 0:
+                time.sleep(left)
+            self._look("watchdog", full=True)
+            next_round = time.monotonic() + WATCH_INTERVAL
+
+    def _look(self, why: str, full: bool) -> None:
+        """Check every jail and heal the broken ones; a `full` round also lifts bans that became
+        lockouts and compares the kernel's count of bans with fail2ban's."""
+        with self._lock:
+            actions = list(self._actions)
+        for backend in {a.backend for a in actions}:
+            mine = [a for a in actions if a.backend is backend]
+            try:
+                findings = backend.verify([a.spec for a in mine])
+                for action in mine:
+                    if full:
                         try:
                             action.recheck()
                         except KernelError as e:  # the structural check and repair still run
                             log.error("f2bext watchdog: %s", e)
-                        if action.spec.jail in broken:
-                            action.heal("watchdog")
-                        else:
-                            action.resync()
-                except (KernelError, InputError) as e:
-                    log.error("f2bext watchdog: %s", e)
-                except Exception:  # the watchdog is what keeps bans holding: it must not end here
-                    log.exception("f2bext watchdog: unexpected failure; trying again at the next round")
+                    broken = [f for f in findings if f.jail == action.spec.jail]
+                    if broken:
+                        action.heal(why, broken)
+                    elif full:
+                        action.resync()
+            except (KernelError, InputError) as e:
+                log.error("f2bext watchdog: %s", e)
+            except Exception:  # the watchdog is what keeps bans holding: it must not end here
+                log.exception("f2bext watchdog: unexpected failure; trying again at the next round")
+
+
+def _subscribe() -> Optional[RulesetEvents]:
+    """nf_tables' notifications, or None where the kernel offers none (the poll alone then)."""
+    try:
+        return RulesetEvents()
+    except OSError as e:
+        log.warning("f2bext watchdog: no nf_tables events (%s); checking every %.0f s", e, WATCH_INTERVAL)
+        return None

@@ -7,6 +7,7 @@
   sockdiag    socket diagnostics: inet_diag dumps filtered by bytecode, socket destroy
   ipset       ipset: one element added or deleted, every set's header
   nftgen      the nf_tables ruleset generation, which every nf_tables transaction moves
+  nfevents    nf_tables' change notifications (what `nft monitor` reads): who changed the ruleset
   rtnl        routing: the host's addresses, routes and nexthop objects
   xtables     iptables-legacy's filter table, read through getsockopt and fingerprinted
 """

@@ -202,6 +202,15 @@ class IpsetBackend:
             self.xt.restore_sets(text)
         self._place_rules(spec, only_if_broken=False)
 
+    def mend(self, spec: JailSpec, held: Held) -> None:
+        """A jail whose sets all stand, as we make them, gets its rules back alone: a flush of the
+        ruleset or an iptables-restore takes rules, not ipsets. Otherwise repair() with held()."""
+        found = self.xt.headers()
+        if all(_standing(found, name, family) for family in FAMILIES for name in ipset_names(spec.jail, family)):
+            self._place_rules(spec, only_if_broken=False)
+        else:
+            self.repair(spec, held())
+
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         self._remote.replace(spec.jail, nets)
         self.xt.restore_sets(build_set_restore(spec.jail, (), flush=False, remote=nets))
@@ -256,6 +265,13 @@ class IpsetBackend:
         sets = self.xt.set_headers()
         names = [ipset_name(spec.jail, f, remote) for f in FAMILIES]
         return [n for name in names if name in sets for n in self.xt.members(name)]
+
+
+def _standing(found: dict[str, SetHeader], name: str, family: int) -> bool:
+    """Whether one of the jail's sets is there of our type and size (what it holds is resync()'s)."""
+    header = found.get(name)
+    return header is not None and header[:2] == ("hash:net", "inet" if family == 4 else "inet6") \
+        and header[2] >= MAXELEM
 
 
 __all__ = ["CHAINS", "FAMILIES", "MAXELEM", "MULTIPORT_MAX", "SetHeader", "build_rules_removal", "build_rules_restore",

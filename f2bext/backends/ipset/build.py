@@ -137,6 +137,14 @@ def _intact(found: Mapping[str, SetHeader], name: str, family: int, count: int) 
             and header[2] >= MAXELEM and header[3] == count)
 
 
+def _texts(nets: Iterable[Network]) -> dict[int, list[str]]:
+    """Each family's distinct addresses (as the kernel counts them) as text, in the given order; one pass."""
+    out: dict[int, dict[str, None]] = {4: {}, 6: {}}
+    for net in nets:
+        out[net.version][to_text(net)] = None
+    return {family: list(texts) for family, texts in out.items()}
+
+
 def build_set_swap(jail: str, held: Iterable[Network], found: Mapping[str, SetHeader],
                    remote: Optional[Iterable[Network]] = None) -> str:
     """ipset restore input that puts back what the jail's sets lack, while the bans hold throughout:
@@ -144,24 +152,23 @@ def build_set_swap(jail: str, held: Iterable[Network], found: Mapping[str, SetHe
     apart with exactly `held` and swapped in; one that checks out in `found` (`ipset list -t`'s
     headers) is left alone. The shared sets are created if absent, and refilled when `remote` is given
     and they hold another number. "" when every set checks out."""
-    # Distinct, as the kernel counts them, and in the given order.
-    held, remote = list(dict.fromkeys(held)), None if remote is None else list(dict.fromkeys(remote))
+    ours_by, theirs_by = _texts(held), None if remote is None else _texts(remote)
     lines = []
     for family in FAMILIES:
         shared = ipset_name(jail, family, remote=True)
         if shared not in found:
             lines.append(_create(shared, family))
-        theirs = None if remote is None else [n for n in remote if n.version == family]
+        theirs = None if theirs_by is None else theirs_by[family]
         if theirs is not None and not _intact(found, shared, family, len(theirs)):
             lines.append(f"flush {shared}")
-            lines += [f"add {shared} {to_text(n)} -exist" for n in theirs]
+            lines += [f"add {shared} {text} -exist" for text in theirs]
         name, tmp = ipset_name(jail, family), swap_name(jail, family)
-        ours = [n for n in held if n.version == family]
+        ours = ours_by[family]
         if _intact(found, name, family, len(ours)):
             continue
         if name not in found:
             lines.append(_create(name, family, exist=False))
         lines += [_create(tmp, family), f"flush {tmp}"]
-        lines += [f"add {tmp} {to_text(n)} -exist" for n in ours]
+        lines += [f"add {tmp} {text} -exist" for text in ours]
         lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
     return "\n".join(lines) + "\n" if lines else ""

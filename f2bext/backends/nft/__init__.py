@@ -374,6 +374,10 @@ class NftBackend:
     def repair(self, spec: JailSpec, held: Iterable[Network]) -> None:
         self._rebuild(spec, self.nft.ruleset(), held)
 
+    def mend(self, spec: JailSpec, held: Held) -> None:
+        """The rebuild every loss needs here: nf_tables takes a jail's sets with its table."""
+        self._rebuild(spec, self.nft.ruleset(), held())
+
     def _rebuild(self, spec: JailSpec, seen: Observed, held: Iterable[Network]) -> None:
         held = list(held)
         # Shared bans this process knows of; otherwise (the command line) whatever the kernel still holds.

@@ -303,8 +303,9 @@ def heal_table(results: dict) -> list[str]:
                          f"{case['all_bans_s']:.2f} ({times[0]:.2f}–{times[-1]:.2f})", f"{case['bans']:,}"])
     if not rows:
         return []
-    out = ["Self-heal with 100,000 bans: the watchdog (one pass a second) against a reload that takes the",
-           "jail's objects away. Seconds from the reload, median of the runs (fastest–slowest):", ""]
+    out = ["Self-heal with 100,000 bans: the watchdog (woken by nf_tables' change events, a round a second as the",
+           "safety net) against a reload that takes the jail's objects away; f2bext-nftables.py with `owner = no`,",
+           "since an owned table loses nothing. Seconds from the reload, median of the runs (fastest–slowest):", ""]
     out += _table(["action", "what the reload does", "bans lost", "rules back s", "every ban back s",
                    "bans at the end"], rows)
     return out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Union
+import socket
+from typing import Iterable, Optional, Union
 
 from .errors import InputError
 
@@ -16,6 +17,12 @@ _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"
 _NEVER = ((ipaddress.ip_network("169.254.0.0/16"), "link-local"), (ipaddress.ip_network("fe80::/10"), "link-local"),
           (ipaddress.ip_network("224.0.0.0/4"), "multicast"), (ipaddress.ip_network("ff00::/8"), "multicast"))
 _MAX_TEXT = 64
+# What parse_single leaves to parse_target: every address parse_target refuses or rewrites. IPv4:
+# 0.0.0.0, loopback, link-local and multicast, by their first bytes. IPv6, as (first, last) integers:
+# ::/96 (::, ::1, and the IPv4-compatible form glibc writes dotted), IPv4-mapped, link-local, multicast.
+_V4_SLOW_FIRST = frozenset([0, 127, *range(224, 240)])  # 0.0.0.0/8 is only slow for 0.0.0.0 (below)
+_V6_SLOW = ((0, 2**32 - 1), (0xFFFF << 32, (0xFFFF << 32) | (2**32 - 1)),
+            (0xFE80 << 112, (0xFEC0 << 112) - 1), (0xFF00 << 112, 2**128 - 1))
 
 
 def parse_target(text: object) -> Network:
@@ -45,6 +52,35 @@ def parse_target(text: object) -> Network:
         if net.version == never.version and net.overlaps(never):
             raise InputError(f"refusing to ban {kind} addresses: {raw!r} overlaps {never}")
     return net
+
+
+def parse_single(text: object) -> Optional[tuple[int, int]]:
+    """The bulk path of parse_target (a restore of 100,000 bans): (IP version, address as an
+    integer) of text that is one address, written exactly as parse_target writes it back, that
+    parse_target accepts unchanged. None for anything else: parse_target decides it, and says why."""
+    if not isinstance(text, str):
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        pass
+    else:
+        first = packed[0]
+        if (first in _V4_SLOW_FIRST and (first != 0 or packed == b"\0\0\0\0")) or packed[:2] == b"\xa9\xfe":
+            return None
+        # glibc reads only dotted decimal without leading zeros: the text is as parse_target writes it.
+        return 4, int.from_bytes(packed, "big")
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return None
+    if socket.inet_ntop(socket.AF_INET6, packed) != text:
+        return None  # upper case, leading zeros, a :: that RFC 5952 puts elsewhere
+    value = int.from_bytes(packed, "big")
+    for low, high in _V6_SLOW:
+        if low <= value <= high:
+            return None
+    return 6, value
 
 
 def parse_targets(texts: Iterable[object]) -> list[Network]:

@@ -8,19 +8,19 @@ import json
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
 from .. import guard, state
-from ..addr import Network, parse_target, to_text
+from ..addr import Network, parse_single, parse_target, to_text
 from ..backends import Backend, get_backend
 from ..errors import InputError
 from ..sessions import KillReport
 from ..spec import JailSpec
-from .internals import restorable_bans
+from .internals import restorable_bans, restore_waits
 from .killer import SessionKiller
 from .watchdog import Watchdog
 
@@ -111,11 +111,18 @@ class EnforcingAction(ActionBase):
         (JSON, for `f2bext doctor`; "" when the jail does not share)."""
         return json.dumps(self._fleet.status()) if self._fleet else ""
 
-    def _parsed(self, ips: Iterable[str]) -> Iterator[Network]:
-        """Restored bans, minus any f2bext must refuse (the database may hold one banned before)."""
+    def _parsed(self, ips: Iterable[str]) -> tuple[dict[int, list[str]], list[Network]]:
+        """Restored bans, minus any f2bext must refuse (the database may hold one banned before): single
+        addresses as their text by IP version (parse_single: 1 µs, no object each), the rest parsed."""
         check = self.guard()
+        singles: dict[int, list[str]] = {4: [], 6: []}
+        nets = []
         for ip in ips:
-            try:
+            found = parse_single(ip)
+            if found is not None and check.clear(*found):
+                singles[found[0]].append(ip)
+                continue
+            try:  # anything else, and every refusal, as a ban is checked: the same words
                 net = parse_target(ip)
                 check.refuse([net])
             except InputError as e:
@@ -123,7 +130,8 @@ class EnforcingAction(ActionBase):
                 self._refused.add(ip)
                 self._preloaded.discard(ip)
                 continue
-            yield net
+            nets.append(net)
+        return singles, nets
 
     def keeps(self) -> list[guard.Keep]:
         """The jail's ignoreip, as the guard holds it (host names are left to fail2ban's own check)."""
@@ -165,16 +173,17 @@ class EnforcingAction(ActionBase):
         return restorable_bans(self._jail)
 
     def start(self) -> None:
-        watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
-        with self._lock:
-            self._save_state()
-            self._preloaded = set()
-            restoring = set(self.restorable())
-            everything = self.held_text() | restoring
-            self._preloaded, self._preload_deadline = restoring, MyTime.time() + PRELOAD_GRACE
-            # A generator: 100,000 parsed addresses held at once would cost fail2ban-server 50 MB.
-            self.backend.start(self.spec, self._parsed(everything))
-            self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
+        with restore_waits(self._jail):  # fail2ban's restore waits for the load, not against it
+            watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
+            with self._lock:
+                self._save_state()
+                self._preloaded = set()
+                restoring = self.restorable()
+                everything = self.held_text().union(restoring)
+                self._preloaded, self._preload_deadline = set(restoring), MyTime.time() + PRELOAD_GRACE
+                singles, nets = self._parsed(everything)
+                self.backend.start(self.spec, nets, singles)
+                self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
         if self._share:
             self._fleet = fleets().join(self, self._share)
             self._save_state()

@@ -22,6 +22,7 @@ from ..sessions import KillReport
 from ..spec import JailSpec
 from .internals import restorable_bans, restore_waits
 from .killer import SessionKiller
+from .preload import PER_BAN, Preloaded
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = getLogger("fail2ban.f2bext")
 
-PRELOAD_GRACE = 60.0  # seconds after start in which fail2ban works through the bans start() preloaded
 SHARE_OPTIONS = ("share", "share_scope", "share_origin", "share_max_prefix")
 
 _backends: dict[str, Backend] = {}
@@ -76,8 +76,7 @@ class EnforcingAction(ActionBase):
         # another process: a rebuild's list of bans is never outdated by a ban made meanwhile.
         self._lock = state.JailLock(jail.name)
         self._problems_said: set[str] = set()
-        self._preloaded: set[str] = set()
-        self._preload_deadline = 0.0
+        self._preloaded = Preloaded()
         self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
         self._kept: object = None  # what the last recheck() guarded: host, protected, ignoreip
         self._guard_cache: Optional[tuple[object, guard.Guard]] = None
@@ -112,8 +111,8 @@ class EnforcingAction(ActionBase):
         return json.dumps(self._fleet.status()) if self._fleet else ""
 
     def _parsed(self, ips: Iterable[str]) -> tuple[dict[int, list[str]], list[Network]]:
-        """Restored bans, minus any f2bext must refuse (the database may hold one banned before): single
-        addresses as their text by IP version (parse_single: 1 µs, no object each), the rest parsed."""
+        """Restored bans less any f2bext must refuse: single addresses as text by IP version (parse_single,
+        no object each), the rest parsed. The database may hold a ban refused since."""
         check = self.guard()
         singles: dict[int, list[str]] = {4: [], 6: []}
         nets = []
@@ -122,7 +121,7 @@ class EnforcingAction(ActionBase):
             if found is not None and check.clear(*found):
                 singles[found[0]].append(ip)
                 continue
-            try:  # anything else, and every refusal, as a ban is checked: the same words
+            try:  # the rest, and every refusal, as a ban is checked: the same words
                 net = parse_target(ip)
                 check.refuse([net])
             except InputError as e:
@@ -152,9 +151,7 @@ class EnforcingAction(ActionBase):
     def held_text(self) -> set[str]:
         """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the
         bans start() loaded that fail2ban has not worked through yet (a rebuild must keep them)."""
-        if self._preloaded and MyTime.time() > self._preload_deadline:
-            self._preloaded = set()  # fail2ban restored long since: whatever is left it did not restore
-        pending = set(self._preloaded)  # before the banned list: an address moves from one to the other
+        pending = self._preloaded.pending()  # before the banned list: an address moves from one to the other
         return (pending | {str(ip) for ip in self._jail.actions.getBanList()}) - self._refused
 
     def held(self) -> list[Network]:
@@ -177,12 +174,13 @@ class EnforcingAction(ActionBase):
             watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
             with self._lock:
                 self._save_state()
-                self._preloaded = set()
+                self._preloaded = Preloaded()
                 restoring = self.restorable()
                 everything = self.held_text().union(restoring)
-                self._preloaded, self._preload_deadline = set(restoring), MyTime.time() + PRELOAD_GRACE
+                self._preloaded.load(restoring)
                 singles, nets = self._parsed(everything)
                 self.backend.start(self.spec, nets, singles)
+                self._preloaded.grace(PER_BAN)  # from the load's end: fail2ban's own restore begins now
                 self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
         if self._share:
             self._fleet = fleets().join(self, self._share)

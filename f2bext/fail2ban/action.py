@@ -8,19 +8,20 @@ import json
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
 from .. import guard, state
-from ..addr import Network, parse_target, to_text
+from ..addr import Network, parse_single, parse_target, to_text
 from ..backends import Backend, Finding, get_backend
 from ..errors import InputError
 from ..spec import JailSpec
-from .internals import restorable_bans
+from .internals import restorable_bans, restore_waits
 from .killer import SessionKiller
+from .preload import PER_BAN, Preloaded
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = getLogger("fail2ban.f2bext")
 
-PRELOAD_GRACE = 60.0  # seconds after start in which fail2ban works through the bans start() preloaded
 SHARE_OPTIONS = ("share", "share_scope", "share_origin", "share_max_prefix")
 
 _backends: dict[str, Backend] = {}
@@ -76,8 +76,7 @@ class EnforcingAction(ActionBase):
         # another process: a rebuild's list of bans is never outdated by a ban made meanwhile.
         self._lock = state.JailLock(jail.name)
         self._problems_said: set[str] = set()
-        self._preloaded: set[str] = set()
-        self._preload_deadline = 0.0
+        self._preloaded = Preloaded()
         self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
         self._kept: object = None  # what the last recheck() guarded: host, protected, ignoreip
         self._guard_cache: Optional[tuple[object, guard.Guard]] = None
@@ -111,11 +110,18 @@ class EnforcingAction(ActionBase):
         (JSON, for `f2bext doctor`; "" when the jail does not share)."""
         return json.dumps(self._fleet.status()) if self._fleet else ""
 
-    def _parsed(self, ips: Iterable[str]) -> Iterator[Network]:
-        """Restored bans, minus any f2bext must refuse (the database may hold one banned before)."""
+    def _parsed(self, ips: Iterable[str]) -> tuple[dict[int, list[str]], list[Network]]:
+        """Restored bans less any f2bext must refuse: single addresses as text by IP version (parse_single,
+        no object each), the rest parsed. The database may hold a ban refused since."""
         check = self.guard()
+        singles: dict[int, list[str]] = {4: [], 6: []}
+        nets = []
         for ip in ips:
-            try:
+            found = parse_single(ip)
+            if found is not None and check.clear(*found):
+                singles[found[0]].append(ip)
+                continue
+            try:  # the rest, and every refusal, as a ban is checked: the same words
                 net = parse_target(ip)
                 check.refuse([net])
             except InputError as e:
@@ -123,7 +129,8 @@ class EnforcingAction(ActionBase):
                 self._refused.add(ip)
                 self._preloaded.discard(ip)
                 continue
-            yield net
+            nets.append(net)
+        return singles, nets
 
     def keeps(self) -> list[guard.Keep]:
         """The jail's ignoreip, as the guard holds it (host names are left to fail2ban's own check)."""
@@ -144,9 +151,7 @@ class EnforcingAction(ActionBase):
     def held_text(self) -> set[str]:
         """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the
         bans start() loaded that fail2ban has not worked through yet (a rebuild must keep them)."""
-        if self._preloaded and MyTime.time() > self._preload_deadline:
-            self._preloaded = set()  # fail2ban restored long since: whatever is left it did not restore
-        pending = set(self._preloaded)  # before the banned list: an address moves from one to the other
+        pending = self._preloaded.pending()  # before the banned list: an address moves from one to the other
         return (pending | {str(ip) for ip in self._jail.actions.getBanList()}) - self._refused
 
     def held(self) -> list[Network]:
@@ -165,16 +170,18 @@ class EnforcingAction(ActionBase):
         return restorable_bans(self._jail)
 
     def start(self) -> None:
-        watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
-        with self._lock:
-            self._save_state()
-            self._preloaded = set()
-            restoring = set(self.restorable())
-            everything = self.held_text() | restoring
-            self._preloaded, self._preload_deadline = restoring, MyTime.time() + PRELOAD_GRACE
-            # A generator: 100,000 parsed addresses held at once would cost fail2ban-server 50 MB.
-            self.backend.start(self.spec, self._parsed(everything))
-            self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
+        with restore_waits(self._jail):  # fail2ban's restore waits for the load, not against it
+            watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
+            with self._lock:
+                self._save_state()
+                self._preloaded = Preloaded()
+                restoring = self.restorable()
+                everything = self.held_text().union(restoring)
+                self._preloaded.load(restoring)
+                singles, nets = self._parsed(everything)
+                self.backend.start(self.spec, nets, singles)
+                self._preloaded.grace(PER_BAN)  # from the load's end: fail2ban's own restore begins now
+                self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
         if self._share:
             self._fleet = fleets().join(self, self._share)
             self._save_state()

@@ -7,9 +7,14 @@ sets them; fail2ban's action.d/smtp.py reads them), and the test holds them too.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import socket
+from typing import Any, Callable, ContextManager
 
+from fail2ban.server.ipdns import DNSUtils
 from fail2ban.server.mytime import MyTime
+
+from ..addr import parse_single
 
 # fail2ban's bips table (one row per banned address and jail), as Fail2BanDb._getCurrentBans reads it.
 CURRENT_BANS = "SELECT ip, timeofban, bantime FROM bips WHERE jail=? AND (timeofban + bantime > ? OR bantime <= -1)"
@@ -24,9 +29,9 @@ def restorable_bans(jail: Any) -> list[str]:
     """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
     chooses them.
 
-    Reads (ip, timeofban, bantime) rows only, under the database's own lock and on its connection:
-    fail2ban's getCurrentBans builds a ticket with its matches per row, and a second copy of 100,000
-    tickets beside fail2ban's own nearly doubled fail2ban-server's peak memory."""
+    Reads (ip, timeofban, bantime) rows only, one at a time, under the database's own lock and on its
+    connection: fail2ban's getCurrentBans builds a ticket with its matches per row, and a second copy
+    of 100,000 tickets beside fail2ban's own nearly doubled fail2ban-server's peak memory."""
     db = getattr(jail, "database", None)
     if db is None:
         return []
@@ -37,18 +42,50 @@ def restorable_bans(jail: Any) -> list[str]:
     if forbantime not in (None, -1):
         query += " AND timeofban > ?"
         args.append(now - forbantime)
-    with db._lock:
-        rows = db._db.execute(query, args).fetchall()
+    ignored = _ignore_check(jail)
     out = []
-    for ip, timeofban, bantime in rows:
-        if cap and cap > 0 and (bantime == -1 or bantime > cap):
-            bantime = cap
-        left = bantime if bantime is not None else forbantime
-        if left != -1 and now - timeofban > 0:
-            left -= now - timeofban
-        if (left == -1 or left > 0) and not jail.filter.inIgnoreIPList(ip, log_ignore=False):
-            out.append(str(ip))
+    with db._lock:
+        for ip, timeofban, bantime in db._db.execute(query, args):
+            if cap and cap > 0 and (bantime == -1 or bantime > cap):
+                bantime = cap
+            left = bantime if bantime is not None else forbantime
+            if left != -1 and now - timeofban > 0:
+                left -= now - timeofban
+            if (left == -1 or left > 0) and not ignored(ip):
+                out.append(str(ip))
     return out
+
+
+def _ignore_check(jail: Any) -> Callable[[Any], bool]:
+    """fail2ban's own ignore check of a restored ban (Filter.inIgnoreIPList: ignoreself, ignoreip,
+    ignorecommand), by integers where that tells the same: 30 µs a row, 3 s at 100,000, otherwise.
+    A host name in ignoreip or an ignorecommand leaves every row to fail2ban's check."""
+    flt = jail.filter
+    entries = list(flt.getIgnoreIP())
+    if flt.ignoreCommand or not all(e.isValid for e in entries):
+        return lambda ip: flt.inIgnoreIPList(ip, log_ignore=False)
+    bits = {4: 32, 6: 128}
+    version = {socket.AF_INET: 4, socket.AF_INET6: 6}
+    # Filter.inIgnoreIPList's IPAddr.isInNet: the address under the entry's mask is the entry's.
+    nets = [(version[e.family], ~((1 << bits[version[e.family]]) - 1 >> e.plen), e.addr) for e in entries]
+    own = {(version[a.family], a.addr) for a in DNSUtils.getSelfIPs() if a.isValid} if flt.ignoreSelf else set()
+
+    def ignored(ip: Any) -> bool:
+        found = parse_single(ip)
+        if found is None:  # a network, or text parse_single leaves to the slow path
+            return flt.inIgnoreIPList(ip, log_ignore=False)
+        if found in own:
+            return True
+        return any(v == found[0] and found[1] & mask == addr for v, mask, addr in nets)
+    return ignored
+
+
+def restore_waits(jail: Any) -> ContextManager[Any]:
+    """Held, fail2ban's own restore waits: Jail.start starts the actions thread (our start()) and
+    then runs restoreCurrentBans, whose getCurrentBans takes the database's lock first. Held by
+    start(), fail2ban builds its 100,000 tickets after the load, not against it for the GIL."""
+    db = getattr(jail, "database", None)
+    return db._lock if db is not None else contextlib.nullcontext()
 
 
 def current_bans(jail: Any) -> list[tuple[str, float, int]]:

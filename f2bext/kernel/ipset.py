@@ -1,5 +1,5 @@
-"""ipset over netlink (NFNL_SUBSYS_IPSET): one element added or deleted, every set's header listed;
-and the one socket that carries them, kept open across requests."""
+"""ipset over netlink (NFNL_SUBSYS_IPSET): one element added or deleted, many added at once, every
+set's header listed; and the one socket that carries them, kept open across requests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from ..addr import Network
 from . import netlink
@@ -17,7 +17,7 @@ NFNL_SUBSYS_IPSET = 6
 IPSET_PROTOCOL = 7
 IPSET_CMD_LIST, IPSET_CMD_ADD, IPSET_CMD_DEL = 7, 9, 10
 IPSET_ATTR_PROTOCOL, IPSET_ATTR_SETNAME, IPSET_ATTR_TYPENAME, IPSET_ATTR_FAMILY = 1, 2, 3, 5
-IPSET_ATTR_FLAGS, IPSET_ATTR_DATA = 6, 7
+IPSET_ATTR_FLAGS, IPSET_ATTR_DATA, IPSET_ATTR_ADT, IPSET_ATTR_LINENO = 6, 7, 8, 9
 IPSET_ATTR_IP, IPSET_ATTR_CIDR, IPSET_ATTR_MAXELEM, IPSET_ATTR_ELEMENTS = 1, 3, 19, 24
 IPSET_ATTR_IPADDR_IPV4, IPSET_ATTR_IPADDR_IPV6 = 1, 2
 IPSET_FLAG_LIST_HEADER = 1 << 2
@@ -42,6 +42,35 @@ def pack_ipset_change(seq: int, op: str, name: str, net: Network) -> bytes:
                         netlink.attr(IPSET_ATTR_CIDR | netlink.NLA_F_NET_BYTEORDER, bytes([net.prefixlen])))
     cmd = {"add": IPSET_CMD_ADD, "delete": IPSET_CMD_DEL}[op]
     return _ipset_msg(cmd, netlink.NLM_F_ACK, seq, netlink.attr(IPSET_ATTR_SETNAME, name.encode() + b"\0") + data)
+
+
+BULK = 2_000  # elements per message: an attribute holds at most 64 KiB, 2,000 IPv6 addresses 56 KiB
+_LENGTH = {4: 4, 6: 16}
+
+
+def _element(version: int) -> bytes:
+    """The head of one element of a bulk add, its address's bytes to follow: IPSET_ATTR_DATA holding
+    IPSET_ATTR_IP holding the address (no CIDR: a hash:net set takes the host's own prefix)."""
+    kind = (IPSET_ATTR_IPADDR_IPV4 if version == 4 else IPSET_ATTR_IPADDR_IPV6) | netlink.NLA_F_NET_BYTEORDER
+    size = netlink.ATTR.size + _LENGTH[version]
+    return (netlink.ATTR.pack(size + 2 * netlink.ATTR.size, IPSET_ATTR_DATA | netlink.NLA_F_NESTED)
+            + netlink.ATTR.pack(size + netlink.ATTR.size, IPSET_ATTR_IP | netlink.NLA_F_NESTED)
+            + netlink.ATTR.pack(size, kind))
+
+
+_ELEMENT = {4: _element(4), 6: _element(6)}
+
+
+def pack_ipset_adds(seq: int, name: str, version: int, packed: Sequence[bytes]) -> bytes:
+    """One IPSET_CMD_ADD of many single addresses (each `packed`, as inet_pton gives it) in one message,
+    as `ipset restore` sends them: IPSET_ATTR_ADT holds an IPSET_ATTR_DATA per element, and the kernel
+    wants IPSET_ATTR_LINENO beside it. Present ones are not an error (no NLM_F_EXCL)."""
+    if any(len(p) != _LENGTH[version] for p in packed):
+        raise ValueError(f"not {len(packed)} IPv{version} addresses")
+    head = _ELEMENT[version]
+    adt = netlink.attr(IPSET_ATTR_ADT | netlink.NLA_F_NESTED, b"".join([head + p for p in packed]))
+    return _ipset_msg(IPSET_CMD_ADD, netlink.NLM_F_ACK, seq, netlink.attr(IPSET_ATTR_SETNAME, name.encode() + b"\0")
+                      + netlink.attr(IPSET_ATTR_LINENO, struct.pack("=I", 0)) + adt)
 
 
 def pack_ipset_headers(seq: int) -> bytes:
@@ -95,6 +124,17 @@ class Ipset:
 
     def change(self, op: str, name: str, net: Network) -> None:
         self._ask(lambda seq: pack_ipset_change(seq, op, name, net))
+
+    def add_many(self, name: str, version: int, packed: Iterable[bytes]) -> None:
+        """Add single addresses (inet_pton's bytes) BULK to a message, one answer each."""
+        chunk: list[bytes] = []
+        for p in packed:
+            chunk.append(p)
+            if len(chunk) == BULK:
+                self._ask(lambda seq: pack_ipset_adds(seq, name, version, chunk))
+                chunk = []
+        if chunk:
+            self._ask(lambda seq: pack_ipset_adds(seq, name, version, chunk))
 
     def _ask(self, make: Callable[[int], bytes]) -> list[bytes]:
         with self._lock:

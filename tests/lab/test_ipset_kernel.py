@@ -175,3 +175,20 @@ def test_a_repair_after_lost_rules_puts_back_the_rules_and_leaves_the_sets(hosts
         assert set(backend.banned(POSTFIX)) == set(held)
     assert not reach(hosts.attacker, lab.SERVER4, 25)
     assert reach(hosts.bystander, lab.SERVER4, 25)
+
+
+def test_a_bulk_load_over_netlink_adds_every_address_takes_present_ones_and_names_a_missing_set(hosts):
+    v4 = [f"100.64.{i >> 8}.{i & 255}" for i in range(1, 5001)]  # several messages of ipset.BULK
+    v6 = [f"2001:db8::{i:x}" for i in range(1, 2501)]
+    with hosts.server.entered():
+        xt = ipset.Xtables()
+        xt.restore_sets(ipset.build_set_restore("postfix", [], flush=False))
+        xt.add_many("f2bext-postfix", 4, v4)
+        xt.add_many("f2bext6-postfix", 6, v6)
+        xt.add_many("f2bext-postfix", 4, v4[:10])  # present already: not an error
+        limits = xt.sets()[1]
+        with pytest.raises(KernelError, match="no such set"):
+            xt.add_many("f2bext-nosuchjail", 4, v4[:3])
+        members = {str(n.network_address) for n in xt.members("f2bext6-postfix")}
+    assert limits["f2bext-postfix"][1] == len(v4) and limits["f2bext6-postfix"][1] == len(v6)
+    assert members == {str(ipaddress.ip_address(a)) for a in v6}

@@ -5,12 +5,14 @@ Pure: a database in tmp_path."""
 
 import inspect
 import sqlite3
+import threading
 
 import pytest
 
 from fail2ban.server.action import ActionBase
 from fail2ban.server.actions import Actions
 from fail2ban.server.database import Fail2BanDb
+from fail2ban.server.ipdns import DNSUtils, IPAddr
 from fail2ban.server.jail import Jail
 from fail2ban.server.mytime import MyTime
 from fail2ban.server.ticket import BanTicket
@@ -104,6 +106,42 @@ def test_restorable_bans_are_the_ones_fail2ban_restores(jail, increment):
     ours = sorted(internals.restorable_bans(jail))
     assert ours == sorted(["192.0.2.1", "192.0.2.3", "2001:db8::5"] + (["192.0.2.6"] if increment else []))
     assert ours == restored_by_fail2ban(jail)
+
+
+@pytest.mark.parametrize("ignore", ["addresses", "self", "host name", "command"])
+def test_restorable_bans_skip_what_fail2bans_ignore_check_skips(jail, ignore):
+    """By integers for addresses, networks and this host's own addresses; a host name or an
+    ignorecommand leaves every row to fail2ban's own check."""
+    jail.filter.addIgnoreIP("192.0.2.0/28")
+    jail.filter.addIgnoreIP("2001:db8:1::/48")
+    jail.filter.addIgnoreIP("::ffff:198.51.100.9")  # fail2ban takes it as IPv4
+    if ignore == "self":
+        DNSUtils.CACHE_nameToIp.set(DNSUtils._getSelfIPs_key, {IPAddr("198.51.100.50"), IPAddr("2001:db8:5::5")})
+    if ignore == "host name":
+        jail.filter.addIgnoreIP("localhost")
+    if ignore == "command":
+        jail.filter.ignoreCommand = "test <ip> = 198.51.100.30"
+    texts = ["192.0.2.1", "192.0.2.15", "192.0.2.16", "2001:db8:1::9", "2001:db8:2::9", "198.51.100.9",
+             "198.51.100.30", "198.51.100.50", "2001:db8:5::5", "2001:DB8:1::8", "::ffff:192.0.2.2", "203.0.113.0/24"]
+    try:
+        for ip in texts:
+            ban(jail, ip, 10, BANTIME)
+        ours = sorted(internals.restorable_bans(jail))
+        assert ours == restored_by_fail2ban(jail)
+        assert ("198.51.100.50" in ours) is (ignore != "self") and ("198.51.100.30" in ours) is (ignore != "command")
+    finally:
+        DNSUtils.CACHE_nameToIp.unset(DNSUtils._getSelfIPs_key)
+
+
+def test_fail2bans_restore_waits_while_the_action_holds_the_database(jail):
+    ban(jail, "192.0.2.1", 10, BANTIME)
+    done = threading.Event()
+    with internals.restore_waits(jail):
+        worker = threading.Thread(target=lambda: (restored_by_fail2ban(jail), done.set()))
+        worker.start()
+        assert not done.wait(0.5)
+    worker.join(10)
+    assert done.is_set()
 
 
 def test_what_the_action_reads_from_its_jail_is_there(jail):

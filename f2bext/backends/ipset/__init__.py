@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import subprocess
 from typing import Iterable, Optional, Sequence
 
@@ -25,7 +26,7 @@ from ...errors import KernelError
 from ...kernel import nftgen, xtables
 from ...kernel.ipset import Ipset, ipset_error
 from ...spec import JailSpec
-from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
+from ..base import BROKEN, Finding, Held, Op, SharedBans, Singles, refused
 from .build import (CHAINS, FAMILIES, MAXELEM, MULTIPORT_MAX, SetHeader, build_rules_removal, build_rules_restore,
                     build_set_restore, build_set_swap, comment, ipset_name, ipset_names, rule_args, swap_name)
 from .read import check_jail, check_rules, check_sets, expected_shapes, parse_set_headers, parse_sets
@@ -100,6 +101,15 @@ class Xtables:
         except OSError as e:
             raise KernelError(f"ipset refused to {op} {to_text(net)} in {name}", ipset_error(e)) from None
 
+    def add_many(self, name: str, version: int, texts: Iterable[str]) -> None:
+        """Single addresses, checked already (addr.parse_single), added in-process over netlink in a few
+        messages: `ipset restore` of 100,000 lines costs a fork and seconds of parsing."""
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        try:
+            self._ipset.add_many(name, version, (socket.inet_pton(family, t) for t in texts))
+        except OSError as e:
+            raise KernelError(f"ipset refused to load bans into {name}", ipset_error(e)) from None
+
     def rules_fingerprint(self) -> object:
         """Changes whenever any iptables rule does (ipsets aside): the nf_tables generation for
         iptables-nft, the filter tables' rules themselves for iptables-legacy."""
@@ -130,8 +140,10 @@ class IpsetBackend:
         # over netlink at every check; they are not part of the fingerprint.
         self._good: dict[str, object] = {}
 
-    def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
+    def start(self, spec: JailSpec, held: Iterable[Network], singles: Optional[Singles] = None) -> None:
         self.xt.restore_sets(build_set_restore(spec.jail, held, flush=False))
+        for version, texts in (singles or {}).items():
+            self.xt.add_many(ipset_name(spec.jail, version), version, texts)
         self._place_rules(spec, only_if_broken=True)
 
     def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:

@@ -26,7 +26,7 @@ from ...kernel import netlink, nftelem, nftgen
 from ...addr import Network, is_single
 from ...errors import KernelError
 from ...spec import JailSpec
-from ..base import BROKEN, Finding, Held, Op, SharedBans, refused
+from ..base import BROKEN, Finding, Held, Op, SharedBans, Singles, refused
 from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, OWNER_FLAGS, PRIORITY, REMOTE_KINDS,
                     RULE_COMMENT, SET_KINDS, TABLE, Command, Observed, _obj, adds_table, build_elements, build_load,
                     build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_structure,
@@ -265,7 +265,7 @@ class NftBackend:
     def _check(self, spec: JailSpec, seen: Observed) -> list[Finding]:
         return check_jail(spec, seen) + self._replaced(spec, seen)
 
-    def start(self, spec: JailSpec, held: Iterable[Network]) -> None:
+    def start(self, spec: JailSpec, held: Iterable[Network], singles: Optional[Singles] = None) -> None:
         seen = self.nft.ruleset()
         present = None
         if check_jail(spec, seen):
@@ -274,7 +274,7 @@ class NftBackend:
             # Whole already: a table that outlived its owner (`persist`), adopted. Its bans held while
             # fail2ban was down; swap in fail2ban's without a gap.
             present = self.banned(spec)
-        for batch in build_load(spec.jail, held, present):
+        for batch in build_load(spec.jail, held, present, singles):
             self.nft.apply(batch, f"load bans of jail {spec.jail}")
         self._built(spec)
 

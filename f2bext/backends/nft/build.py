@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ...addr import Network, is_single
 from ...spec import JailSpec, PortRange
-from ..base import Op
+from ..base import Op, Singles
 
 FAMILY = "inet"
 TABLE = "f2bext"
@@ -151,16 +151,17 @@ def _chunked(op: str, by_set: dict[str, list[Any]]) -> list[Command]:
     return cmds
 
 
-def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Network]] = None) -> list[list[Command]]:
-    """Fill a jail's sets with `nets` in transactions of LOAD_BATCH elements, reading `nets` once:
-    only element text is kept, so a generator of 100,000 addresses stays small. The sets are flushed
-    first; or, given what they hold already (`present`: a table kept while fail2ban was down), the bans
-    are added first and then what is not in `nets` is deleted, so no ban on both sides lapses."""
-    singles: dict[str, list[Any]] = {}
+def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Network]] = None,
+               singles: Optional[Singles] = None) -> list[list[Command]]:
+    """Fill a jail's sets with `nets` and `singles` in transactions of LOAD_BATCH elements, reading `nets` once: only
+    element text is kept. The sets are flushed first; or, given what they hold already (`present`: a
+    table kept while fail2ban was down), the bans are added first and then what is not loaded is
+    deleted, so no ban on both sides lapses."""
+    by_set: dict[str, list[Any]] = {set_name(jail, f"v{v}"): list(texts) for v, texts in (singles or {}).items()}
     networks: list[Network] = []
     for net in nets:
         if is_single(net):
-            singles.setdefault(set_name(jail, set_kind(net)), []).append(_element(net))
+            by_set.setdefault(set_name(jail, set_kind(net)), []).append(_element(net))
         else:
             networks.append(net)
     if present is None:
@@ -169,11 +170,11 @@ def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Ne
     else:
         first = build_network_sets(jail, networks, (4, 6))
     batches: list[list[Command]] = [first]
-    for name, elems in singles.items():
+    for name, elems in by_set.items():
         for i in range(0, len(elems), LOAD_BATCH):
             batches.append(_chunked("add", {name: elems[i:i + LOAD_BATCH]}))
     if present is not None:
-        loaded = {e for elems in singles.values() for e in elems}
+        loaded = {e for elems in by_set.values() for e in elems}
         stale = [n for n in present if is_single(n) and _element(n) not in loaded]
         batches += [[cmd] for cmd in build_elements("delete", jail, stale)]
     return batches

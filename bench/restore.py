@@ -21,6 +21,7 @@ from report import BASELINE as NOOP
 NOOP_ACTION = os.path.join(os.path.dirname(os.path.abspath(__file__)), NOOP)
 POLL = 0.2  # seconds between two looks at the kernel
 FAST_POLL, FAST_FOR = 0.05, 10.0  # finer for the first seconds, where our actions finish
+LATER_POLL = 5.0  # at least this far apart once every ban holds
 
 # How each action's bans show in the kernel: nf_tables sets, nf_tables rules (iptables-nft) or ipsets.
 NFT_SETS = {
@@ -145,6 +146,7 @@ def run(action: str, n: int, database: str, workdir: str, cap: float) -> Restore
         logpath = os.path.join(workdir, "fail2ban.log")
         offset = 0
         start, wall = time.monotonic(), time.time()
+        recount_at = 0.0
         server = bench_lab.launch(database)
         while True:
             now = time.monotonic() - start
@@ -163,11 +165,15 @@ def run(action: str, n: int, database: str, workdir: str, cap: float) -> Restore
                         result.action_said_s = round(logged_at(line) - wall, 3)
                 if result.restored_logged >= n and result.fail2ban_s is None:
                     result.fail2ban_s = round(now, 3)
-            # Once every ban holds, the kernel is not read again: a dump of 1,000,000 elements takes
-            # most of a core, which fail2ban's own pass would otherwise share.
+            # Once every ban holds, the kernel is read only now and then, and once at the end (a ban
+            # lost again must show): a dump of 1,000,000 elements takes most of a core, which
+            # fail2ban's own pass would otherwise share.
             counted = time.monotonic()
-            enforced = count() if result.enforced_s is None else n
+            recount = result.enforced_s is None or counted >= recount_at
+            enforced = count() if recount else result.series[-1][1]
             took = time.monotonic() - counted
+            if recount and result.enforced_s is not None:
+                recount_at = counted + max(LATER_POLL, 10 * took)
             if enforced < 0:
                 enforced = result.restored_logged
             result.series.append((round(now, 3), enforced))
@@ -184,6 +190,8 @@ def run(action: str, n: int, database: str, workdir: str, cap: float) -> Restore
             step = max(FAST_POLL if now < FAST_FOR else POLL, 2 * took)
             time.sleep(max(0.0, step - (time.monotonic() - start - now)))
         result.vmhwm_kib = vmhwm(server.pid)
+        if result.enforced_s is not None and server.poll() is None:
+            result.series.append((round(time.monotonic() - start, 3), count()))  # what the kernel holds at the end
     finally:
         ns.delete()
         if server is not None:

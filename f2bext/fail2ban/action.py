@@ -8,7 +8,7 @@ import json
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
@@ -16,7 +16,7 @@ from fail2ban.server.mytime import MyTime
 
 from .. import guard, state
 from ..addr import Network, parse_single, parse_target, to_text
-from ..backends import Backend, Finding, get_backend
+from ..backends import Backend, get_backend
 from ..errors import InputError
 from ..spec import JailSpec
 from .internals import restorable_bans, restore_waits
@@ -331,11 +331,12 @@ class EnforcingAction(ActionBase):
         self.heal("fail2ban saw an already banned address")
         return True
 
-    def heal(self, why: str, findings: Optional[Sequence[Finding]] = None) -> bool:
-        """Repair the jail if the kernel no longer enforces it (`findings`: what the caller just saw
-        wrong); True when a repair was made. fail2ban's bans are parsed only if some were lost."""
+    def heal(self, why: str) -> bool:
+        """Repair the jail if the kernel no longer enforces it; True when a repair was made. fail2ban's
+        bans are parsed only if some were lost. The check is made again under the jail's lock: what
+        the watchdog saw before it may be gone (start() was still building the jail)."""
         with self._lock:
-            findings = self.backend.verify([self.spec]) if findings is None else findings
+            findings = self.backend.verify([self.spec])
             if not findings:
                 return False
             for f in findings:

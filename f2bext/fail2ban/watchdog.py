@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional, Protocol, Sequence
+from typing import Optional, Protocol
 
 from fail2ban.helpers import getLogger
 
-from ..backends import Backend, Finding
+from ..backends import Backend
 from ..errors import InputError, KernelError
 from ..kernel.nfevents import RulesetEvents
 from ..spec import JailSpec
@@ -31,7 +31,7 @@ class Watched(Protocol):
 
     def recheck(self) -> None: ...
 
-    def heal(self, why: str, findings: Optional[Sequence[Finding]] = None) -> bool: ...
+    def heal(self, why: str) -> bool: ...
 
     def resync(self) -> None: ...
 
@@ -99,9 +99,8 @@ class Watchdog:
                             action.recheck()
                         except KernelError as e:  # the structural check and repair still run
                             log.error("f2bext watchdog: %s", e)
-                    broken = [f for f in findings if f.jail == action.spec.jail]
-                    if broken:
-                        action.heal(why, broken)
+                    if any(f.jail == action.spec.jail for f in findings):
+                        action.heal(why)
                     elif full:
                         action.resync()
             except (KernelError, InputError) as e:

@@ -39,21 +39,23 @@ OTHER_RULES = 1_000  # unrelated iptables rules, as on a host running Docker or 
 
 def restore_plan(quick: bool, sample: int) -> list[tuple[str, int, float, bool]]:
     """(action, N, cap in seconds, whether it is the extrapolation check) of one round. Every round
-    times the Python actions and the baseline at every N, and the fork-per-ban actions at 1,000; the
-    first round also caps those at 10,000 and 100,000 (at those sizes they would need hours, and are
-    extrapolated), times 1,000,000 once, and runs one stock case uncapped at 10,000, so that the
+    times the Python actions and the baseline at every N; the first also times the fork-per-ban
+    actions, capped at 10,000 and 100,000 (they would need hours there, and are extrapolated),
+    1,000,000 once, and one stock case uncapped at CHECKED_N beside its capped run, so that the
     extrapolation is checked against a finished run."""
     plan = []
     for n in SIZES + ((TWENTY_K,) if sample == 1 else ()):
         for action in [BASELINE, *OURS_PY] if n != TWENTY_K else OURS_PY[:1]:
             plan.append((action, n, 60.0, False))
-    for n in SIZES if sample == 1 else SIZES[:1]:
+    if sample > 1:
+        return plan
+    for n in SIZES:
         for action in STOCK + OURS_CONF:
-            cap = 40.0 if n == SIZES[0] else 10.0
-            plan.append((action, n, 10.0 if quick else cap, False))
-    if sample == 1 and not quick:
-        plan += [(action, MILLION, 300.0, False) for action in [BASELINE, *OURS_PY]]
+            plan.append((action, n, 10.0 if quick else (40.0 if n == SIZES[0] else 10.0), False))
+    plan.append((UNCAPPED_STOCK, CHECKED_N, 10.0, False))
+    if not quick:
         plan.append((UNCAPPED_STOCK, CHECKED_N, 600.0, True))
+        plan += [(action, MILLION, 300.0, False) for action in [BASELINE, *OURS_PY]]
     return plan
 
 
@@ -227,8 +229,8 @@ def main() -> int:
     for key, title, argv in (
             ("set_types", "6. set types: one add, and the listings verification reads", ["settypes.py"]),
             ("fixed_memory", "7. fixed memory cost in fail2ban-server", ["importcost.py"]),
-            ("fleet", "8. fleet sharing through Redis", ["fleet.py", *(["--bans", "100", "--catchup", "10000"]
-                                                                   if args.quick else [])]),
+            ("fleet", "8. fleet sharing through Redis", ["fleet.py", "--failovers", "1",
+                                                        *(["--bans", "100", "--catchup", "10000"] if args.quick else [])]),
             ("flood", "9. a banned flood", ["flood.py", "--workdir", os.path.join(work, "flood"),
                                             *(["--seconds", "0.5", "--rounds", "1"] if args.quick else [])])):
         phase = time.monotonic()

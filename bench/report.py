@@ -100,7 +100,8 @@ def lost_after(run: dict) -> int:
     """Bans the kernel dropped again after it first held all N (a repair that forgot some)."""
     if not run or run.get("enforced_s") is None:
         return 0
-    return run["n"] - min(c for t, c in run["series"] if t >= run["enforced_s"])
+    # A count below zero is no count (the baseline enforces nothing; fail2ban's own progress stands in).
+    return run["n"] - min((c for t, c in run["series"] if t >= run["enforced_s"] and c >= 0), default=run["n"])
 
 
 def most_lost(results: dict, action: str, n: int) -> int:

@@ -190,8 +190,9 @@ def run(action: str, n: int, database: str, workdir: str, cap: float) -> Restore
             step = max(FAST_POLL if now < FAST_FOR else POLL, 2 * took)
             time.sleep(max(0.0, step - (time.monotonic() - start - now)))
         result.vmhwm_kib = vmhwm(server.pid)
-        if result.enforced_s is not None and server.poll() is None:
-            result.series.append((round(time.monotonic() - start, 3), count()))  # what the kernel holds at the end
+        final = count() if result.enforced_s is not None and server.poll() is None else -1
+        if final >= 0:
+            result.series.append((round(time.monotonic() - start, 3), final))  # what the kernel holds at the end
     finally:
         ns.delete()
         if server is not None:

@@ -56,8 +56,8 @@ unit:
 demo: deps
 	$(PYTHON) -m f2bext demo
 
-# Side by side with fail2ban's stock actions, in namespaces, real fail2ban-server (under 15 minutes
-# on 2 cores: three runs of each case f2bext is fast at, the fleet included); writes bench/out/ (results.json,
+# Side by side with fail2ban's stock actions, in namespaces, real fail2ban-server (about 24 minutes
+# on 2 cores, 1,000,000 bans and the fleet included); writes bench/out/ (results.json,
 # tables.md, restore.png). `make bench BENCHFLAGS=--record` also keeps bench/results/<commit>.json.
 BENCH_DEBS = python3-matplotlib
 bench: deps

@@ -221,7 +221,9 @@ def test_conf_twin_bans_through_the_command(hosts, workdir, f2b, fw, reach):
     assert not reach(hosts.attacker, lab.SERVER4, 465), "the earlier ban came back with the rebuild"
 
 
-def test_fail2ban_asked_directly_never_bans_ignoreip_or_the_hosts_own_addresses(hosts, f2b, fw, reach):
+def asked_directly_bans_only_the_attacker(hosts, f2b, fw, reach, refuses: str) -> None:
+    """`fail2ban-client set JAIL banip` skips fail2ban's ignore checks: the guard must hold without them,
+    and say so (`refuses`: how the action's log line words it)."""
     f2b.jails["postfix"]["ignoreip"] = f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"
     # fail2ban 1.1's ignoreself knows the host's addresses; f2bext's own guard must hold without it.
     f2b.jails["postfix"]["ignoreself"] = "false"
@@ -231,9 +233,13 @@ def test_fail2ban_asked_directly_never_bans_ignoreip_or_the_hosts_own_addresses(
     assert not fw.holds("postfix", lab.BYSTANDER4) and not fw.holds("postfix", lab.SERVER6)
     assert reach(hosts.bystander, lab.SERVER4, 25)
     log = read(os.path.join(f2b.workdir, "fail2ban.log"))
-    assert f"refuses to ban {lab.BYSTANDER4}: it is in the jail's ignoreip" in log
+    assert f"{refuses} to ban {lab.BYSTANDER4}: it is in the jail's ignoreip" in log
     assert f"refusing to ban {lab.SERVER6}: it holds {lab.SERVER6}, an address of this host (eth0)" in log
     assert "refusing to ban 198.51.100.0/24" in log
+
+
+def test_fail2ban_asked_directly_never_bans_ignoreip_or_the_hosts_own_addresses(hosts, f2b, fw, reach):
+    asked_directly_bans_only_the_attacker(hosts, f2b, fw, reach, "refuses")
 
 
 def test_action_loaded_as_fail2ban_1_1_1_loads_it_bans_and_holds(hosts, workdir, f2b, fw, reach):

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from f2bext import lab
+from test_e2e import asked_directly_bans_only_the_attacker
 
 pytestmark = pytest.mark.kernel
 
@@ -66,17 +67,7 @@ def test_twin_ban_after_a_firewall_reload_falls_back_or_drains_and_repairs(hosts
 
 def test_twin_never_bans_ignoreip_the_hosts_own_addresses_or_a_network_on_the_fast_path(hosts, f2b, fw, reach):
     twin(f2b)
-    f2b.jails["postfix"]["ignoreip"] = f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"
-    f2b.jails["postfix"]["ignoreself"] = "false"
-    f2b.start()
-    f2b.client("set", "postfix", "banip", lab.BYSTANDER4, lab.SERVER6, "198.51.100.0/24", lab.ATTACKER4)
-    f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the attacker's ban")
-    assert not fw.holds("postfix", lab.BYSTANDER4) and not fw.holds("postfix", lab.SERVER6)
-    assert reach(hosts.bystander, lab.SERVER4, 25)
-    log = read(os.path.join(f2b.workdir, "fail2ban.log"))
-    assert f"refusing to ban {lab.BYSTANDER4}: it is in the jail's ignoreip" in log
-    assert f"refusing to ban {lab.SERVER6}: it holds {lab.SERVER6}, an address of this host (eth0)" in log
-    assert "refusing to ban 198.51.100.0/24" in log
+    asked_directly_bans_only_the_attacker(hosts, f2b, fw, reach, "refusing")
 
 
 def test_drainer_lifts_a_ban_the_guard_file_did_not_know_to_refuse(hosts, f2b, fw, reach):

@@ -1,6 +1,7 @@
 """nf_tables' change notifications (NFNLGRP_NFTABLES, what `nft monitor` reads): every transaction of
 anyone's (nft, iptables-nft, firewalld, Docker) ends in an NFT_MSG_NEWGEN naming the process that
-made it. One socket subscribed to the group tells a waiter that someone else changed the ruleset."""
+made it, sent from the netlink port of the socket that asked for it. One socket subscribed to the group
+tells a waiter that someone else changed the ruleset: a port that is none of this process's sockets."""
 
 from __future__ import annotations
 
@@ -8,33 +9,50 @@ import errno
 import os
 import select
 import socket
-import struct
+import time
 from typing import Iterator
 
-from .netlink import NETLINK_NETFILTER, NFGEN, SOL_NETLINK, _messages, attrs
+from .netlink import HEADER, NETLINK_NETFILTER, SOL_NETLINK
+from .nftelem import netfilter_sockets
 
 NFNLGRP_NFTABLES = 7
 NETLINK_ADD_MEMBERSHIP = 1
 NFT_MSG_NEWGEN = (10 << 8) | 15  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN
-NFTA_GEN_PROC_PID = 2
 RECV_SIZE = 1 << 16
+LOOK_AGAIN = 1.0  # seconds at least between two reads of this process's sockets, for a port not known
 
 
 def parse_changers(data: bytes) -> Iterator[int]:
-    """The process (thread) id of each transaction a datagram of notifications ends; 0 when unsaid."""
-    for msg_type, _, _, payload in _messages(data):
-        if msg_type != NFT_MSG_NEWGEN:
-            continue
-        pid = 0
-        for kind, start, end in attrs(payload, NFGEN.size, len(payload)):
-            if kind == NFTA_GEN_PROC_PID and end - start == 4:
-                pid = struct.unpack_from(">L", payload, start)[0]
-        yield pid
+    """The netlink port of the socket that made each transaction a datagram of notifications ends
+    (the kernel sends NFT_MSG_NEWGEN from the asker's port; 0: the kernel's own)."""
+    for msg_type, port in _sources(data):
+        if msg_type == NFT_MSG_NEWGEN:
+            yield port
 
 
-def is_ours(tid: int) -> bool:
-    """Whether a thread id is one of this process's threads (the kernel names the thread, not the process)."""
-    return tid > 0 and os.path.exists(f"/proc/self/task/{tid}")
+def _sources(data: bytes) -> Iterator[tuple[int, int]]:
+    """(type, netlink port it came from) of each message in one datagram."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, msg_type, _, _, port = HEADER.unpack_from(data, offset)
+        if length < HEADER.size:
+            return
+        yield msg_type, port
+        offset += (length + 3) & ~3
+
+
+def own_ports() -> set[int]:
+    """The netlink ports of this process's NETLINK_NETFILTER sockets. A port names a socket within
+    the network namespace whatever PID namespace the process is in; a thread id in the notification
+    is the root PID namespace's, which /proc does not show inside a container."""
+    ports = set()
+    for fd in netfilter_sockets():
+        try:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                ports.add(sock.getsockname()[0])
+        except OSError:
+            continue  # closed meanwhile
+    return ports
 
 
 class RulesetEvents:
@@ -51,7 +69,8 @@ class RulesetEvents:
             self.sock.close()
             raise
         self._buf = bytearray(RECV_SIZE)
-        self._ours: set[int] = set()  # thread ids seen to be this process's: asked of /proc once
+        self._ours = own_ports()
+        self._looked = time.monotonic()
 
     def close(self) -> None:
         self.sock.close()
@@ -75,10 +94,13 @@ class RulesetEvents:
                     raise
                 foreign = True
                 continue
-            for tid in parse_changers(bytes(memoryview(self._buf)[:size])):
-                if tid in self._ours:
+            for port in parse_changers(bytes(memoryview(self._buf)[:size])):
+                if port in self._ours:
                     continue
-                if is_ours(tid):
-                    self._ours.add(tid)
-                else:
-                    foreign = True
+                # A socket opened since (a backend's first ban); read at most once a second, so that
+                # a storm of others' changes costs no read of /proc per change.
+                if port and time.monotonic() - self._looked >= LOOK_AGAIN:
+                    self._ours, self._looked = own_ports(), time.monotonic()
+                    if port in self._ours:
+                        continue
+                foreign = True

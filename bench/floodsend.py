@@ -64,7 +64,9 @@ TP_STATUS_SEND_REQUEST = 1
 
 
 def runtime_ns(task: str) -> int:
-    """Nanoseconds a task has run on a CPU (schedstat: exact, softirq it served included)."""
+    """Nanoseconds a task has run on a CPU (schedstat: exact, softirq it served included); 0 for no task."""
+    if not task:
+        return 0
     with open(f"/proc/{task}/schedstat") as f:
         return int(f.read().split()[0])
 

@@ -9,7 +9,6 @@ import errno
 import os
 import select
 import socket
-import time
 from typing import Iterator
 
 from .netlink import HEADER, NETLINK_NETFILTER, SOL_NETLINK
@@ -19,7 +18,6 @@ NFNLGRP_NFTABLES = 7
 NETLINK_ADD_MEMBERSHIP = 1
 NFT_MSG_NEWGEN = (10 << 8) | 15  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN
 RECV_SIZE = 1 << 16
-LOOK_AGAIN = 1.0  # seconds at least between two reads of this process's sockets, for a port not known
 
 
 def parse_changers(data: bytes) -> Iterator[int]:
@@ -70,7 +68,6 @@ class RulesetEvents:
             raise
         self._buf = bytearray(RECV_SIZE)
         self._ours = own_ports()
-        self._looked = time.monotonic()
 
     def close(self) -> None:
         self.sock.close()
@@ -83,7 +80,7 @@ class RulesetEvents:
     def drain(self) -> bool:
         """Read everything queued; True when another process changed the ruleset (or the queue
         overflowed, which may hide one), False when every change was this process's own."""
-        foreign = False
+        foreign = looked = False
         while True:
             try:
                 size = self.sock.recv_into(self._buf)
@@ -95,12 +92,12 @@ class RulesetEvents:
                 foreign = True
                 continue
             for port in parse_changers(bytes(memoryview(self._buf)[:size])):
-                if port in self._ours:
-                    continue
-                # A socket opened since (a backend's first ban); read at most once a second, so that
-                # a storm of others' changes costs no read of /proc per change.
-                if port and time.monotonic() - self._looked >= LOOK_AGAIN:
-                    self._ours, self._looked = own_ports(), time.monotonic()
+                if foreign or port in self._ours:
+                    continue  # the answer is known already, or the change was ours
+                # A port not known: a socket this process opened since (a backend's first ban), or
+                # another process's. Asked of /proc once per drain at most: a storm costs no read per change.
+                if port and not looked:
+                    self._ours, looked = own_ports(), True
                     if port in self._ours:
                         continue
                 foreign = True

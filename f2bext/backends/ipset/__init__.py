@@ -28,7 +28,7 @@ from ...kernel.ipset import Ipset, ipset_error
 from ...spec import JailSpec
 from ..base import BROKEN, Finding, Held, Op, SharedBans, Singles, refused
 from .build import (CHAINS, FAMILIES, MAXELEM, MULTIPORT_MAX, SetHeader, build_rules_removal, build_rules_restore,
-                    build_set_restore, build_set_swap, comment, ipset_name, ipset_names, rule_args, swap_name)
+                    build_set_restore, build_set_swap, comment, ipset_name, ipset_names, rule_args, standing, swap_name)
 from .read import check_jail, check_rules, check_sets, expected_shapes, parse_set_headers, parse_sets
 
 
@@ -218,7 +218,7 @@ class IpsetBackend:
         """A jail whose sets all stand, as we make them, gets its rules back alone: a flush of the
         ruleset or an iptables-restore takes rules, not ipsets. Otherwise repair() with held()."""
         found = self.xt.headers()
-        if all(_standing(found, name, family) for family in FAMILIES for name in ipset_names(spec.jail, family)):
+        if all(standing(found, name, family) for family in FAMILIES for name in ipset_names(spec.jail, family)):
             self._place_rules(spec, only_if_broken=False)
         else:
             self.repair(spec, held())
@@ -277,13 +277,6 @@ class IpsetBackend:
         sets = self.xt.set_headers()
         names = [ipset_name(spec.jail, f, remote) for f in FAMILIES]
         return [n for name in names if name in sets for n in self.xt.members(name)]
-
-
-def _standing(found: dict[str, SetHeader], name: str, family: int) -> bool:
-    """Whether one of the jail's sets is there of our type and size (what it holds is resync()'s)."""
-    header = found.get(name)
-    return header is not None and header[:2] == ("hash:net", "inet" if family == 4 else "inet6") \
-        and header[2] >= MAXELEM
 
 
 __all__ = ["CHAINS", "FAMILIES", "MAXELEM", "MULTIPORT_MAX", "SetHeader", "build_rules_removal", "build_rules_restore",

@@ -130,11 +130,16 @@ def build_set_restore(jail: str, nets: Iterable[Network], flush: bool,
     return "\n".join(lines) + "\n"
 
 
-def _intact(found: Mapping[str, SetHeader], name: str, family: int, count: int) -> bool:
-    """Whether one of our sets is there as we make it, holding `count` entries."""
+def standing(found: Mapping[str, SetHeader], name: str, family: int) -> bool:
+    """Whether one of our sets is there as we make it: our type and family, and as large."""
     header = found.get(name)
     return (header is not None and header[:2] == ("hash:net", "inet" if family == 4 else "inet6")
-            and header[2] >= MAXELEM and header[3] == count)
+            and header[2] >= MAXELEM)
+
+
+def _intact(found: Mapping[str, SetHeader], name: str, family: int, count: int) -> bool:
+    """Whether one of our sets is there as we make it, holding `count` entries."""
+    return standing(found, name, family) and found[name][3] == count
 
 
 def _texts(nets: Iterable[Network]) -> dict[int, list[str]]:

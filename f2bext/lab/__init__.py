@@ -148,6 +148,18 @@ def sent_mail(workdir: str) -> list[str]:
     return out
 
 
+def twin_drainer_alive(workdir: str, jail: str = "postfix") -> bool:
+    """Whether a .conf twin's `f2bext drain` runs for `jail`: it checks and repairs the jail once a
+    second while bans come, and ends a second after the last, so a test that breaks the ruleset on
+    purpose waits for it first."""
+    try:
+        with open(os.path.join(workdir, "run", "twins", jail, "drain.pid")) as f:
+            pid = f.read().strip()
+    except FileNotFoundError:
+        return False
+    return bool(pid) and os.path.exists(f"/proc/{int(pid)}")
+
+
 def lab_env(workdir: str, variant: str = "") -> dict[str, str]:
     """Environment for our processes in the lab: the project importable, an `f2bext` command on PATH
     (for the .conf actions) with the stand-ins beside it, state kept in the lab."""

@@ -79,20 +79,11 @@ def test_a_restored_ruleset_that_lost_the_stock_bans_is_not_enforced(hosts, work
     assert "fail2ban-client restart postfix" in found["not-enforced"]["fix"]
 
 
-def drainer_alive(workdir: str) -> bool:
-    try:
-        with open(os.path.join(workdir, "run", "twins", "postfix", "drain.pid")) as f:
-            return os.path.exists(f"/proc/{int(f.read().strip() or 0)}") and f.tell() > 0
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("socket_given", [False, True])
 def test_fix_repairs_what_f2bext_owns_and_a_second_run_is_clean(hosts, workdir, f2b, reach, socket_given):
     start(f2b, banaction="f2bext-nftables")  # the .conf twin: no watchdog to heal it first
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)
-    # Its `f2bext drain` checks the jail once a second while bans come, and ends a second after the last.
-    f2b.wait(lambda: not drainer_alive(workdir), "the drainer to end", timeout=30)
+    f2b.wait(lambda: not lab.twin_drainer_alive(workdir), "the drainer to end", timeout=30)
     hosts.server.nft("flush", "ruleset")
     assert reach(hosts.attacker, lab.SERVER4, 25)
     code, _, found = run_doctor(hosts, workdir)

@@ -104,10 +104,11 @@ def test_leak_jail_ignorecommand_matches_exactly_the_hosts_own_addresses(hosts):
 
 
 def test_repair_action_rebuilds_the_jail_an_address_leaked_from(hosts, workdir, f2b, reach, repair_command):
-    f2b.jails["postfix"]["banaction"] = "f2bext-nftables"  # the .conf twin: no watchdog to heal it first
+    f2b.jails["postfix"]["banaction"] = "f2bext-nftables"  # the .conf twin: no watchdog, and its drainer ends
     f2b.start()
     f2b.client("set", "postfix", "banip", lab.ATTACKER4)
     f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 587), "the ban")
+    f2b.wait(lambda: not lab.twin_drainer_alive(workdir), "the drainer to end", timeout=30)
     hosts.server.nft("delete", "chain", "inet", "f2bext", "postfix-input")
     assert reach(hosts.attacker, lab.SERVER4, 587), "the ban should leak without its chain"
     result = hosts.server.run(repair_command({"jail": "postfix"}), check=False, env=lab.lab_env(workdir))

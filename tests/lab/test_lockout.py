@@ -248,10 +248,11 @@ def test_an_address_that_becomes_the_hosts_own_is_lifted_once_and_no_rebuild_put
 
 
 def test_verify_is_not_ok_while_an_address_of_the_host_is_banned_and_repair_lifts_it(hosts, workdir, f2b):
-    f2b.jails[JAIL]["banaction"] = "f2bext-nftables"  # the .conf twin: no watchdog in fail2ban
+    f2b.jails[JAIL]["banaction"] = "f2bext-nftables"  # the .conf twin: no watchdog, and its drainer ends
     f2b.start()
     f2b.client("set", JAIL, "banip", VIP, MARKER)
     f2b.wait(lambda: overlapping(enforced(hosts.server), VIP), "the ban of the address")
+    f2b.wait(lambda: not lab.twin_drainer_alive(workdir, JAIL), "the drainer to end", timeout=30)
     hosts.server.add_address("eth0", f"{VIP}/32")
     result = lab.f2bext_cmd(hosts.server, workdir, "verify", "--jail", JAIL)
     assert result.returncode == 2 and f"ban of {VIP}: it holds {VIP}, an address of this host (eth0)" in result.stdout

@@ -38,9 +38,17 @@ class Preloaded:
 
     def pending(self) -> set[str]:
         """A copy of what is left, or nothing once fail2ban has stopped working through it."""
+        self._expire()
+        return set(self._texts)
+
+    def __len__(self) -> int:
+        """How many pending() holds, without the copy (the watchdog counts every second)."""
+        self._expire()
+        return len(self._texts)
+
+    def _expire(self) -> None:
         if self._texts and MyTime.time() > self._deadline:
             if len(self._texts) < self._left:  # fail2ban is still at it
                 self.grace(0.0)
             else:
                 self._texts = set()
-        return set(self._texts)

@@ -180,3 +180,52 @@ def test_fail2ban_still_calls_the_hooks_enforcing_action_answers():
 
 def test_the_control_socket_markers_f2bsocket_copies_are_fail2bans():
     assert (f2bsocket.END, f2bsocket.CLOSE) == (CSPROTO.END, CSPROTO.CLOSE)
+
+
+def test_ban_count_is_the_number_of_tickets_getbanlist_lists(jail):
+    for ip in ("192.0.2.1", "192.0.2.2", "2001:db8::3"):
+        jail.actions.addBannedIP(ip)
+    assert internals.ban_count(jail) == len(jail.actions.getBanList()) == 3
+
+
+class CountingBackend:
+    """The kernel's side of the watchdog's count (IpsetBackend.entries), and the repairs it is asked for."""
+    name = "ipset"
+
+    def __init__(self):
+        self.entries_held, self.repairs = 0, []
+
+    def entries(self, spec):
+        return self.entries_held
+
+    def repair(self, spec, held):
+        self.repairs.append(sorted(map(str, held)))
+
+
+def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_when_it_does_not(jail, monkeypatch,
+                                                                                                tmp_path):
+    """At 1,000,000 bans, the texts of fail2ban's list built each second held the GIL for a second."""
+    from f2bext.fail2ban import action as action_module
+    monkeypatch.setenv("F2BEXT_STATE_DIR", str(tmp_path / "run"))
+    kernel = CountingBackend()
+    monkeypatch.setattr(action_module, "shared_backend", lambda name, owner=False: kernel)
+
+    class Action(EnforcingAction):
+        backend_name = "ipset"
+
+    act = Action(jail, "f2bext-ipset.py")
+    for ip in ("203.0.113.1", "203.0.113.2", "2001:db8::3"):
+        jail.actions.addBannedIP(ip)
+    act._refused.add("203.0.113.2")  # f2bext refused it: fail2ban lists it, the kernel does not hold it
+    kernel.entries_held = 2
+    listed = jail.actions.getBanList
+    monkeypatch.setattr(jail.actions, "getBanList", lambda *a, **k: pytest.fail("the count listed the bans"))
+    for _ in range(3):
+        act.resync()
+    assert kernel.repairs == []
+    monkeypatch.setattr(jail.actions, "getBanList", listed)
+    kernel.entries_held = 5  # a restore of saved sets brought back two lifted bans
+    act.resync()
+    assert kernel.repairs == []  # once may be a ban between fail2ban's list and the kernel
+    act.resync()
+    assert kernel.repairs == [["2001:db8::3/128", "203.0.113.1/32"]]

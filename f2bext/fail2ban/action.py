@@ -19,7 +19,7 @@ from ..addr import Network, parse_single, parse_target, to_text
 from ..backends import Backend, get_backend
 from ..errors import InputError
 from ..spec import JailSpec
-from .internals import ban_count, restorable_bans, restore_waits
+from .internals import Single, ban_count, restorable_parsed, restore_waits
 from .killer import SessionKiller
 from .preload import PER_BAN, Preloaded
 from .watchdog import Watchdog
@@ -110,14 +110,13 @@ class EnforcingAction(ActionBase):
         (JSON, for `f2bext doctor`; "" when the jail does not share)."""
         return json.dumps(self._fleet.status()) if self._fleet else ""
 
-    def _parsed(self, ips: Iterable[str]) -> tuple[dict[int, list[str]], list[Network]]:
-        """Restored bans less any f2bext must refuse: single addresses as text by IP version (parse_single,
-        no object each), the rest parsed. The database may hold a ban refused since."""
+    def _parsed(self, ips: Iterable[tuple[str, Single]]) -> tuple[dict[int, list[str]], list[Network]]:
+        """Restored bans (each with parse_single's answer) less any f2bext must refuse: single addresses
+        as text by IP version (no object each), the rest parsed. The database may hold a ban refused since."""
         check = self.guard()
         singles: dict[int, list[str]] = {4: [], 6: []}
         nets = []
-        for ip in ips:
-            found = parse_single(ip)
+        for ip, found in ips:
             if found is not None and check.clear(*found):
                 singles[found[0]].append(ip)
                 continue
@@ -164,10 +163,10 @@ class EnforcingAction(ActionBase):
                 log.warning("[%s] f2bext skips %s", self._jail.name, e)
         return self.guard().allowed(nets)
 
-    def restorable(self) -> list[str]:
+    def restorable(self) -> list[tuple[str, Single]]:
         """The bans fail2ban is about to restore from its database, so start() can load them all in one
-        transaction."""
-        return restorable_bans(self._jail)
+        go, each with parse_single's answer."""
+        return restorable_parsed(self._jail)
 
     def start(self) -> None:
         with restore_waits(self._jail):  # fail2ban's restore waits for the load, not against it
@@ -176,9 +175,10 @@ class EnforcingAction(ActionBase):
                 self._save_state()
                 self._preloaded = Preloaded()
                 restoring = self.restorable()
-                everything = self.held_text().union(restoring)
-                self._preloaded.load(restoring)
-                singles, nets = self._parsed(everything)
+                texts = [ip for ip, _ in restoring]
+                held = self.held_text().difference(texts)  # a jail started again: fail2ban's list
+                self._preloaded.load(texts)
+                singles, nets = self._parsed(restoring + [(ip, parse_single(ip)) for ip in held])
                 self.backend.start(self.spec, nets, singles)
                 self._preloaded.grace(PER_BAN)  # from the load's end: fail2ban's own restore begins now
                 self._kept = self._guarded()  # every ban was just checked: the watchdog need not again

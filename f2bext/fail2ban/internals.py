@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Optional
 
 from fail2ban.server.ipdns import DNSUtils
 from fail2ban.server.mytime import MyTime
@@ -18,6 +18,16 @@ from ..addr import parse_single
 
 # fail2ban's bips table (one row per banned address and jail), as Fail2BanDb._getCurrentBans reads it.
 CURRENT_BANS = "SELECT ip, timeofban, bantime FROM bips WHERE jail=? AND (timeofban + bantime > ? OR bantime <= -1)"
+# The rows of it Jail.restoreCurrentBans restores, chosen by SQLite rather than by Python row by row, as
+# Fail2BanDb.getCurrentBans corrects them: a ban time of -2 (a database upgraded from before ban times)
+# is the jail's, a longer one or -1 is capped at the jail's maximum (:cap, when above 0); then a ban
+# counts while it lasts (-1: for ever), from a time of ban that may lie ahead of :now.
+RESTORABLE = ("SELECT ip FROM (SELECT ip, timeofban, CASE WHEN bantime = -2 THEN :jailbantime "
+              "WHEN :cap > 0 AND (bantime = -1 OR bantime > :cap) THEN :cap ELSE bantime END AS corrected "
+              "FROM bips WHERE jail = :jail AND (timeofban + bantime > :now OR bantime <= -1){since}) "
+              "WHERE corrected = -1 OR (corrected > 0 AND timeofban + corrected > :now)")
+
+Single = Optional[tuple[int, int]]  # addr.parse_single's answer
 
 
 def jail_of(action: Any) -> Any:
@@ -27,51 +37,54 @@ def jail_of(action: Any) -> Any:
 
 def restorable_bans(jail: Any) -> list[str]:
     """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
-    chooses them.
+    chooses them."""
+    return [ip for ip, _ in restorable_parsed(jail)]
 
-    Reads (ip, timeofban, bantime) rows only, one at a time, under the database's own lock and on its
-    connection: fail2ban's getCurrentBans builds a ticket with its matches per row, and a second copy
-    of 100,000 tickets beside fail2ban's own nearly doubled fail2ban-server's peak memory."""
+
+def restorable_parsed(jail: Any) -> list[tuple[str, Single]]:
+    """restorable_bans, each with what addr.parse_single made of it on the way (the ignore check
+    needs it, and the load needs it again).
+
+    Reads the address column alone, under the database's own lock and on its connection: fail2ban's
+    getCurrentBans builds a ticket with its matches per row, and a second copy of 100,000 tickets
+    beside fail2ban's own nearly doubled fail2ban-server's peak memory."""
     db = getattr(jail, "database", None)
     if db is None:
         return []
     forbantime = None if jail.getBanTimeExtra("increment") else jail.actions.getBanTime()
     cap = jail.getMaxBanTime()  # restoreCurrentBans has getCurrentBans cap ban times at the jail's maximum
     now = MyTime.time()
-    query, args = CURRENT_BANS, [jail.name, now]
+    args = {"jail": jail.name, "now": now, "cap": cap if cap and cap > 0 else 0,
+            "jailbantime": jail.actions.getBanTime()}
+    since = ""
     if forbantime not in (None, -1):
-        query += " AND timeofban > ?"
-        args.append(now - forbantime)
+        since, args["since"] = " AND timeofban > :since", now - forbantime
     ignored = _ignore_check(jail)
     out = []
     with db._lock:
-        for ip, timeofban, bantime in db._db.execute(query, args):
-            if cap and cap > 0 and (bantime == -1 or bantime > cap):
-                bantime = cap
-            left = bantime if bantime is not None else forbantime
-            if left != -1 and now - timeofban > 0:
-                left -= now - timeofban
-            if (left == -1 or left > 0) and not ignored(ip):
-                out.append(str(ip))
+        for (ip,) in db._db.execute(RESTORABLE.format(since=since), args):
+            ip = str(ip)
+            found = parse_single(ip)
+            if not ignored(ip, found):
+                out.append((ip, found))
     return out
 
 
-def _ignore_check(jail: Any) -> Callable[[Any], bool]:
+def _ignore_check(jail: Any) -> Callable[[str, Single], bool]:
     """fail2ban's own ignore check of a restored ban (Filter.inIgnoreIPList: ignoreself, ignoreip,
     ignorecommand), by integers where that tells the same: 30 µs a row, 3 s at 100,000, otherwise.
     A host name in ignoreip or an ignorecommand leaves every row to fail2ban's check."""
     flt = jail.filter
     entries = list(flt.getIgnoreIP())
     if flt.ignoreCommand or not all(e.isValid for e in entries):
-        return lambda ip: flt.inIgnoreIPList(ip, log_ignore=False)
+        return lambda ip, found: flt.inIgnoreIPList(ip, log_ignore=False)
     bits = {4: 32, 6: 128}
     version = {socket.AF_INET: 4, socket.AF_INET6: 6}
     # Filter.inIgnoreIPList's IPAddr.isInNet: the address under the entry's mask is the entry's.
     nets = [(version[e.family], ~((1 << bits[version[e.family]]) - 1 >> e.plen), e.addr) for e in entries]
     own = {(version[a.family], a.addr) for a in DNSUtils.getSelfIPs() if a.isValid} if flt.ignoreSelf else set()
 
-    def ignored(ip: Any) -> bool:
-        found = parse_single(ip)
+    def ignored(ip: str, found: Single) -> bool:
         if found is None:  # a network, or text parse_single leaves to the slow path
             return flt.inIgnoreIPList(ip, log_ignore=False)
         if found in own:

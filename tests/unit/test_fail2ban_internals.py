@@ -4,10 +4,13 @@ fail2ban that changes any of it fails here, by name, and not in a jail that sile
 Pure: a database in tmp_path."""
 
 import inspect
+import os
 import sqlite3
+import tempfile
 import threading
 
 import pytest
+from hypothesis import given, strategies as st
 
 from fail2ban.server.action import ActionBase
 from fail2ban.server.actions import Actions
@@ -21,6 +24,8 @@ from fail2ban.version import version
 
 from f2bext import f2bsocket
 from f2bext.fail2ban import EnforcingAction, internals
+
+from fuzzing import fuzz
 
 JAIL = "f2bext-internals"
 BANTIME = 600
@@ -106,6 +111,32 @@ def test_restorable_bans_are_the_ones_fail2ban_restores(jail, increment):
     ours = sorted(internals.restorable_bans(jail))
     assert ours == sorted(["192.0.2.1", "192.0.2.3", "2001:db8::5"] + (["192.0.2.6"] if increment else []))
     assert ours == restored_by_fail2ban(jail)
+
+
+@fuzz(200)
+@given(st.lists(st.tuples(st.integers(-100, 4000), st.sampled_from([-1, -2, 0, 1, 300, 600, 1999, 2000, 2001, 5000])),
+                min_size=1, max_size=12),
+       st.booleans(), st.sampled_from([None, 1000, 2000]), st.sampled_from([BANTIME, -1]))
+def test_restorable_bans_chosen_by_sqlite_are_the_ones_fail2bans_restore_chooses(rows, increment, maxtime, bantime_of_jail):
+    """Ages (negative: a time of ban ahead of the clock) and ban times round every edge of the jail's
+    bantime (600, or for ever) and maximum; -2 is a database upgraded from before ban times."""
+    with tempfile.TemporaryDirectory() as folder:
+        db = Fail2BanDb(os.path.join(folder, "fail2ban.sqlite3"))
+        try:
+            jail = Jail(JAIL, backend="polling", db=db)
+            jail.actions.setBanTime(bantime_of_jail)
+            if increment:
+                jail.setBanTimeExtra("increment", "true")
+            if maxtime:
+                jail.setBanTimeExtra("maxtime", str(maxtime))
+            db.addJail(jail)
+            MyTime.setTime(1_000_000.0)
+            for i, (age, bantime) in enumerate(rows):
+                ban(jail, f"192.0.2.{i + 10}", age, bantime)
+            assert sorted(internals.restorable_bans(jail)) == restored_by_fail2ban(jail)
+        finally:
+            MyTime.setTime(None)
+            db.close()
 
 
 @pytest.mark.parametrize("ignore", ["addresses", "self", "host name", "command"])

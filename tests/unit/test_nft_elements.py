@@ -55,6 +55,24 @@ def test_an_element_is_the_three_nested_attributes_libnftnl_writes():
         assert nftelem.pack_element(key) == expected
 
 
+def test_elements_joined_at_once_are_the_elements_packed_one_by_one():
+    for size in (4, 16, 5):
+        keys = [bytes([i] * size) for i in range(1, 40)]
+        assert nftelem.pack_elements(keys) == b"".join(nftelem.pack_element(k) for k in keys)
+    assert nftelem.pack_elements([]) == b""
+    with pytest.raises(ValueError):
+        nftelem.pack_elements([bytes(4), bytes(16)])
+
+
+def test_a_bulk_load_asks_for_no_echo_and_its_largest_message_fits_the_16_bit_attribute_length():
+    keys = [ipaddress.ip_address(0x20010db8 << 96 | i).packed for i in range(nftelem.BULK_KEYS)]
+    _, change, _ = decoded(nftelem.pack_setelem_batch(7, "add", "inet", "f2bext", "j-v6", keys, echo=False))
+    assert change[1] & netlink.NLM_F_ACK and not change[1] & nftelem.NLM_F_ECHO
+    found = attributes(change[3], netlink.NFGEN.size)
+    assert len(found[nftelem.NFTA_SET_ELEM_LIST_ELEMENTS]) + netlink.ATTR.size <= 0xFFFF
+    assert len(attributes(found[nftelem.NFTA_SET_ELEM_LIST_ELEMENTS])) <= 1  # dict by kind: all NFTA_LIST_ELEM
+
+
 def test_a_delete_of_several_ipv6_addresses_is_one_message():
     keys = [ipaddress.ip_address(f"2001:db8::{i}").packed for i in (1, 2, 3)]
     _, change, _ = decoded(nftelem.pack_setelem_batch(7, "delete", "inet", "f2bext", "j-v6", keys))

@@ -22,10 +22,10 @@ from ...errors import KernelError
 from ...spec import JailSpec
 from ..base import BROKEN, Finding, Held, Op, SharedBans, Singles, refused
 from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS,
-                    RULE_COMMENT, SET_KINDS, TABLE, Command, Observed, _obj, build_elements, build_load,
-                    build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_structure,
-                    build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of, port_keys,
-                    set_kind, set_name)
+                    RULE_COMMENT, SET_KINDS, TABLE, Command, Load, Observed, _obj, build_elements, build_load,
+                    build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_singles_load,
+                    build_structure, build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of,
+                    pack_keys, plan_load, port_keys, set_kind, set_name)
 from .read import Signature, check_jail, expected_signatures, parse_elements, parse_ruleset, rule_signature
 from .context import NOT_SENT, Nft, describe_owner, refusal
 
@@ -68,8 +68,15 @@ class NftBackend:
             # Whole already: a table that outlived its owner (`persist`), adopted. Its bans held while
             # fail2ban was down; swap in fail2ban's without a gap.
             present = self.banned(spec)
-        for batch in build_load(spec.jail, held, present, singles):
-            self.nft.apply(batch, f"load bans of jail {spec.jail}")
+        what = f"load bans of jail {spec.jail}"
+        load = plan_load(spec.jail, held, present, singles)
+        self.nft.apply(load.first, what)
+        for kind, texts in load.singles.items():
+            if not self.nft.load_elements(set_name(spec.jail, kind), pack_keys(kind, texts), what):
+                for batch in build_singles_load(spec.jail, kind, texts):
+                    self.nft.apply(batch, what)
+        for batch in load.last:
+            self.nft.apply(batch, what)
         self._built(spec)
 
     def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
@@ -239,7 +246,8 @@ class NftBackend:
 
 
 __all__ = ["CHUNK", "DPORT", "FAMILY", "LOAD_BATCH", "LOCAL_KINDS", "ORIGDPORT", "PRIORITY", "REMOTE_KINDS",
-           "RULE_COMMENT", "SET_KINDS", "TABLE", "Command", "Observed", "build_elements", "build_load",
+           "RULE_COMMENT", "SET_KINDS", "TABLE", "Command", "Load", "Observed", "build_elements", "build_load",
+           "build_singles_load", "pack_keys", "plan_load",
            "build_network_sets", "build_rebuild", "build_remote", "build_rule_exprs", "build_structure",
            "build_teardown", "chain_name", "collapsed_networks", "is_table_empty_after", "jail_of", "port_keys",
            "set_kind", "set_name", "Signature", "check_jail", "expected_signatures", "parse_elements",

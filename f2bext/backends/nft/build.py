@@ -4,7 +4,8 @@ spec -> libnftables JSON commands (structure, elements, loads, rebuilds, teardow
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable, Optional, Sequence
+import socket
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from ...addr import Network, is_single
 from ...spec import JailSpec, PortRange
@@ -151,17 +152,25 @@ def _chunked(op: str, by_set: dict[str, list[Any]]) -> list[Command]:
     return cmds
 
 
-def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Network]] = None,
-               singles: Optional[Singles] = None) -> list[list[Command]]:
-    """Fill a jail's sets with `nets` and `singles` in transactions of LOAD_BATCH elements, reading `nets` once: only
-    element text is kept. The sets are flushed first; or, given what they hold already (`present`: a
-    table kept while fail2ban was down), the bans are added first and then what is not loaded is
-    deleted, so no ban on both sides lapses."""
-    by_set: dict[str, list[Any]] = {set_name(jail, f"v{v}"): list(texts) for v, texts in (singles or {}).items()}
+class Load(NamedTuple):
+    """A jail's sets filled at start, in order: `first` (one transaction), the single addresses of
+    `singles` (set kind "v4"/"v6" -> address texts) in transactions of their own, then `last`."""
+    first: list[Command]
+    singles: dict[str, list[str]]
+    last: list[list[Command]]
+
+
+def plan_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Network]] = None,
+              singles: Optional[Singles] = None) -> Load:
+    """Fill a jail's sets with `nets` and `singles`, reading `nets` once: only element text is kept.
+    The sets are flushed first; or, given what they hold already (`present`: a table kept while
+    fail2ban was down), the bans are added first and then what is not loaded is deleted, so no ban on
+    both sides lapses."""
+    by_kind: dict[str, list[str]] = {f"v{v}": list(texts) for v, texts in (singles or {}).items()}
     networks: list[Network] = []
     for net in nets:
         if is_single(net):
-            by_set.setdefault(set_name(jail, set_kind(net)), []).append(_element(net))
+            by_kind.setdefault(set_kind(net), []).append(_element(net))
         else:
             networks.append(net)
     if present is None:
@@ -169,15 +178,32 @@ def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Ne
         first += build_elements("add", jail, collapsed_networks(networks))
     else:
         first = build_network_sets(jail, networks, (4, 6))
-    batches: list[list[Command]] = [first]
-    for name, elems in by_set.items():
-        for i in range(0, len(elems), LOAD_BATCH):
-            batches.append(_chunked("add", {name: elems[i:i + LOAD_BATCH]}))
+    last: list[list[Command]] = []
     if present is not None:
-        loaded = {e for elems in by_set.values() for e in elems}
+        loaded = {e for texts in by_kind.values() for e in texts}
         stale = [n for n in present if is_single(n) and _element(n) not in loaded]
-        batches += [[cmd] for cmd in build_elements("delete", jail, stale)]
-    return batches
+        last = [[cmd] for cmd in build_elements("delete", jail, stale)]
+    return Load(first, {k: texts for k, texts in by_kind.items() if texts}, last)
+
+
+def build_singles_load(jail: str, kind: str, texts: Sequence[str]) -> list[list[Command]]:
+    """libnftables' way to add a load's single addresses: transactions of LOAD_BATCH elements."""
+    name = set_name(jail, kind)
+    return [_chunked("add", {name: list(texts[i:i + LOAD_BATCH])}) for i in range(0, len(texts), LOAD_BATCH)]
+
+
+def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Network]] = None,
+               singles: Optional[Singles] = None) -> list[list[Command]]:
+    """plan_load as libnftables transactions alone."""
+    load = plan_load(jail, nets, present, singles)
+    return [load.first] + [b for kind, texts in load.singles.items()
+                           for b in build_singles_load(jail, kind, texts)] + load.last
+
+
+def pack_keys(kind: str, texts: Iterable[str]) -> list[bytes]:
+    """Single addresses of a set of `kind` ("v4", "v6"), checked already, as the kernel's set keys."""
+    family = socket.AF_INET if kind.endswith("4") else socket.AF_INET6
+    return [socket.inet_pton(family, t) for t in texts]
 
 
 def build_network_sets(jail: str, networks: Iterable[Network], versions: Iterable[int],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import socket
 from typing import Iterable, Optional, Union
@@ -102,3 +103,25 @@ def is_single(net: Network) -> bool:
 def to_text(net: Network) -> str:
     """An address as fail2ban and nft write it: bare for a host, CIDR for a network."""
     return str(net.network_address) if is_single(net) else str(net)
+
+
+class Spans:
+    """Ranges of addresses of both IP versions as integers, merged, for a membership test by bisection:
+    a restore checks each of 100,000 addresses against ignoreip and the guard (a loop over every range
+    kept cost 0.7 µs an address)."""
+
+    def __init__(self, spans: Iterable[tuple[int, int, int]]) -> None:
+        self._starts: dict[int, list[int]] = {4: [], 6: []}
+        self._ends: dict[int, list[int]] = {4: [], 6: []}
+        for version, low, high in sorted(spans):
+            starts, ends = self._starts[version], self._ends[version]
+            if ends and low <= ends[-1] + 1:
+                ends[-1] = max(ends[-1], high)
+            else:
+                starts.append(low)
+                ends.append(high)
+
+    def covers(self, version: int, value: int) -> bool:
+        i = bisect.bisect_right(self._starts[version], value) - 1
+        return i >= 0 and value <= self._ends[version][i]
+

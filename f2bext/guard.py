@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Iterable, NamedTuple, Optional, Sequence
 
-from .addr import Network, to_text
+from .addr import Network, Spans, to_text
 from .errors import InputError, KernelError
 from .kernel import rtnl
 
@@ -141,6 +141,7 @@ class Guard:
                 self._single.setdefault((k.net.version, first), k)
             else:
                 self._ranges.append((k.net.version, first, last, k))
+        self._spans = Spans([(v, a, a) for v, a in self._single] + [(v, lo, hi) for v, lo, hi, _ in self._ranges])
 
     def refusal(self, net: Network) -> Optional[str]:
         """Why banning `net` would lock out what must stay reachable; None when it would not."""
@@ -162,9 +163,7 @@ class Guard:
 
     def clear(self, version: int, address: int) -> bool:
         """Whether one address (parse_single's integer) overlaps nothing kept: refusal() is None."""
-        if (version, address) in self._single:
-            return False
-        return not any(v == version and low <= address <= high for v, low, high, _ in self._ranges)
+        return not self._spans.covers(version, address)
 
     def refuse(self, nets: Sequence[Network]) -> None:
         """Raise InputError, changing nothing, if any of `nets` must not be banned."""

@@ -179,7 +179,8 @@ class EnforcingAction(ActionBase):
                 held = self.held_text().difference(texts)  # a jail started again: fail2ban's list
                 self._preloaded.load(texts)
                 singles, nets = self._parsed(restoring + [(ip, parse_single(ip)) for ip in held])
-                self.backend.start(self.spec, nets, singles)
+                with watchdog.quiet():  # a notification of each element costs the kernel more than the load
+                    self.backend.start(self.spec, nets, singles)
                 self._preloaded.grace(PER_BAN)  # from the load's end: fail2ban's own restore begins now
                 self._kept = self._guarded()  # every ban was just checked: the watchdog need not again
         if self._share:

@@ -5,9 +5,10 @@ second is the safety net, and all there is for iptables-legacy and ipsets."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Optional, Protocol
+from typing import Iterator, Optional, Protocol
 
 from fail2ban.helpers import getLogger
 
@@ -47,13 +48,37 @@ class Watchdog:
         self._actions: list[Watched] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._events: Optional[RulesetEvents] = None
+        self._hushed = 0  # quiet() blocks under way
+        self._hush_lock = threading.Lock()
 
     def watch(self, action: Watched) -> None:
         with self._lock:
             self._actions.append(action)
             if self._thread is None:
+                self._events = _subscribe()
                 self._thread = threading.Thread(target=self._run, name="f2b/f2bext-watchdog", daemon=True)
                 self._thread.start()
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """This process's own bulk load, unheard (RulesetEvents.pause): a change another process makes
+        meanwhile is found by the round after it, as under iptables-legacy."""
+        self._hush(+1)
+        try:
+            yield
+        finally:
+            self._hush(-1)
+
+    def _hush(self, step: int) -> None:
+        with self._hush_lock:
+            self._hushed += step
+            if self._events is None or self._hushed != (1 if step > 0 else 0):
+                return  # another load is under way: the first leaves the group, the last joins it again
+            try:
+                self._events.pause() if step > 0 else self._events.resume()
+            except OSError:
+                pass  # the subscription broke: the thread finds out at its next read
 
     def forget(self, action: Watched) -> None:
         with self._lock:
@@ -61,7 +86,7 @@ class Watchdog:
                 self._actions.remove(action)
 
     def _run(self) -> None:
-        events = _subscribe()
+        events = self._events
         next_round = time.monotonic() + WATCH_INTERVAL
         last_look = 0.0
         while True:
@@ -73,8 +98,10 @@ class Watchdog:
                 except OSError as e:  # the subscription broke: the poll goes on alone
                     log.warning("f2bext watchdog: ruleset events lost (%s); checking every %.0f s only",
                                 e, WATCH_INTERVAL)
-                    events.close()
-                    events, changed = None, True
+                    with self._hush_lock:
+                        events.close()
+                        self._events = events = None
+                    changed = True
                 if changed:  # not only this process's own bans
                     self._look("ruleset change", full=False)
                     last_look = time.monotonic()

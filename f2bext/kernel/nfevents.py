@@ -15,7 +15,7 @@ from .netlink import HEADER, NETLINK_NETFILTER, SOL_NETLINK
 from .nftelem import netfilter_sockets
 
 NFNLGRP_NFTABLES = 7
-NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_ADD_MEMBERSHIP, NETLINK_DROP_MEMBERSHIP = 1, 2
 NFT_MSG_NEWGEN = (10 << 8) | 15  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN
 RECV_SIZE = 1 << 16
 
@@ -71,6 +71,15 @@ class RulesetEvents:
 
     def close(self) -> None:
         self.sock.close()
+
+    def pause(self) -> None:
+        """Leave the group: the kernel builds a notification of every element for each listener (0.19 s
+        of a 0.33 s load of 100,000 addresses), and none at all when no one listens. What changes
+        meanwhile is not told: the caller looks again after resume()."""
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, NFNLGRP_NFTABLES)
+
+    def resume(self) -> None:
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
 
     def wait(self, timeout: float) -> bool:
         """Whether anything arrived within `timeout` seconds (nothing is read)."""

@@ -129,3 +129,18 @@ def test_only_another_processes_change_counts_and_an_overflow_counts_as_one(host
         assert not events.wait(0.05)
     finally:
         events.close()
+
+
+def test_a_paused_subscription_hears_nothing_and_hears_again_once_resumed(hosts):
+    """What start() does around its load (Watchdog.quiet): the kernel then builds no notification per element."""
+    with hosts.server.entered():
+        events = RulesetEvents()
+    try:
+        events.pause()
+        hosts.server.nft("add", "table", "inet", "unheard")
+        assert not events.wait(0.2)
+        events.resume()
+        hosts.server.nft("add", "table", "inet", "heard")
+        assert events.wait(1) and events.drain() is True
+    finally:
+        events.close()

@@ -260,3 +260,4 @@ def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_wh
     assert kernel.repairs == []  # once may be a ban between fail2ban's list and the kernel
     act.resync()
     assert kernel.repairs == [["2001:db8::3/128", "203.0.113.1/32"]]
+

@@ -16,12 +16,11 @@ from fail2ban.server.mytime import MyTime
 
 from ..addr import Spans, parse_single
 
-# fail2ban's bips table (one row per banned address and jail), as Fail2BanDb._getCurrentBans reads it.
-CURRENT_BANS = "SELECT ip, timeofban, bantime FROM bips WHERE jail=? AND (timeofban + bantime > ? OR bantime <= -1)"
-# The rows of it Jail.restoreCurrentBans restores, chosen by SQLite rather than by Python row by row, as
-# Fail2BanDb.getCurrentBans corrects them: a ban time of -2 (a database upgraded from before ban times)
-# is the jail's, a longer one or -1 is capped at the jail's maximum (:cap, when above 0); then a ban
-# counts while it lasts (-1: for ever), from a time of ban that may lie ahead of :now.
+# The rows of fail2ban's bips table (one per address and jail) that Jail.restoreCurrentBans restores,
+# chosen by SQLite rather than by Python row by row, as Fail2BanDb.getCurrentBans corrects them: a ban
+# time of -2 (a database upgraded from before ban times) is the jail's, a longer one or -1 is capped at
+# the jail's maximum (:cap, when above 0); then a ban counts while it lasts (-1: for ever), from a time
+# of ban that may lie ahead of :now.
 RESTORABLE = ("SELECT ip FROM (SELECT ip, timeofban, CASE WHEN bantime = -2 THEN :jailbantime "
               "WHEN :cap > 0 AND (bantime = -1 OR bantime > :cap) THEN :cap ELSE bantime END AS corrected "
               "FROM bips WHERE jail = :jail AND (timeofban + bantime > :now OR bantime <= -1){since}) "

@@ -28,11 +28,6 @@ RECV = 65536
 SEQ = 0x10000000  # our sequence numbers, far below libnftables' own on its socket (from time(NULL))
 
 
-def pack_element(key: bytes) -> bytes:
-    """One NFTA_LIST_ELEM whose key is `key` (an address in network byte order)."""
-    return _element_head(len(key)) + key + bytes(-len(key) % 4)
-
-
 @functools.lru_cache(maxsize=8)
 def _element_head(size: int) -> bytes:
     """The three attribute headers before a key of `size` bytes: they depend on nothing else."""

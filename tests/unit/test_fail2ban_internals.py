@@ -90,8 +90,9 @@ def test_the_database_lock_connection_and_bips_table_are_where_restorable_bans_r
     assert {"ip", "jail", "timeofban", "bantime"} <= columns
     ban(jail, "192.0.2.1", 10, BANTIME)
     with db._lock:
-        assert db._db.execute(internals.CURRENT_BANS, [JAIL, MyTime.time()]).fetchall() == \
-            [("192.0.2.1", round(MyTime.time() - 10), BANTIME)]
+        query = internals.RESTORABLE.format(since="")
+        args = {"jail": JAIL, "now": MyTime.time(), "cap": 0, "jailbantime": BANTIME}
+        assert db._db.execute(query, args).fetchall() == [("192.0.2.1",)]
 
 
 @pytest.mark.parametrize("increment", [False, True])

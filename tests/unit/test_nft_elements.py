@@ -52,13 +52,13 @@ def test_an_element_is_the_three_nested_attributes_libnftnl_writes():
         key = bytes(range(1, size + 1))
         expected = netlink.nest(nftelem.NFTA_LIST_ELEM, netlink.nest(nftelem.NFTA_SET_ELEM_KEY,
                                                                      netlink.attr(nftelem.NFTA_DATA_VALUE, key)))
-        assert nftelem.pack_element(key) == expected
+        assert nftelem.pack_elements([key]) == expected
 
 
 def test_elements_joined_at_once_are_the_elements_packed_one_by_one():
     for size in (4, 16, 5):
         keys = [bytes([i] * size) for i in range(1, 40)]
-        assert nftelem.pack_elements(keys) == b"".join(nftelem.pack_element(k) for k in keys)
+        assert nftelem.pack_elements(keys) == b"".join(nftelem.pack_elements([k]) for k in keys)
     assert nftelem.pack_elements([]) == b""
     with pytest.raises(ValueError):
         nftelem.pack_elements([bytes(4), bytes(16)])

@@ -34,15 +34,10 @@ def jail_of(action: Any) -> Any:
     return action._jail
 
 
-def restorable_bans(jail: Any) -> list[str]:
-    """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
-    chooses them."""
-    return [ip for ip, _ in restorable_parsed(jail)]
-
-
 def restorable_parsed(jail: Any) -> list[tuple[str, Single]]:
-    """restorable_bans, each with what addr.parse_single made of it on the way (the ignore check
-    needs it, and the load needs it again).
+    """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
+    chooses them, each with what addr.parse_single made of it on the way (the ignore check needs it,
+    and the load needs it again).
 
     Reads the address column alone, under the database's own lock and on its connection: fail2ban's
     getCurrentBans builds a ticket with its matches per row, and a second copy of 100,000 tickets

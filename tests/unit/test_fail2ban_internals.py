@@ -60,6 +60,11 @@ def ban(jail, ip, age, bantime):
     jail.database.addBan(jail, ticket)
 
 
+def restorable(jail):
+    """The addresses f2bext loads ahead of fail2ban's restore."""
+    return sorted(ip for ip, _ in internals.restorable_parsed(jail))
+
+
 def restored_by_fail2ban(jail):
     """The addresses fail2ban's own restoreCurrentBans puts back (it queues them for the jail's actions)."""
     jail.restoreCurrentBans()
@@ -80,7 +85,7 @@ def test_an_action_finds_its_jail_and_logger_where_actionbase_keeps_them(jail):
     assert probe._logSys.name == "fail2ban.Probe"  # EnforcingAction replaces it with fail2ban.f2bext's
 
 
-def test_the_database_lock_connection_and_bips_table_are_where_restorable_bans_reads_them(jail):
+def test_the_database_lock_connection_and_bips_table_are_where_the_restore_reads_them(jail):
     db = jail.database
     assert isinstance(db._db, sqlite3.Connection)
     with db._lock:
@@ -96,7 +101,7 @@ def test_the_database_lock_connection_and_bips_table_are_where_restorable_bans_r
 
 
 @pytest.mark.parametrize("increment", [False, True])
-def test_restorable_bans_are_the_ones_fail2ban_restores(jail, increment):
+def test_restorable_are_the_ones_fail2ban_restores(jail, increment):
     if increment:
         jail.setBanTimeExtra("increment", "true")
         jail.setBanTimeExtra("maxtime", "2000")
@@ -109,7 +114,7 @@ def test_restorable_bans_are_the_ones_fail2ban_restores(jail, increment):
     ban(jail, "2001:db8::5", 50, 3000)  # longer than the jail's bantime
     ban(jail, "192.0.2.6", 1000, 3000)  # older than bantime: current only with bantime.increment
     ban(jail, "192.0.2.7", 2500, 3000)  # beyond bantime.maxtime
-    ours = sorted(internals.restorable_bans(jail))
+    ours = restorable(jail)
     assert ours == sorted(["192.0.2.1", "192.0.2.3", "2001:db8::5"] + (["192.0.2.6"] if increment else []))
     assert ours == restored_by_fail2ban(jail)
 
@@ -118,7 +123,7 @@ def test_restorable_bans_are_the_ones_fail2ban_restores(jail, increment):
 @given(st.lists(st.tuples(st.integers(-100, 4000), st.sampled_from([-1, -2, 0, 1, 300, 600, 1999, 2000, 2001, 5000])),
                 min_size=1, max_size=12),
        st.booleans(), st.sampled_from([None, 1000, 2000]), st.sampled_from([BANTIME, -1]))
-def test_restorable_bans_chosen_by_sqlite_are_the_ones_fail2bans_restore_chooses(rows, increment, maxtime, bantime_of_jail):
+def test_restorable_chosen_by_sqlite_are_the_ones_fail2bans_restore_chooses(rows, increment, maxtime, bantime_of_jail):
     """Ages (negative: a time of ban ahead of the clock) and ban times round every edge of the jail's
     bantime (600, or for ever) and maximum; -2 is a database upgraded from before ban times."""
     with tempfile.TemporaryDirectory() as folder:
@@ -134,14 +139,14 @@ def test_restorable_bans_chosen_by_sqlite_are_the_ones_fail2bans_restore_chooses
             MyTime.setTime(1_000_000.0)
             for i, (age, bantime) in enumerate(rows):
                 ban(jail, f"192.0.2.{i + 10}", age, bantime)
-            assert sorted(internals.restorable_bans(jail)) == restored_by_fail2ban(jail)
+            assert restorable(jail) == restored_by_fail2ban(jail)
         finally:
             MyTime.setTime(None)
             db.close()
 
 
 @pytest.mark.parametrize("ignore", ["addresses", "self", "host name", "command"])
-def test_restorable_bans_skip_what_fail2bans_ignore_check_skips(jail, ignore):
+def test_restorable_skip_what_fail2bans_ignore_check_skips(jail, ignore):
     """By integers for addresses, networks and this host's own addresses; a host name or an
     ignorecommand leaves every row to fail2ban's own check."""
     jail.filter.addIgnoreIP("192.0.2.0/28")
@@ -158,7 +163,7 @@ def test_restorable_bans_skip_what_fail2bans_ignore_check_skips(jail, ignore):
     try:
         for ip in texts:
             ban(jail, ip, 10, BANTIME)
-        ours = sorted(internals.restorable_bans(jail))
+        ours = restorable(jail)
         assert ours == restored_by_fail2ban(jail)
         assert ("198.51.100.50" in ours) is (ignore != "self") and ("198.51.100.30" in ours) is (ignore != "command")
     finally:

@@ -22,7 +22,7 @@ from ...errors import KernelError
 from ...spec import JailSpec
 from ..base import BROKEN, Finding, Held, Op, SharedBans, Singles, refused
 from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS,
-                    RULE_COMMENT, SET_KINDS, TABLE, Command, Load, Observed, _obj, build_elements, build_load,
+                    RULE_COMMENT, SET_KINDS, TABLE, Command, Load, Observed, _obj, build_elements,
                     build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_singles_load,
                     build_structure, build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of,
                     pack_keys, plan_load, port_keys, set_kind, set_name)
@@ -246,7 +246,7 @@ class NftBackend:
 
 
 __all__ = ["CHUNK", "DPORT", "FAMILY", "LOAD_BATCH", "LOCAL_KINDS", "ORIGDPORT", "PRIORITY", "REMOTE_KINDS",
-           "RULE_COMMENT", "SET_KINDS", "TABLE", "Command", "Load", "Observed", "build_elements", "build_load",
+           "RULE_COMMENT", "SET_KINDS", "TABLE", "Command", "Load", "Observed", "build_elements",
            "build_singles_load", "pack_keys", "plan_load",
            "build_network_sets", "build_rebuild", "build_remote", "build_rule_exprs", "build_structure",
            "build_teardown", "chain_name", "collapsed_networks", "is_table_empty_after", "jail_of", "port_keys",

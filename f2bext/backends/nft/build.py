@@ -192,14 +192,6 @@ def build_singles_load(jail: str, kind: str, texts: Sequence[str]) -> list[list[
     return [_chunked("add", {name: list(texts[i:i + LOAD_BATCH])}) for i in range(0, len(texts), LOAD_BATCH)]
 
 
-def build_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Network]] = None,
-               singles: Optional[Singles] = None) -> list[list[Command]]:
-    """plan_load as libnftables transactions alone."""
-    load = plan_load(jail, nets, present, singles)
-    return [load.first] + [b for kind, texts in load.singles.items()
-                           for b in build_singles_load(jail, kind, texts)] + load.last
-
-
 def pack_keys(kind: str, texts: Iterable[str]) -> list[bytes]:
     """Single addresses of a set of `kind` ("v4", "v6"), checked already, as the kernel's set keys."""
     family = socket.AF_INET if kind.endswith("4") else socket.AF_INET6

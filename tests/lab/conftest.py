@@ -114,6 +114,36 @@ def fw(hosts, backend):
     return Firewall(hosts.server, backend)
 
 
+def _tail(path, lines=60):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A lab test that fails leaves its evidence in the report: fail2ban's log, the twins' drain logs
+    and the server's ruleset as they stood (the namespaces are gone by the time anyone reads CI)."""
+    report = (yield).get_result()
+    server = item.funcargs.get("f2b") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or not isinstance(server, lab.Fail2banLab):
+        return
+    sections = [("fail2ban.log", _tail(os.path.join(server.workdir, "fail2ban.log")))]
+    twins = os.path.join(server.workdir, "run", "twins")
+    for jail in sorted(os.listdir(twins)) if os.path.isdir(twins) else ():
+        sections.append((f"drain.log of {jail}", _tail(os.path.join(twins, jail, "drain.log"))))
+    if server.ns is not None:
+        listing = [server.ns.run(cmd, check=False).stdout for cmd in (
+            ["nft", "list", "ruleset"], ["ipset", "list", "-t"],
+            [lab.iptables(4, server.variant, "-save")], [lab.iptables(6, server.variant, "-save")])]
+        sections.append(("the server's ruleset", "\n".join(listing)))
+    for title, text in sections:
+        if text:
+            report.sections.append((f"lab: {title}", text))
+
+
 @pytest.fixture
 def f2b(hosts, workdir, request):
     """A real fail2ban-server in the server namespace behind the seed's firewall, on the test's

@@ -216,6 +216,9 @@ def test_conf_twin_bans_through_the_command(hosts, workdir, f2b, fw, reach):
     f2b.wait(lambda: fw.holds("postfix", lab.ATTACKER4), "the ban")
     f2b.wait(lambda: not reach(hosts.attacker, lab.SERVER4, 465), "enforcement")
     assert reach(hosts.bystander, lab.SERVER4, 465)
+    # The drainer checks and repairs the jail while it runs; what is tested here is the next ban's
+    # rebuild, so the reload comes once the drainer has ended.
+    f2b.wait(lambda: not lab.twin_drainer_alive(workdir), "the drainer to end", timeout=30)
     fw.wipe()
     # The next ban finds the jail broken and rebuilds it with fail2ban's whole banned list.
     fail_logins(hosts, workdir, server=lab.SERVER6)

@@ -15,11 +15,11 @@ from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
 from .. import guard, state
-from ..addr import Network, parse_single, parse_target, to_text
+from ..addr import Network, parse_target, sort_singles, to_text
 from ..backends import Backend, get_backend
 from ..errors import InputError
 from ..spec import JailSpec
-from .internals import Single, ban_count, restorable_parsed, restore_waits
+from .internals import ban_count, restorable, restore_waits
 from .killer import SessionKiller
 from .preload import PER_BAN, Preloaded
 from .watchdog import Watchdog
@@ -110,17 +110,14 @@ class EnforcingAction(ActionBase):
         (JSON, for `f2bext doctor`; "" when the jail does not share)."""
         return json.dumps(self._fleet.status()) if self._fleet else ""
 
-    def _parsed(self, ips: Iterable[tuple[str, Single]]) -> tuple[dict[int, list[str]], list[Network]]:
-        """Restored bans (each with parse_single's answer) less any f2bext must refuse: single addresses
-        as text by IP version (no object each), the rest parsed. The database may hold a ban refused since."""
+    def _parsed(self, texts: Iterable[str]) -> list[Network]:
+        """Restored bans the bulk load does not take as they are (addr.sort_singles) less any f2bext
+        must refuse, parsed and checked as a ban is, in the same words. The database may hold a ban
+        refused since."""
         check = self.guard()
-        singles: dict[int, list[str]] = {4: [], 6: []}
         nets = []
-        for ip, found in ips:
-            if found is not None and check.clear(*found):
-                singles[found[0]].append(ip)
-                continue
-            try:  # the rest, and every refusal, as a ban is checked: the same words
+        for ip in texts:
+            try:
                 net = parse_target(ip)
                 check.refuse([net])
             except InputError as e:
@@ -129,7 +126,7 @@ class EnforcingAction(ActionBase):
                 self._preloaded.discard(ip)
                 continue
             nets.append(net)
-        return singles, nets
+        return nets
 
     def keeps(self) -> list[guard.Keep]:
         """The jail's ignoreip, as the guard holds it (host names are left to fail2ban's own check)."""
@@ -163,22 +160,21 @@ class EnforcingAction(ActionBase):
                 log.warning("[%s] f2bext skips %s", self._jail.name, e)
         return self.guard().allowed(nets)
 
-    def restorable(self) -> list[tuple[str, Single]]:
-        """The bans fail2ban is about to restore from its database, so start() can load them all in one
-        go, each with parse_single's answer."""
-        return restorable_parsed(self._jail)
-
     def start(self) -> None:
         with restore_waits(self._jail):  # fail2ban's restore waits for the load, not against it
             watchdog.watch(self)  # also when the start fails: the watchdog builds the jail once it can
             with self._lock:
                 self._save_state()
                 self._preloaded = Preloaded()
-                restoring = self.restorable()
-                texts = [ip for ip, _ in restoring]
-                held = self.held_text().difference(texts)  # a jail started again: fail2ban's list
-                self._preloaded.load(texts)
-                singles, nets = self._parsed(restoring + [(ip, parse_single(ip)) for ip in held])
+                check = self.guard()
+                singles, others = restorable(self._jail, check.clear)
+                restoring = [*singles[4], *singles[6], *others]
+                # A jail started again: fail2ban's list, sorted the same way.
+                again, others_again = sort_singles(self.held_text().difference(restoring), check.clear)
+                self._preloaded.load(restoring)
+                for version, texts in again.items():
+                    singles[version] += texts
+                nets = self._parsed([*others, *others_again])
                 with watchdog.quiet():  # a notification of each element costs the kernel more than the load
                     self.backend.start(self.spec, nets, singles)
                 self._preloaded.grace(PER_BAN)  # from the load's end: fail2ban's own restore begins now

@@ -14,7 +14,7 @@ from typing import Any, Callable, ContextManager, Optional
 from fail2ban.server.ipdns import DNSUtils
 from fail2ban.server.mytime import MyTime
 
-from ..addr import Spans, parse_single
+from ..addr import Spans, sort_singles
 
 # The rows of fail2ban's bips table (one per address and jail) that Jail.restoreCurrentBans restores,
 # chosen by SQLite rather than by Python row by row, as Fail2BanDb.getCurrentBans corrects them: a ban
@@ -34,17 +34,17 @@ def jail_of(action: Any) -> Any:
     return action._jail
 
 
-def restorable_parsed(jail: Any) -> list[tuple[str, Single]]:
+def restorable(jail: Any, clear: Callable[[int, int], bool]) -> tuple[dict[int, list[str]], list[str]]:
     """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
-    chooses them, each with what addr.parse_single made of it on the way (the ignore check needs it,
-    and the load needs it again).
+    chooses them (its ignore check included), sorted as addr.sort_singles sorts them for the load:
+    single addresses `clear` allows, by IP version, and the rest.
 
     Reads the address column alone, under the database's own lock and on its connection: fail2ban's
     getCurrentBans builds a ticket with its matches per row, and a second copy of 100,000 tickets
     beside fail2ban's own nearly doubled fail2ban-server's peak memory."""
     db = getattr(jail, "database", None)
     if db is None:
-        return []
+        return {4: [], 6: []}, []
     forbantime = None if jail.getBanTimeExtra("increment") else jail.actions.getBanTime()
     cap = jail.getMaxBanTime()  # restoreCurrentBans has getCurrentBans cap ban times at the jail's maximum
     now = MyTime.time()
@@ -52,17 +52,12 @@ def restorable_parsed(jail: Any) -> list[tuple[str, Single]]:
             "jailbantime": jail.actions.getBanTime()}
     since = ""
     ignored = _ignore_check(jail)
-    out = []
     with db._lock:
         if forbantime not in (None, -1):
             args["since"] = now - forbantime
             since = " AND timeofban > :since" if _mostly_older(db._db, args["since"]) else " AND +timeofban > :since"
-        for (ip,) in db._db.execute(RESTORABLE.format(since=since), args):
-            ip = str(ip)
-            found = parse_single(ip)
-            if not ignored(ip, found):
-                out.append((ip, found))
-    return out
+        rows = db._db.execute(RESTORABLE.format(since=since), args)
+        return sort_singles((str(ip) for (ip,) in rows), clear, skip=ignored)
 
 
 def _mostly_older(connection: Any, since: float) -> bool:

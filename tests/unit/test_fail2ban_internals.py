@@ -62,7 +62,8 @@ def ban(jail, ip, age, bantime):
 
 def restorable(jail):
     """The addresses f2bext loads ahead of fail2ban's restore."""
-    return sorted(ip for ip, _ in internals.restorable_parsed(jail))
+    singles, rest = internals.restorable(jail, lambda version, address: True)
+    return sorted(singles[4] + singles[6] + rest)
 
 
 def restored_by_fail2ban(jail):

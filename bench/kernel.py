@@ -14,12 +14,12 @@ import struct
 import subprocess
 from typing import Iterable, Optional, Sequence
 
-from f2bext.kernel import netlink
+from f2bext.kernel import netlink, nftelem
 from f2bext.kernel.ctnetlink import CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CtTuple, pack_tuple
 from f2bext.kernel.netlink import NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
 
 NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6 = 1, 2, 10
-NFT_MSG_GETRULE, NFT_MSG_GETSETELEM = (10 << 8) | 7, (10 << 8) | 13
+NFT_MSG_GETRULE, NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM = (10 << 8) | 7, (10 << 8) | 12, (10 << 8) | 13
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN = 1, 2
 
@@ -51,6 +51,37 @@ class Netfilter(netlink.Socket):
     def set_elements(self, family: int, table: str, name: str) -> int:
         attrs = netlink.attr(NFTA_SET_ELEM_LIST_TABLE, _strz(table)) + netlink.attr(NFTA_SET_ELEM_LIST_SET, _strz(name))
         return self._count(NFT_MSG_GETSETELEM, family, attrs, NFTA_SET_ELEM_LIST_ELEMENTS)
+
+    def held_keys(self, family: int, table: str, name: str, keys: Sequence[bytes], per_message: int = 1) -> int:
+        """How many of `keys` (packed addresses of one size) set `name` holds, by lookups: GETSETELEM
+        messages of `per_message` keys each, acknowledged, `per_send` to a datagram. The kernel answers
+        each key found with its element, and stops a message at the first key it lacks: with one key a
+        message this is the exact count, with many it is exact when every key is there (and less
+        otherwise), at a fraction of the cost. About 64 keys go in a datagram: the kernel queues an
+        answer for each before this reads any. A dump of a hash set walks it from the start again for
+        each datagram of its answer: 56 s for 1,000,000 elements, where lookups take about a second."""
+        head = (NFGEN.pack(family, 0, 0) + netlink.attr(NFTA_SET_ELEM_LIST_TABLE, _strz(table))
+                + netlink.attr(NFTA_SET_ELEM_LIST_SET, _strz(name)))
+        held = 0
+        step = per_message * max(1, 64 // per_message)
+        for at in range(0, len(keys), step):
+            first = self.seq + 1
+            bodies = [head + netlink.nest(NFTA_SET_ELEM_LIST_ELEMENTS, nftelem.pack_elements(keys[k:k + per_message]))
+                      for k in range(at, min(at + step, len(keys)), per_message)]
+            self.seq += len(bodies)
+            self.sock.send(b"".join(netlink.message(NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_ACK, first + i, body)
+                                    for i, body in enumerate(bodies)))
+            answered = 0
+            while answered < len(bodies):
+                data = self._recv()
+                for msg_type, _, seq in netlink._headers(data):
+                    if not first <= seq < first + len(bodies):
+                        continue  # the rest of an earlier answer
+                    if msg_type == netlink.NLMSG_ERROR:  # the acknowledgement, or ENOENT: the message's end
+                        answered += 1
+                    elif msg_type == NFT_MSG_NEWSETELEM:
+                        held += 1
+        return held
 
     def rules(self, family: int, table: str, chain: str) -> int:
         attrs = netlink.attr(NFTA_RULE_TABLE, _strz(table)) + netlink.attr(NFTA_RULE_CHAIN, _strz(chain))

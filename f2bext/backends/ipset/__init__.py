@@ -18,7 +18,7 @@ import ipaddress
 import os
 import socket
 import subprocess
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from ... import audit
 from ...addr import Network, to_text
@@ -26,7 +26,7 @@ from ...errors import KernelError
 from ...kernel import nftgen, xtables
 from ...kernel.ipset import Ipset, ipset_error
 from ...spec import JailSpec
-from ..base import BROKEN, Finding, Held, Op, SharedBans, Singles, refused
+from ..base import BROKEN, Bans, Finding, Held, Op, SharedBans, Singles, refused
 from .build import (CHAINS, FAMILIES, MAXELEM, MULTIPORT_MAX, SetHeader, build_rules_removal, build_rules_restore,
                     build_set_restore, build_set_swap, comment, ipset_name, ipset_names, rule_args, standing, swap_name)
 from .read import check_jail, check_rules, check_sets, expected_shapes, parse_set_headers, parse_sets
@@ -141,10 +141,15 @@ class IpsetBackend:
         self._good: dict[str, object] = {}
 
     def start(self, spec: JailSpec, held: Iterable[Network], singles: Optional[Singles] = None) -> None:
+        self._load(spec, held, singles)
+        self._place_rules(spec, only_if_broken=True)
+
+    def _load(self, spec: JailSpec, held: Iterable[Network], singles: Optional[Singles]) -> None:
+        """The jail's sets created if absent and filled: `held` through ipset restore, `singles` in
+        bulk over netlink."""
         self.xt.restore_sets(build_set_restore(spec.jail, held, flush=False))
         for version, texts in (singles or {}).items():
             self.xt.add_many(ipset_name(spec.jail, version), version, texts)
-        self._place_rules(spec, only_if_broken=True)
 
     def ban(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> list[Finding]:
         try:
@@ -214,14 +219,24 @@ class IpsetBackend:
             self.xt.restore_sets(text)
         self._place_rules(spec, only_if_broken=False)
 
-    def mend(self, spec: JailSpec, held: Held) -> None:
+    def mend(self, spec: JailSpec, held: Callable[[], Bans]) -> None:
         """A jail whose sets all stand, as we make them, gets its rules back alone: a flush of the
-        ruleset or an iptables-restore takes rules, not ipsets. Otherwise repair() with held()."""
+        ruleset or an iptables-restore takes rules, not ipsets. Where its local sets are all gone
+        (destroyed, a reboot's empty kernel), nothing enforces meanwhile: they are made and loaded as
+        start() does, the shared ones refilled with what this process knows. Otherwise repair()."""
         found = self.xt.headers()
         if all(standing(found, name, family) for family in FAMILIES for name in ipset_names(spec.jail, family)):
             self._place_rules(spec, only_if_broken=False)
-        else:
-            self.repair(spec, held())
+            return
+        if any(ipset_name(spec.jail, family) in found for family in FAMILIES):
+            self.repair(spec, held().all())
+            return
+        bans = held()
+        self._load(spec, bans.nets, bans.singles)
+        remote = self._remote.get(spec.jail)
+        if remote:
+            self.xt.restore_sets(build_set_restore(spec.jail, (), flush=False, remote=remote))
+        self._place_rules(spec, only_if_broken=False)
 
     def set_remote(self, spec: JailSpec, nets: Sequence[Network], held: Held) -> None:
         self._remote.replace(spec.jail, nets)

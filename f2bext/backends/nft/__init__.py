@@ -15,12 +15,12 @@ An accept in another base chain ends only that chain, so a drop here holds whate
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from ...addr import Network, is_single
 from ...errors import KernelError
 from ...spec import JailSpec
-from ..base import BROKEN, Finding, Held, Op, SharedBans, Singles, refused
+from ..base import BROKEN, Bans, Finding, Held, Op, SharedBans, Singles, refused
 from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS,
                     RULE_COMMENT, SET_KINDS, TABLE, Command, Load, Observed, _obj, build_elements,
                     build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_singles_load,
@@ -175,9 +175,15 @@ class NftBackend:
     def repair(self, spec: JailSpec, held: Iterable[Network]) -> None:
         self._rebuild(spec, self.nft.ruleset(), held)
 
-    def mend(self, spec: JailSpec, held: Held) -> None:
-        """The rebuild every loss needs here: nf_tables takes a jail's sets with its table."""
-        self._rebuild(spec, self.nft.ruleset(), held())
+    def mend(self, spec: JailSpec, held: Callable[[], Bans]) -> None:
+        """The rebuild every loss needs here (a flush takes a jail's sets with its chains): in one
+        transaction while any set of the jail still enforces; with none left, as start() loads."""
+        seen = self.nft.ruleset()
+        if any(set_name(spec.jail, kind) in seen.sets for kind in LOCAL_KINDS):
+            self._rebuild(spec, seen, held().all())
+            return
+        bans = held()
+        self.start(spec, bans.nets, bans.singles)
 
     def _rebuild(self, spec: JailSpec, seen: Observed, held: Iterable[Network]) -> None:
         held = list(held)

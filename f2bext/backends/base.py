@@ -27,6 +27,7 @@ class Bans(NamedTuple):
         """Every ban as a network, for the paths that take them so (an object each: 0.5 s at 100,000)."""
         return [ipaddress.ip_network(t) for texts in self.singles.values() for t in texts] + self.nets
 
+
 WARNING = Severity.WARNING
 BROKEN = Severity.CRITICAL  # `verify` prints it "broken"
 

@@ -8,7 +8,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import dbgen
 import kernel
 from dbgen import BANTIME, JAIL
 from f2bext import lab
+from f2bext.backends import nft
 from f2bext.kernel import nftelem
 from f2bext.lab.netns import Netns
 from report import BASELINE as NOOP
@@ -75,10 +75,10 @@ def set_lookups(nl: kernel.Netfilter, sets: list[tuple[str, str]], n: int) -> Ca
     n, below n; once the whole sample is there it looks up all n and answers what it found. A restore
     only adds, so a complete sample comes at most a few keys before the last: at 1,000,000 the full
     lookup takes seconds, and its time is not the moment of enforcement."""
-    keys: dict[int, list[bytes]] = {4: [], 6: []}
+    texts: dict[int, list[str]] = {4: [], 6: []}
     for text in dbgen.addresses(n):
-        version = 6 if ":" in text else 4
-        keys[version].append(socket.inet_pton(socket.AF_INET6 if version == 6 else socket.AF_INET, text))
+        texts[6 if ":" in text else 4].append(text)
+    keys = {v: nft.pack_keys(f"v{v}", texts[v]) for v in (4, 6)}  # as the action's load packs them
     order = [(v, i) for v in (4, 6) for i in range(len(keys[v]))]
     sample: dict[int, list[bytes]] = {4: [], 6: []}
     for version, i in random.Random(n).sample(order, min(SAMPLE, n)):

@@ -111,11 +111,10 @@ class EnforcingAction(ActionBase):
         (JSON, for `f2bext doctor`; "" when the jail does not share)."""
         return json.dumps(self._fleet.status()) if self._fleet else ""
 
-    def _parsed(self, texts: Iterable[str]) -> list[Network]:
+    def _parsed(self, texts: Iterable[str], check: guard.Guard) -> list[Network]:
         """Restored bans the bulk load does not take as they are (addr.sort_singles) less any f2bext
-        must refuse, parsed and checked as a ban is, in the same words. The database may hold a ban
-        refused since."""
-        check = self.guard()
+        must refuse (`check`, the jail's guard), parsed and checked as a ban is, in the same words.
+        The database may hold a ban refused since."""
         nets = []
         for ip in texts:
             try:
@@ -182,7 +181,7 @@ class EnforcingAction(ActionBase):
                 self._preloaded.load(restoring)
                 for version, texts in again.items():
                     singles[version] += texts
-                nets = self._parsed([*others, *others_again])
+                nets = self._parsed([*others, *others_again], check)
                 with watchdog.quiet():  # a notification of each element costs the kernel more than the load
                     self.backend.start(self.spec, nets, singles)
                 self._preloaded.grace(PER_BAN)  # from the load's end: fail2ban's own restore begins now

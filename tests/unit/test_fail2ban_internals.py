@@ -240,9 +240,9 @@ class CountingBackend:
         self.repairs.append(sorted(map(str, held)))
 
 
-def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_when_it_does_not(jail, monkeypatch,
-                                                                                                tmp_path):
-    """At 1,000,000 bans, the texts of fail2ban's list built each second held the GIL for a second."""
+@pytest.fixture
+def counted(jail, monkeypatch, tmp_path):
+    """f2bext-ipset.py on the jail, its kernel a CountingBackend: (the action, the kernel)."""
     from f2bext.fail2ban import action as action_module
     monkeypatch.setenv("F2BEXT_STATE_DIR", str(tmp_path / "run"))
     kernel = CountingBackend()
@@ -251,7 +251,13 @@ def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_wh
     class Action(EnforcingAction):
         backend_name = "ipset"
 
-    act = Action(jail, "f2bext-ipset.py")
+    return Action(jail, "f2bext-ipset.py"), kernel
+
+
+def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_when_it_does_not(jail, monkeypatch,
+                                                                                                counted):
+    """At 1,000,000 bans, the texts of fail2ban's list built each second held the GIL for a second."""
+    act, kernel = counted
     for ip in ("203.0.113.1", "203.0.113.2", "2001:db8::3"):
         jail.actions.addBannedIP(ip)
     act._refused.add("203.0.113.2")  # f2bext refused it: fail2ban lists it, the kernel does not hold it
@@ -269,19 +275,11 @@ def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_wh
     assert kernel.repairs == [["2001:db8::3/128", "203.0.113.1/32"]]
 
 
-def test_the_watchdogs_count_waits_while_fail2ban_restores_what_start_loaded(jail, monkeypatch, tmp_path):
+def test_the_watchdogs_count_waits_while_fail2ban_restores_what_start_loaded(jail, monkeypatch, counted):
     """Mid-restore a ban is in fail2ban's list and still in the preload (ban() takes it off after
     fail2ban logs it): the counts differ by one, and comparing the texts each time slowed fail2ban's
     restore of 1,000,000 bans by half."""
-    from f2bext.fail2ban import action as action_module
-    monkeypatch.setenv("F2BEXT_STATE_DIR", str(tmp_path / "run"))
-    kernel = CountingBackend()
-    monkeypatch.setattr(action_module, "shared_backend", lambda name, owner=False: kernel)
-
-    class Action(EnforcingAction):
-        backend_name = "ipset"
-
-    act = Action(jail, "f2bext-ipset.py")
+    act, kernel = counted
     act._preloaded.load(["203.0.113.1", "203.0.113.2"])
     jail.actions.addBannedIP("203.0.113.1")  # restored by fail2ban, not yet taken off the preload
     kernel.entries_held = 2

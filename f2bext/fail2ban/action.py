@@ -8,19 +8,19 @@ import json
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
 from .. import guard, state
-from ..addr import Network, parse_target, sort_singles, to_text
+from ..addr import Network, parse_single, parse_target, sort_singles, to_text
 from ..backends import Backend, get_backend
 from ..backends.base import Bans
 from ..errors import InputError
 from ..spec import JailSpec
-from .internals import ban_count, restorable, restore_waits
+from .internals import ban_count, banned_texts, ignore_check, ignore_inputs, restorable, restore_waits
 from .killer import SessionKiller
 from .preload import PER_BAN, Preloaded
 from .watchdog import Watchdog
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = getLogger("fail2ban.f2bext")
 
 SHARE_OPTIONS = ("share", "share_scope", "share_origin", "share_max_prefix")
+
+Ignored = Callable[[str, Optional[tuple[int, int]]], bool]  # internals.ignore_check's answer
 
 _backends: dict[str, Backend] = {}
 _said: set[str] = set()  # process-wide warnings already logged
@@ -80,7 +82,7 @@ class EnforcingAction(ActionBase):
         self._preloaded = Preloaded()
         self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
         self._kept: object = None  # what the last recheck() guarded: host, protected, ignoreip
-        self._guard_cache: Optional[tuple[object, guard.Guard]] = None
+        self._guard_cache: Optional[tuple[object, guard.Guard, Ignored]] = None
         self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
         self._share = _share_options(params)
         owner = parse_owner(params, self.backend_name)
@@ -138,17 +140,22 @@ class EnforcingAction(ActionBase):
 
     def guard(self) -> guard.Guard:
         """The guard for the jail, built again only when what it guards changed (the ban path is hot)."""
+        return self._guards()[1]
+
+    def _guards(self) -> tuple[object, guard.Guard, Ignored]:
+        """What the jail guards, its guard, and fail2ban's ignore check as internals.ignore_check
+        makes it, both built again only when the first changed."""
         guarded = self._guarded()
         cached = self._guard_cache
         if cached is None or cached[0] != guarded:
-            cached = self._guard_cache = (guarded, guard.Guard(self.keeps()))
-        return cached[1]
+            cached = self._guard_cache = (guarded, guard.Guard(self.keeps()), ignore_check(self._jail))
+        return cached
 
     def held_text(self) -> set[str]:
         """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the
         bans start() loaded that fail2ban has not worked through yet (a rebuild must keep them)."""
         pending = self._preloaded.pending()  # before the banned list: an address moves from one to the other
-        return (pending | {str(ip) for ip in self._jail.actions.getBanList()}) - self._refused
+        return (pending | banned_texts(self._jail)) - self._refused
 
     def held(self) -> list[Network]:
         """held_text(), parsed, less what became a lockout since it was banned (recheck() says so)."""
@@ -234,9 +241,11 @@ class EnforcingAction(ActionBase):
     def _refusal(self, net: Network) -> Optional[str]:
         """Why the jail must not ban a network: it overlaps what must stay reachable (guard.py) or the
         jail's ignoreip; None when it may."""
-        why = self.guard().refusal(net)
-        if why is None and self._jail.filter.inIgnoreIPList(to_text(net), log_ignore=False):
-            why = f"it is in {guard.IGNOREIP}"  # a host name, or the jail's ignorecommand
+        _, check, ignored = self._guards()
+        why = check.refusal(net)
+        text = to_text(net)
+        if why is None and ignored(text, parse_single(text)):
+            why = f"it is in {guard.IGNOREIP}"  # a host name, ignoreself, or the jail's ignorecommand
         return why
 
     def _refuse_lockout(self, net: Network) -> None:
@@ -250,7 +259,7 @@ class EnforcingAction(ActionBase):
     def _guarded(self) -> object:
         """What the guard holds for the jail now; recheck() runs when it changes."""
         # fail2ban's IPAddr entries compare by what they hold (a host name by its text): no text is made.
-        return guard.host_keeps(), guard.protected(), tuple(self._jail.filter.getIgnoreIP())
+        return guard.host_keeps(), guard.protected(), ignore_inputs(self._jail)
 
     def recheck(self) -> None:
         """Lift from the kernel the bans that became lockouts since they were made (a failover address

@@ -126,6 +126,25 @@ def test_a_network_covering_an_ignoreip_address_is_refused_by_the_action_and_its
     assert "Traceback" not in log
 
 
+def test_an_ignoreip_or_ignorecommand_set_while_fail2ban_runs_holds_from_the_next_ban(hosts, f2b):
+    """The ban path keeps its guard and ignore check between bans (internals.ignore_check); one
+    changed through fail2ban-client holds from the next ban on. `banip` skips fail2ban's own check."""
+    first, listed, commanded, second = "198.51.100.40", "198.51.100.41", "198.51.100.42", "203.0.113.50"
+    f2b.start()
+    f2b.client("set", JAIL, "banip", first)
+    f2b.wait(lambda: overlapping(enforced(hosts.server), first), "the first ban")
+    f2b.client("set", JAIL, "ignorecommand", f"test <ip> = {commanded}")
+    f2b.client("set", JAIL, "banip", commanded, second)
+    f2b.wait(lambda: overlapping(enforced(hosts.server), second), "the second ban")
+    f2b.client("set", JAIL, "addignoreip", listed)
+    f2b.client("set", JAIL, "banip", listed, MARKER)
+    f2b.wait(lambda: holds_marker(hosts.server), "the marker ban")
+    assert not overlapping(enforced(hosts.server), listed, commanded), enforced(hosts.server)
+    log = log_text(f2b)
+    assert f"refusing to ban {listed}: it is in the jail's ignoreip" in log
+    assert f"refusing to ban {commanded}: it is in the jail's ignoreip" in log
+
+
 def test_the_command_line_refuses_what_overlaps_the_ignoreip_it_is_given_and_changes_nothing(hosts, workdir):
     def ban(*args):
         return lab.f2bext_cmd(hosts.server, workdir, "ban", "--jail", JAIL, "--port", "25", *args)

@@ -23,6 +23,7 @@ from fail2ban.protocol import CSPROTO
 from fail2ban.version import version
 
 from f2bext import f2bsocket
+from f2bext.addr import parse_single
 from f2bext.fail2ban import EnforcingAction, internals
 
 from fuzzing import fuzz
@@ -171,6 +172,34 @@ def test_restorable_skip_what_fail2bans_ignore_check_skips(jail, ignore):
         DNSUtils.CACHE_nameToIp.unset(DNSUtils._getSelfIPs_key)
 
 
+@pytest.mark.parametrize("ignore", ["addresses", "self", "host name", "command"])
+def test_the_ban_paths_ignore_check_answers_as_fail2bans_and_says_when_to_ask_again(jail, ignore):
+    """The check a ban makes (internals.ignore_check, by integers) says what Filter.inIgnoreIPList
+    says of every text; ignore_inputs changes with each thing the answer rests on."""
+    jail.filter.addIgnoreIP("192.0.2.0/28")
+    jail.filter.addIgnoreIP("::ffff:198.51.100.9")
+    before = internals.ignore_inputs(jail)
+    if ignore == "self":
+        DNSUtils.CACHE_nameToIp.set(DNSUtils._getSelfIPs_key, {IPAddr("198.51.100.50"), IPAddr("2001:db8:5::5")})
+    if ignore == "host name":
+        jail.filter.addIgnoreIP("localhost")
+    if ignore == "command":
+        jail.filter.ignoreCommand = "test <ip> = 198.51.100.30"
+    if ignore == "addresses":
+        jail.filter.addIgnoreIP("2001:db8:1::/48")
+    texts = ["192.0.2.1", "192.0.2.16", "2001:db8:1::9", "2001:db8:2::9", "198.51.100.9", "198.51.100.30",
+             "198.51.100.50", "2001:db8:5::5", "127.0.0.1", "::1", "192.0.2.0/28", "203.0.113.0/24"]
+    try:
+        assert internals.ignore_inputs(jail) != before
+        check = internals.ignore_check(jail)
+        ours = {t for t in texts if check(t, parse_single(t))}
+        assert ours == {t for t in texts if jail.filter.inIgnoreIPList(t, log_ignore=False)}
+        assert ("198.51.100.50" in ours) is (ignore == "self") and ("198.51.100.30" in ours) is (ignore == "command")
+        assert ("2001:db8:1::9" in ours) is (ignore == "addresses")
+    finally:
+        DNSUtils.CACHE_nameToIp.unset(DNSUtils._getSelfIPs_key)
+
+
 def test_fail2bans_restore_waits_while_the_action_holds_the_database(jail):
     ban(jail, "192.0.2.1", 10, BANTIME)
     done = threading.Event()
@@ -195,6 +224,17 @@ def test_the_ban_information_holds_what_the_action_reads(jail):
     info = Actions.ActionInfo(BanTicket("192.0.2.1", 1000.0), jail)
     assert (info["ip"], info["restored"], info["time"], info["failures"]) == ("192.0.2.1", 0, 1000.0, 0)
     assert int(info["bantime"]) == BANTIME
+
+
+@given(st.lists(st.one_of(st.ip_addresses().map(str), st.ip_addresses(v=4).map(lambda a: f"{a}/24"),
+                          st.ip_addresses(v=6).map(lambda a: f"{a}/64"), st.sampled_from(["host.example", "a b"])),
+                max_size=8))
+@fuzz(200)
+def test_banned_texts_are_the_texts_of_fail2bans_ban_list(texts):
+    jail = Jail(JAIL, backend="polling")
+    for ip in texts:
+        jail.actions.banManager.addBanTicket(BanTicket(ip, MyTime.time()))
+    assert internals.banned_texts(jail) == {str(ip) for ip in jail.actions.getBanList()}
 
 
 def test_current_bans_are_the_tickets_fail2ban_holds_with_their_ban_times(jail):

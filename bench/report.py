@@ -16,7 +16,7 @@ SIZES = (1_000, 10_000, 100_000)
 TWENTY_K = 20_000
 MILLION = 1_000_000  # the Python actions and the baseline only, once
 UNCAPPED_STOCK = STOCK[0]  # runs uncapped once at CHECKED_N: the check of the extrapolation
-CHECKED_N = 5_000
+CHECKED_N = 2_000
 LABEL = {"f2bext-nftables": "f2bext-nftables.conf", "f2bext-ipset": "f2bext-ipset.conf",
          BASELINE: "baseline: no-op action"}
 

@@ -82,7 +82,8 @@ class EnforcingAction(ActionBase):
         self._preloaded = Preloaded()
         self._refused: set[str] = set()  # bans fail2ban holds that f2bext refused (ignoreip, this host)
         self._kept: object = None  # what the last recheck() guarded: host, protected, ignoreip
-        self._guard_cache: Optional[tuple[object, guard.Guard, Ignored]] = None
+        self._guard_cache: Optional[tuple[object, guard.Guard]] = None
+        self._ignore_cache: Optional[tuple[object, Ignored]] = None
         self._miscounts = 0  # consecutive watchdog rounds whose kernel count differed from fail2ban's
         self._share = _share_options(params)
         owner = parse_owner(params, self.backend_name)
@@ -140,16 +141,23 @@ class EnforcingAction(ActionBase):
 
     def guard(self) -> guard.Guard:
         """The guard for the jail, built again only when what it guards changed (the ban path is hot)."""
-        return self._guards()[1]
-
-    def _guards(self) -> tuple[object, guard.Guard, Ignored]:
-        """What the jail guards, its guard, and fail2ban's ignore check as internals.ignore_check
-        makes it, both built again only when the first changed."""
         guarded = self._guarded()
         cached = self._guard_cache
         if cached is None or cached[0] != guarded:
-            cached = self._guard_cache = (guarded, guard.Guard(self.keeps()), ignore_check(self._jail))
-        return cached
+            cached = self._guard_cache = (guarded, guard.Guard(self.keeps()))
+        return cached[1]
+
+    def ignored(self, text: str) -> bool:
+        """fail2ban's ignore check of a ban, as internals.ignore_check makes it, made again only when
+        what it rests on changed."""
+        inputs = ignore_inputs(self._jail)
+        cached = self._ignore_cache
+        if cached is None or cached[0] != inputs:
+            # ignore_check reads this host's addresses through fail2ban, which resolves them again
+            # once they expired: the inputs as they are after it.
+            check = ignore_check(self._jail)
+            cached = self._ignore_cache = (ignore_inputs(self._jail), check)
+        return cached[1](text, parse_single(text))
 
     def held_text(self) -> set[str]:
         """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the
@@ -241,10 +249,8 @@ class EnforcingAction(ActionBase):
     def _refusal(self, net: Network) -> Optional[str]:
         """Why the jail must not ban a network: it overlaps what must stay reachable (guard.py) or the
         jail's ignoreip; None when it may."""
-        _, check, ignored = self._guards()
-        why = check.refusal(net)
-        text = to_text(net)
-        if why is None and ignored(text, parse_single(text)):
+        why = self.guard().refusal(net)
+        if why is None and self.ignored(to_text(net)):
             why = f"it is in {guard.IGNOREIP}"  # a host name, ignoreself, or the jail's ignorecommand
         return why
 
@@ -259,7 +265,7 @@ class EnforcingAction(ActionBase):
     def _guarded(self) -> object:
         """What the guard holds for the jail now; recheck() runs when it changes."""
         # fail2ban's IPAddr entries compare by what they hold (a host name by its text): no text is made.
-        return guard.host_keeps(), guard.protected(), ignore_inputs(self._jail)
+        return guard.host_keeps(), guard.protected(), tuple(self._jail.filter.getIgnoreIP())
 
     def recheck(self) -> None:
         """Lift from the kernel the bans that became lockouts since they were made (a failover address

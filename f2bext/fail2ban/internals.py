@@ -102,10 +102,11 @@ def ignore_check(jail: Any) -> Callable[[str, Single], bool]:
 
 def ignore_inputs(jail: Any) -> tuple[object, ...]:
     """What ignore_check's answer rests on, to compare: ignoreip, ignorecommand, ignoreself, and this
-    host's own addresses as fail2ban last resolved them (its cache keeps the same set object)."""
+    host's own addresses as fail2ban last resolved them. Read from fail2ban's cache without
+    DNSUtils.getSelfIPs, which would keep them cached for ever when asked every second."""
     flt = jail.filter
     return (tuple(flt.getIgnoreIP()), flt.ignoreCommand, flt.ignoreSelf,
-            DNSUtils.getSelfIPs() if flt.ignoreSelf else None)
+            DNSUtils.CACHE_nameToIp.get(DNSUtils._getSelfIPs_key) if flt.ignoreSelf else None)
 
 
 def restore_waits(jail: Any) -> ContextManager[Any]:

@@ -200,6 +200,20 @@ def test_the_ban_paths_ignore_check_answers_as_fail2bans_and_says_when_to_ask_ag
         DNSUtils.CACHE_nameToIp.unset(DNSUtils._getSelfIPs_key)
 
 
+def test_ignore_inputs_read_the_self_addresses_without_keeping_them_cached(jail):
+    """Asked at every ban, DNSUtils.getSelfIPs would renew its own cache entry each time, and this
+    host's addresses would never be resolved again."""
+    own = {IPAddr("198.51.100.50")}
+    DNSUtils.CACHE_nameToIp.set(DNSUtils._getSelfIPs_key, own)
+    try:
+        assert internals.ignore_inputs(jail)[-1] is own
+        DNSUtils.CACHE_nameToIp.unset(DNSUtils._getSelfIPs_key)  # expired
+        assert internals.ignore_inputs(jail)[-1] is None
+        assert DNSUtils.CACHE_nameToIp.get(DNSUtils._getSelfIPs_key) is None
+    finally:
+        DNSUtils.CACHE_nameToIp.unset(DNSUtils._getSelfIPs_key)
+
+
 def test_fail2bans_restore_waits_while_the_action_holds_the_database(jail):
     ban(jail, "192.0.2.1", 10, BANTIME)
     done = threading.Event()

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from fail2ban.helpers import getLogger
 from fail2ban.server.action import ActionBase
@@ -20,7 +20,7 @@ from ..backends import Backend, get_backend
 from ..backends.base import Bans
 from ..errors import InputError
 from ..spec import JailSpec
-from .internals import ban_count, banned_texts, ignore_check, ignore_inputs, restorable, restore_waits
+from .internals import Ignored, ban_count, banned_texts, ignore_check, ignore_inputs, restorable, restore_waits
 from .killer import SessionKiller
 from .preload import PER_BAN, Preloaded
 from .watchdog import Watchdog
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 log = getLogger("fail2ban.f2bext")
 
 SHARE_OPTIONS = ("share", "share_scope", "share_origin", "share_max_prefix")
-
-Ignored = Callable[[str, Optional[tuple[int, int]]], bool]  # internals.ignore_check's answer
 
 _backends: dict[str, Backend] = {}
 _said: set[str] = set()  # process-wide warnings already logged

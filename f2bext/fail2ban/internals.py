@@ -27,6 +27,7 @@ RESTORABLE = ("SELECT ip FROM (SELECT ip, timeofban, CASE WHEN bantime = -2 THEN
               "WHERE corrected = -1 OR (corrected > 0 AND timeofban + corrected > :now)")
 
 Single = Optional[tuple[int, int]]  # addr.parse_single's answer
+Ignored = Callable[[str, Single], bool]  # ignore_check's answer: whether fail2ban ignores the address
 
 
 def jail_of(action: Any) -> Any:
@@ -70,7 +71,7 @@ def _mostly_older(connection: Any, since: float) -> bool:
     return recent * 3 < total
 
 
-def ignore_check(jail: Any) -> Callable[[str, Single], bool]:
+def ignore_check(jail: Any) -> Ignored:
     """fail2ban's own ignore check of a ban (Filter.inIgnoreIPList: ignoreself, ignoreip,
     ignorecommand), by integers where that tells the same: 30 µs a row, 3 s at 100,000 restored, and
     20 µs of each ban's 50, otherwise. A host name in ignoreip or an ignorecommand leaves every
@@ -103,7 +104,8 @@ def ignore_check(jail: Any) -> Callable[[str, Single], bool]:
 def ignore_inputs(jail: Any) -> tuple[object, ...]:
     """What ignore_check's answer rests on, to compare: ignoreip, ignorecommand, ignoreself, and this
     host's own addresses as fail2ban last resolved them. Read from fail2ban's cache without
-    DNSUtils.getSelfIPs, which would keep them cached for ever when asked every second."""
+    DNSUtils.getSelfIPs, which renews its cache entry at each call: asked at every ban, it would
+    never resolve them again."""
     flt = jail.filter
     return (tuple(flt.getIgnoreIP()), flt.ignoreCommand, flt.ignoreSelf,
             DNSUtils.CACHE_nameToIp.get(DNSUtils._getSelfIPs_key) if flt.ignoreSelf else None)

@@ -147,19 +147,28 @@ def test_restorable_chosen_by_sqlite_are_the_ones_fail2bans_restore_chooses(rows
             db.close()
 
 
-@pytest.mark.parametrize("ignore", ["addresses", "self", "host name", "command"])
-def test_restorable_skip_what_fail2bans_ignore_check_skips(jail, ignore):
-    """By integers for addresses, networks and this host's own addresses; a host name or an
-    ignorecommand leaves every row to fail2ban's own check."""
-    jail.filter.addIgnoreIP("192.0.2.0/28")
-    jail.filter.addIgnoreIP("2001:db8:1::/48")
-    jail.filter.addIgnoreIP("::ffff:198.51.100.9")  # fail2ban takes it as IPv4
+IGNORES = ["addresses", "self", "host name", "command"]
+
+
+def ignore_also(jail, ignore):
+    """What else fail2ban ignores, by kind: this host's own addresses (its cache of them set by
+    hand: the caller unsets it), a host name in ignoreip, an ignorecommand; "addresses" adds nothing."""
     if ignore == "self":
         DNSUtils.CACHE_nameToIp.set(DNSUtils._getSelfIPs_key, {IPAddr("198.51.100.50"), IPAddr("2001:db8:5::5")})
     if ignore == "host name":
         jail.filter.addIgnoreIP("localhost")
     if ignore == "command":
         jail.filter.ignoreCommand = "test <ip> = 198.51.100.30"
+
+
+@pytest.mark.parametrize("ignore", IGNORES)
+def test_restorable_skip_what_fail2bans_ignore_check_skips(jail, ignore):
+    """By integers for addresses, networks and this host's own addresses; a host name or an
+    ignorecommand leaves every row to fail2ban's own check."""
+    jail.filter.addIgnoreIP("192.0.2.0/28")
+    jail.filter.addIgnoreIP("2001:db8:1::/48")
+    jail.filter.addIgnoreIP("::ffff:198.51.100.9")  # fail2ban takes it as IPv4
+    ignore_also(jail, ignore)
     texts = ["192.0.2.1", "192.0.2.15", "192.0.2.16", "2001:db8:1::9", "2001:db8:2::9", "198.51.100.9",
              "198.51.100.30", "198.51.100.50", "2001:db8:5::5", "2001:DB8:1::8", "::ffff:192.0.2.2", "203.0.113.0/24"]
     try:
@@ -172,19 +181,14 @@ def test_restorable_skip_what_fail2bans_ignore_check_skips(jail, ignore):
         DNSUtils.CACHE_nameToIp.unset(DNSUtils._getSelfIPs_key)
 
 
-@pytest.mark.parametrize("ignore", ["addresses", "self", "host name", "command"])
+@pytest.mark.parametrize("ignore", IGNORES)
 def test_the_ban_paths_ignore_check_answers_as_fail2bans_and_says_when_to_ask_again(jail, ignore):
     """The check a ban makes (internals.ignore_check, by integers) says what Filter.inIgnoreIPList
     says of every text; ignore_inputs changes with each thing the answer rests on."""
     jail.filter.addIgnoreIP("192.0.2.0/28")
     jail.filter.addIgnoreIP("::ffff:198.51.100.9")
     before = internals.ignore_inputs(jail)
-    if ignore == "self":
-        DNSUtils.CACHE_nameToIp.set(DNSUtils._getSelfIPs_key, {IPAddr("198.51.100.50"), IPAddr("2001:db8:5::5")})
-    if ignore == "host name":
-        jail.filter.addIgnoreIP("localhost")
-    if ignore == "command":
-        jail.filter.ignoreCommand = "test <ip> = 198.51.100.30"
+    ignore_also(jail, ignore)
     if ignore == "addresses":
         jail.filter.addIgnoreIP("2001:db8:1::/48")
     texts = ["192.0.2.1", "192.0.2.16", "2001:db8:1::9", "2001:db8:2::9", "198.51.100.9", "198.51.100.30",

@@ -165,6 +165,10 @@ class Guard:
         """Whether one address (parse_single's integer) overlaps nothing kept: refusal() is None."""
         return not self._spans.covers(version, address)
 
+    def split(self, version: int, addresses: Iterable[int]) -> tuple[list[int], list[int]]:
+        """Single addresses of one IP version (integers) in two: those clear() allows, and the rest."""
+        return self._spans.split(version, addresses)
+
     def refuse(self, nets: Sequence[Network]) -> None:
         """Raise InputError, changing nothing, if any of `nets` must not be banned."""
         for net in nets:

@@ -15,12 +15,13 @@ from fail2ban.server.action import ActionBase
 from fail2ban.server.mytime import MyTime
 
 from .. import guard, state
-from ..addr import Network, parse_single, parse_target, sort_singles, to_text
+from ..addr import Network, parse_single, parse_target, single_text, to_text
 from ..backends import Backend, get_backend
 from ..backends.base import Bans
 from ..errors import InputError
 from ..spec import JailSpec
-from .internals import Ignored, ban_count, banned_texts, ignore_check, ignore_inputs, restorable, restore_waits
+from .internals import (Ignored, ban_count, banned_singles, banned_texts, ignore_check, ignore_inputs, restorable,
+                        restore_waits)
 from .killer import SessionKiller
 from .preload import PER_BAN, Preloaded
 from .watchdog import Watchdog
@@ -160,7 +161,7 @@ class EnforcingAction(ActionBase):
     def held_text(self) -> set[str]:
         """Every address the kernel should hold for the jail, as text: fail2ban's banned list, and the
         bans start() loaded that fail2ban has not worked through yet (a rebuild must keep them)."""
-        pending = self._preloaded.pending()  # before the banned list: an address moves from one to the other
+        pending = self._preloaded.pending_texts()  # before the banned list: an address moves from one to the other
         return (pending | banned_texts(self._jail)) - self._refused
 
     def held(self) -> list[Network]:
@@ -168,10 +169,11 @@ class EnforcingAction(ActionBase):
         return self.held_bans().all()
 
     def held_bans(self) -> Bans:
-        """held(), sorted for a bulk load: the single addresses the guard clears stay text (a heal of
-        100,000 bans spent half a second making an object of each)."""
+        """held(), sorted for a bulk load: the single addresses the guard clears stay integers, read off
+        fail2ban's own (a heal of 100,000 bans spent half a second making an object of each, and
+        a quarter making and reading their text)."""
         check = self.guard()
-        singles, rest = sort_singles(self.held_text(), check.clear)
+        singles, rest = self._sorted_held(check, *self._preloaded.pending())
         nets = []
         for ip in rest:
             try:
@@ -179,6 +181,25 @@ class EnforcingAction(ActionBase):
             except InputError as e:
                 log.warning("[%s] f2bext skips %s", self._jail.name, e)
         return Bans(singles, check.allowed(nets))
+
+    def _sorted_held(self, check: guard.Guard, singles: dict[int, set[int]], texts: set[str]
+                     ) -> tuple[dict[int, list[int]], list[str]]:
+        """fail2ban's banned list with `singles` and `texts` (the preload's, changed here), less what
+        f2bext refused, sorted as addr.sort_singles sorts: what `check` clears, and the rest as text."""
+        banned, banned_rest = banned_singles(self._jail)
+        texts.update(banned_rest)
+        for version, found in banned.items():
+            singles[version].update(found)
+        for ip in self._refused:
+            texts.discard(ip)
+            found = parse_single(ip)
+            if found is not None:
+                singles[found[0]].discard(found[1])
+        cleared: dict[int, list[int]] = {}
+        for version, found in singles.items():
+            cleared[version], kept = check.split(version, found)
+            texts.update(single_text(version, value) for value in kept)
+        return cleared, list(texts)
 
     def start(self) -> None:
         with restore_waits(self._jail):  # fail2ban's restore waits for the load, not against it
@@ -188,13 +209,12 @@ class EnforcingAction(ActionBase):
                 self._preloaded = Preloaded()
                 check = self.guard()
                 singles, others = restorable(self._jail, check.clear)
-                restoring = [*singles[4], *singles[6], *others]
-                # A jail started again: fail2ban's list, sorted the same way.
-                again, others_again = sort_singles(self.held_text().difference(restoring), check.clear)
-                self._preloaded.load(restoring)
-                for version, texts in again.items():
-                    singles[version] += texts
-                nets = self._parsed([*others, *others_again], check)
+                # A jail started again: fail2ban's list too (the preload is empty yet), less the restore's.
+                again, others_again = self._sorted_held(check, {4: set(), 6: set()}, set())
+                self._preloaded.load(singles, others)
+                for version, found in again.items():
+                    singles[version] += [value for value in found if not self._preloaded.holds(version, value)]
+                nets = self._parsed([*others, *(t for t in others_again if t not in self._preloaded)], check)
                 with watchdog.quiet():  # a notification of each element costs the kernel more than the load
                     self.backend.start(self.spec, nets, singles)
                 self._preloaded.grace(PER_BAN)  # from the load's end: fail2ban's own restore begins now

@@ -14,7 +14,7 @@ from typing import Any, Callable, ContextManager, Optional
 from fail2ban.server.ipdns import DNSUtils
 from fail2ban.server.mytime import MyTime
 
-from ..addr import Spans, sort_singles
+from ..addr import Spans, is_plain, sort_singles
 
 # The rows of fail2ban's bips table (one per address and jail) that Jail.restoreCurrentBans restores,
 # chosen by SQLite rather than by Python row by row, as Fail2BanDb.getCurrentBans corrects them: a ban
@@ -35,7 +35,7 @@ def jail_of(action: Any) -> Any:
     return action._jail
 
 
-def restorable(jail: Any, clear: Callable[[int, int], bool]) -> tuple[dict[int, list[str]], list[str]]:
+def restorable(jail: Any, clear: Callable[[int, int], bool]) -> tuple[dict[int, list[int]], list[str]]:
     """The bans fail2ban is about to restore from its database, chosen as Jail.restoreCurrentBans
     chooses them (its ignore check included), sorted as addr.sort_singles sorts them for the load:
     single addresses `clear` allows, by IP version, and the rest.
@@ -129,7 +129,24 @@ def banned_texts(jail: Any) -> set[str]:
     """The text of every address the jail's ban manager holds, as str() writes it. Its keys are
     IPAddr objects, whose str() works the text out twice: .ntoa once is 0.06 s at 100,000, not 0.1,
     in a heal that has every ban to put back."""
-    return {t if isinstance(t := getattr(ip, "ntoa", ip), str) else str(t) for ip in jail.actions.getBanList()}
+    return {t if isinstance(t := getattr(ip, "ntoa", ip), str) else str(t) for ip in jail.actions.banManager.getBanList()}
+
+
+def banned_singles(jail: Any) -> tuple[dict[int, list[int]], list[str]]:
+    """The addresses the jail's ban manager holds, in two: single addresses addr.is_plain takes, as
+    integers by IP version, read off fail2ban's IPAddr keys with no text made (a heal reads 100,000);
+    and the text of the rest (networks, host names), as str() writes it."""
+    singles: dict[int, list[int]] = {4: [], 6: []}
+    v4, v6, rest = singles[4], singles[6], []
+    for ip in jail.actions.banManager.getBanList():  # unordered: the keys, as they are
+        family, plen = getattr(ip, "_family", None), getattr(ip, "_plen", None)
+        if family == socket.AF_INET and plen == 32 and is_plain(4, ip._addr):
+            v4.append(ip._addr)
+        elif family == socket.AF_INET6 and plen == 128 and is_plain(6, ip._addr):
+            v6.append(ip._addr)
+        else:
+            rest.append(t if isinstance(t := getattr(ip, "ntoa", ip), str) else str(t))
+    return singles, rest
 
 
 def current_bans(jail: Any) -> list[tuple[str, float, int]]:

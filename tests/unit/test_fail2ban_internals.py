@@ -23,7 +23,7 @@ from fail2ban.protocol import CSPROTO
 from fail2ban.version import version
 
 from f2bext import f2bsocket
-from f2bext.addr import parse_single
+from f2bext.addr import parse_single, single_text, sort_singles
 from f2bext.fail2ban import EnforcingAction, internals
 
 from fuzzing import fuzz
@@ -64,7 +64,7 @@ def ban(jail, ip, age, bantime):
 def restorable(jail):
     """The addresses f2bext loads ahead of fail2ban's restore."""
     singles, rest = internals.restorable(jail, lambda version, address: True)
-    return sorted(singles[4] + singles[6] + rest)
+    return sorted([single_text(v, a) for v, found in singles.items() for a in found] + rest)
 
 
 def restored_by_fail2ban(jail):
@@ -255,6 +255,64 @@ def test_banned_texts_are_the_texts_of_fail2bans_ban_list(texts):
     assert internals.banned_texts(jail) == {str(ip) for ip in jail.actions.getBanList()}
 
 
+BAN_LIST_ENTRIES = st.one_of(
+    st.ip_addresses().map(str), st.ip_addresses(v=4).map(lambda a: f"{a}/24"),
+    st.ip_addresses(v=6).map(lambda a: f"{a}/64"), st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.sampled_from(["host.example", "a b", "127.0.0.1", "0.0.0.0", "0.1.2.3", "169.254.1.1", "224.0.0.1",
+                     "::", "::1", "::192.0.2.1", "fe80::1", "ff02::1", "192.0.2.1/32", "2001:db8::1/128"]))
+
+
+@given(st.lists(BAN_LIST_ENTRIES, max_size=12))
+@fuzz(300)
+def test_banned_singles_are_fail2bans_ban_list_as_parse_single_reads_its_texts(texts):
+    """Read off fail2ban's IPAddr keys with no text made: each integer is the (version, integer)
+    parse_single reads from the key's text; every other key is its text, which parse_single leaves."""
+    jail = Jail(JAIL, backend="polling")
+    for ip in texts:
+        jail.actions.banManager.addBanTicket(BanTicket(ip, MyTime.time()))
+    singles, rest = internals.banned_singles(jail)
+    listed = [str(ip) for ip in jail.actions.getBanList()]
+    assert sorted([single_text(v, a) for v, found in singles.items() for a in found] + rest) == sorted(listed)
+    assert all(parse_single(single_text(v, a)) == (v, a) for v, found in singles.items() for a in found)
+    assert all(parse_single(text) is None for text in rest)
+
+
+@given(st.lists(st.tuples(BAN_LIST_ENTRIES, st.sampled_from(["banned", "preloaded", "both", "refused"])),
+                max_size=12))
+@fuzz(200)
+def test_held_bans_are_the_held_texts_the_guard_allows_parsed(entries):
+    """held_bans() reads integers where it can; what it holds is what held_text() says, each parsed
+    and checked in full (ignoreip: 192.0.2.0/24, 2001:db8::/32), the refused ones left out."""
+    from f2bext.addr import parse_target
+    from f2bext.errors import InputError
+    jail = Jail(JAIL, backend="polling")
+    jail.filter.addIgnoreIP("192.0.2.0/24")
+    jail.filter.addIgnoreIP("2001:db8::/32")
+    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory() as run:
+        act, _kernel = counting_action(jail, mp, run)
+        preload = []
+        for text, where in entries:
+            if where != "preloaded":
+                jail.actions.banManager.addBanTicket(BanTicket(text, MyTime.time()))
+            if where in ("preloaded", "both"):
+                preload.append(str(IPAddr(text)))  # as fail2ban's database holds it
+            if where == "refused":
+                act._refused.add(str(IPAddr(text)))
+        act._preloaded.load(*sort_singles(preload, lambda version, address: True))
+        expected = set()
+        check = act.guard()
+        for text in act.held_text():
+            try:
+                net = parse_target(text)
+            except InputError:
+                continue
+            if check.refusal(net) is None:
+                expected.add(net)
+        bans = act.held_bans()
+        assert sorted(bans.all(), key=str) == sorted(expected, key=str)
+        assert all(check.clear(v, a) for v, found in bans.singles.items() for a in found)
+
+
 def test_current_bans_are_the_tickets_fail2ban_holds_with_their_ban_times(jail):
     """What a fleet server publishes again after a failover (fleets.Fleets.own)."""
     start = MyTime.time()
@@ -298,11 +356,10 @@ class CountingBackend:
         self.repairs.append(sorted(map(str, held)))
 
 
-@pytest.fixture
-def counted(jail, monkeypatch, tmp_path):
+def counting_action(jail, monkeypatch, state_dir):
     """f2bext-ipset.py on the jail, its kernel a CountingBackend: (the action, the kernel)."""
     from f2bext.fail2ban import action as action_module
-    monkeypatch.setenv("F2BEXT_STATE_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("F2BEXT_STATE_DIR", str(state_dir))
     kernel = CountingBackend()
     monkeypatch.setattr(action_module, "shared_backend", lambda name, owner=False: kernel)
 
@@ -310,6 +367,11 @@ def counted(jail, monkeypatch, tmp_path):
         backend_name = "ipset"
 
     return Action(jail, "f2bext-ipset.py"), kernel
+
+
+@pytest.fixture
+def counted(jail, monkeypatch, tmp_path):
+    return counting_action(jail, monkeypatch, tmp_path / "run")
 
 
 def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_when_it_does_not(jail, monkeypatch,
@@ -320,12 +382,12 @@ def test_the_watchdogs_count_lists_no_ban_while_the_kernel_agrees_and_repairs_wh
         jail.actions.addBannedIP(ip)
     act._refused.add("203.0.113.2")  # f2bext refused it: fail2ban lists it, the kernel does not hold it
     kernel.entries_held = 2
-    listed = jail.actions.getBanList
-    monkeypatch.setattr(jail.actions, "getBanList", lambda *a, **k: pytest.fail("the count listed the bans"))
+    listed = jail.actions.banManager.getBanList
+    monkeypatch.setattr(jail.actions.banManager, "getBanList", lambda *a, **k: pytest.fail("the count listed the bans"))
     for _ in range(3):
         act.resync()
     assert kernel.repairs == []
-    monkeypatch.setattr(jail.actions, "getBanList", listed)
+    monkeypatch.setattr(jail.actions.banManager, "getBanList", listed)
     kernel.entries_held = 5  # a restore of saved sets brought back two lifted bans
     act.resync()
     assert kernel.repairs == []  # once may be a ban between fail2ban's list and the kernel
@@ -338,11 +400,11 @@ def test_the_watchdogs_count_waits_while_fail2ban_restores_what_start_loaded(jai
     fail2ban logs it): the counts differ by one, and comparing the texts each time slowed fail2ban's
     restore of 1,000,000 bans by half."""
     act, kernel = counted
-    act._preloaded.load(["203.0.113.1", "203.0.113.2"])
+    act._preloaded.load(*sort_singles(["203.0.113.1", "203.0.113.2"], lambda version, address: True))
     jail.actions.addBannedIP("203.0.113.1")  # restored by fail2ban, not yet taken off the preload
     kernel.entries_held = 2
     monkeypatch.setattr(kernel, "entries", lambda spec: pytest.fail("the count read the kernel mid-restore"))
-    monkeypatch.setattr(jail.actions, "getBanList", lambda *a, **k: pytest.fail("the count listed the bans"))
+    monkeypatch.setattr(jail.actions.banManager, "getBanList", lambda *a, **k: pytest.fail("the count listed the bans"))
     for _ in range(3):
         act.resync()
     assert kernel.repairs == []

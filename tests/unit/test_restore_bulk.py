@@ -7,7 +7,7 @@ import struct
 
 from hypothesis import example, given, strategies as st
 
-from f2bext.addr import parse_single, parse_target, sort_singles, to_text
+from f2bext.addr import parse_single, parse_target, single_text, sort_singles, to_text
 from f2bext.backends import nft
 from f2bext.errors import InputError
 from f2bext.guard import Guard, Keep
@@ -78,14 +78,20 @@ def test_sorted_for_the_load_every_text_lands_once_and_a_single_only_when_the_gu
     skipped = {t for t in texts if t.endswith("7")}  # as fail2ban's ignore check would leave some out
     singles, rest = sort_singles(texts, guard.clear, skip=lambda text, found: text in skipped)
     kept = [t for t in texts if t not in skipped]
-    assert sorted(singles[4] + singles[6] + rest) == sorted(kept)
+    # An integer taken is exactly its text again: only what parse_target takes unchanged.
+    assert sorted([single_text(v, a) for v, taken in singles.items() for a in taken] + rest) == sorted(kept)
     for version, taken in singles.items():
-        for text in taken:  # taken as it is only what parse_target takes unchanged and the guard allows
-            net = parse_target(text)
-            assert net.version == version and to_text(net) == text and guard.refusal(net) is None
+        for value in taken:  # and what the guard allows
+            net = parse_target(single_text(version, value))
+            assert (net.version, int(net.network_address)) == (version, value) and guard.refusal(net) is None
     for text in rest:
         found = parse_single(text)
         assert found is None or not guard.clear(*found)
+
+
+def integers(singles):
+    """Single addresses by IP version, as a load takes them: integers."""
+    return {v: [int(ipaddress.ip_address(t)) for t in texts] for v, texts in singles.items()}
 
 
 def json_load(*args, **kwargs):
@@ -99,7 +105,7 @@ def json_load(*args, **kwargs):
 def test_a_load_puts_bulk_addresses_in_their_sets_in_batches_after_the_flush():
     v4 = [f"100.64.{i >> 8}.{i & 255}" for i in range(1, 2501)]
     batches = json_load("postfix", [ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8::9/128")],
-                             singles={4: v4, 6: ["2001:db8::7"]})
+                             singles=integers({4: v4, 6: ["2001:db8::7"]}))
     assert [c["flush"]["set"]["name"] for c in batches[0] if "flush" in c] == [f"postfix-{k}" for k in nft.LOCAL_KINDS]
     loaded = {}
     for batch in batches[1:]:
@@ -111,7 +117,7 @@ def test_a_load_puts_bulk_addresses_in_their_sets_in_batches_after_the_flush():
 
 def test_a_load_into_a_kept_table_deletes_only_what_neither_the_bulk_nor_the_networks_hold():
     present = [ipaddress.ip_network(t) for t in ("100.64.0.1/32", "100.64.0.2/32", "2001:db8::7/128")]
-    batches = json_load("postfix", [], present, singles={4: ["100.64.0.1"], 6: ["2001:db8::7"]})
+    batches = json_load("postfix", [], present, singles=integers({4: ["100.64.0.1"], 6: ["2001:db8::7"]}))
     deleted = [e for b in batches for c in b if "delete" in c for e in c["delete"]["element"]["elem"]]
     assert deleted == ["100.64.0.2"]
 
@@ -142,14 +148,15 @@ def test_preloaded_bans_are_kept_while_fail2ban_works_through_them_and_dropped_o
     try:
         MyTime.setTime(1000.0)
         kept = Preloaded()
-        kept.load(f"100.64.0.{i}" for i in range(1, 101))
+        kept.load(*sort_singles([f"100.64.0.{i}" for i in range(1, 100)] + ["100.64.1.0/24"], lambda v, a: True))
         MyTime.setTime(1000.0 + GRACE + 100 * PER_BAN - 1)
-        assert len(kept.pending()) == 100  # fail2ban still builds its tickets
+        assert len(kept) == len(kept.pending_texts()) == 100  # fail2ban still builds its tickets
         kept.discard("100.64.0.1")  # fail2ban restored one
         MyTime.setTime(1000.0 + GRACE + 100 * PER_BAN + 1)
-        assert len(kept.pending()) == 99 and "100.64.0.2" in kept  # it is still at it: a new grace
+        assert len(kept) == 99 and "100.64.0.2" in kept and "100.64.1.0/24" in kept  # still at it: a new grace
+        assert kept.pending_texts() == {f"100.64.0.{i}" for i in range(2, 100)} | {"100.64.1.0/24"}
         MyTime.setTime(1000.0 + 2 * GRACE + 100 * PER_BAN + 2)
-        assert kept.pending() == set() and "100.64.0.2" not in kept  # it stopped: the rest it did not restore
+        assert kept.pending() == ({4: set(), 6: set()}, set()) and "100.64.0.2" not in kept  # it stopped
     finally:
         MyTime.setTime(None)
 
@@ -164,3 +171,7 @@ def test_spans_cover_exactly_what_any_of_their_ranges_covers(ranges, probes):
     for version, value in probes:
         naive = any(v == version and low <= value <= low + width for v, low, width in ranges)
         assert spans.covers(version, value) is naive, (version, value)
+    for version in (4, 6):  # split() sorts as covers() answers
+        values = [value for v, value in probes if v == version]
+        assert spans.split(version, values) == ([a for a in values if not spans.covers(version, a)],
+                                                [a for a in values if spans.covers(version, a)])

@@ -71,9 +71,9 @@ class NftBackend:
         what = f"load bans of jail {spec.jail}"
         load = plan_load(spec.jail, held, present, singles)
         self.nft.apply(load.first, what)
-        for kind, texts in load.singles.items():
-            if not self.nft.load_elements(set_name(spec.jail, kind), pack_keys(kind, texts), what):
-                for batch in build_singles_load(spec.jail, kind, texts):
+        for kind, found in load.singles.items():
+            if not self.nft.load_elements(set_name(spec.jail, kind), pack_keys(kind, found), what):
+                for batch in build_singles_load(spec.jail, kind, found):
                     self.nft.apply(batch, what)
         for batch in load.last:
             self.nft.apply(batch, what)

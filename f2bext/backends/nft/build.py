@@ -4,10 +4,9 @@ spec -> libnftables JSON commands (structure, elements, loads, rebuilds, teardow
 from __future__ import annotations
 
 import ipaddress
-import socket
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
-from ...addr import Network, is_single
+from ...addr import Network, is_single, single_text
 from ...spec import JailSpec, PortRange
 from ..base import Op, Singles
 
@@ -154,9 +153,9 @@ def _chunked(op: str, by_set: dict[str, list[Any]]) -> list[Command]:
 
 class Load(NamedTuple):
     """A jail's sets filled at start, in order: `first` (one transaction), the single addresses of
-    `singles` (set kind "v4"/"v6" -> address texts) in transactions of their own, then `last`."""
+    `singles` (set kind "v4"/"v6" -> addresses as integers) in transactions of their own, then `last`."""
     first: list[Command]
-    singles: dict[str, list[str]]
+    singles: dict[str, list[int]]
     last: list[list[Command]]
 
 
@@ -166,11 +165,11 @@ def plan_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Net
     The sets are flushed first; or, given what they hold already (`present`: a table kept while
     fail2ban was down), the bans are added first and then what is not loaded is deleted, so no ban on
     both sides lapses."""
-    by_kind: dict[str, list[str]] = {f"v{v}": list(texts) for v, texts in (singles or {}).items()}
+    by_kind: dict[str, list[int]] = {f"v{v}": list(found) for v, found in (singles or {}).items()}
     networks: list[Network] = []
     for net in nets:
         if is_single(net):
-            by_kind.setdefault(set_kind(net), []).append(_element(net))
+            by_kind.setdefault(set_kind(net), []).append(int(net.network_address))
         else:
             networks.append(net)
     if present is None:
@@ -180,22 +179,23 @@ def plan_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Net
         first = build_network_sets(jail, networks, (4, 6))
     last: list[list[Command]] = []
     if present is not None:
-        loaded = {e for texts in by_kind.values() for e in texts}
-        stale = [n for n in present if is_single(n) and _element(n) not in loaded]
+        loaded = {kind: set(found) for kind, found in by_kind.items()}
+        stale = [n for n in present if is_single(n) and int(n.network_address) not in loaded.get(set_kind(n), ())]
         last = [[cmd] for cmd in build_elements("delete", jail, stale)]
-    return Load(first, {k: texts for k, texts in by_kind.items() if texts}, last)
+    return Load(first, {k: found for k, found in by_kind.items() if found}, last)
 
 
-def build_singles_load(jail: str, kind: str, texts: Sequence[str]) -> list[list[Command]]:
+def build_singles_load(jail: str, kind: str, addresses: Sequence[int]) -> list[list[Command]]:
     """libnftables' way to add a load's single addresses: transactions of LOAD_BATCH elements."""
-    name = set_name(jail, kind)
-    return [_chunked("add", {name: list(texts[i:i + LOAD_BATCH])}) for i in range(0, len(texts), LOAD_BATCH)]
+    name, version = set_name(jail, kind), int(kind[-1])
+    return [_chunked("add", {name: [single_text(version, a) for a in addresses[i:i + LOAD_BATCH]]})
+            for i in range(0, len(addresses), LOAD_BATCH)]
 
 
-def pack_keys(kind: str, texts: Iterable[str]) -> list[bytes]:
+def pack_keys(kind: str, addresses: Iterable[int]) -> list[bytes]:
     """Single addresses of a set of `kind` ("v4", "v6"), checked already, as the kernel's set keys."""
-    family = socket.AF_INET if kind.endswith("4") else socket.AF_INET6
-    return [socket.inet_pton(family, t) for t in texts]
+    size = 4 if kind.endswith("4") else 16
+    return [a.to_bytes(size, "big") for a in addresses]
 
 
 def build_network_sets(jail: str, networks: Iterable[Network], versions: Iterable[int],

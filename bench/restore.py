@@ -4,6 +4,7 @@ of jail postfix, and the kernel polled until every one of them is enforced (or a
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import random
 import re
@@ -75,10 +76,10 @@ def set_lookups(nl: kernel.Netfilter, sets: list[tuple[str, str]], n: int) -> Ca
     n, below n; once the whole sample is there it looks up all n and answers what it found. A restore
     only adds, so a complete sample comes at most a few keys before the last: at 1,000,000 the full
     lookup takes seconds, and its time is not the moment of enforcement."""
-    texts: dict[int, list[str]] = {4: [], 6: []}
+    addresses: dict[int, list[int]] = {4: [], 6: []}
     for text in dbgen.addresses(n):
-        texts[6 if ":" in text else 4].append(text)
-    keys = {v: nft.pack_keys(f"v{v}", texts[v]) for v in (4, 6)}  # as the action's load packs them
+        addresses[6 if ":" in text else 4].append(int(ipaddress.ip_address(text)))
+    keys = {v: nft.pack_keys(f"v{v}", addresses[v]) for v in (4, 6)}  # as the action's load packs them
     order = [(v, i) for v in (4, 6) for i in range(len(keys[v]))]
     sample: dict[int, list[bytes]] = {4: [], 6: []}
     for version, i in random.Random(n).sample(order, min(SAMPLE, n)):

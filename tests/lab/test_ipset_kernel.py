@@ -178,8 +178,8 @@ def test_a_repair_after_lost_rules_puts_back_the_rules_and_leaves_the_sets(hosts
 
 
 def test_a_bulk_load_over_netlink_adds_every_address_takes_present_ones_and_names_a_missing_set(hosts):
-    v4 = [f"100.64.{i >> 8}.{i & 255}" for i in range(1, 5001)]  # several messages of ipset.BULK
-    v6 = [f"2001:db8::{i:x}" for i in range(1, 2501)]
+    v4 = [int(ipaddress.ip_address(f"100.64.{i >> 8}.{i & 255}")) for i in range(1, 5001)]  # several messages
+    v6 = [int(ipaddress.ip_address(f"2001:db8::{i:x}")) for i in range(1, 2501)]
     with hosts.server.entered():
         xt = ipset.Xtables()
         xt.restore_sets(ipset.build_set_restore("postfix", [], flush=False))

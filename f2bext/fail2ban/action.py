@@ -247,10 +247,10 @@ class EnforcingAction(ActionBase):
         return True
 
     def ban(self, aInfo: Any) -> None:
-        ip, restored = str(aInfo["ip"]), aInfo["restored"]  # each a lookup through fail2ban's CallingMap
-        if restored and ip in self._preloaded:
-            self._preloaded.discard(ip)  # start() loaded it with the others, in one transaction
-            return
+        found, restored = aInfo["ip"], aInfo["restored"]  # each a lookup through fail2ban's CallingMap
+        if restored and self._preloaded.take(found):
+            return  # start() loaded it with the others, in one transaction
+        ip = str(found)
         try:
             net = parse_target(ip)
             self._refuse_lockout(net)

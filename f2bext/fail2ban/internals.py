@@ -132,18 +132,27 @@ def banned_texts(jail: Any) -> set[str]:
     return {t if isinstance(t := getattr(ip, "ntoa", ip), str) else str(t) for ip in jail.actions.banManager.getBanList()}
 
 
+def single_key(ip: Any) -> Optional[tuple[int, int]]:
+    """(IP version, integer) of a fail2ban IPAddr that is one address addr.is_plain takes, read off
+    the object with no text made; None for anything else (a network, a host name, text)."""
+    family, plen = getattr(ip, "_family", None), getattr(ip, "_plen", None)
+    if family == socket.AF_INET and plen == 32 and is_plain(4, ip._addr):
+        return 4, ip._addr
+    if family == socket.AF_INET6 and plen == 128 and is_plain(6, ip._addr):
+        return 6, ip._addr
+    return None
+
+
 def banned_singles(jail: Any) -> tuple[dict[int, list[int]], list[str]]:
-    """The addresses the jail's ban manager holds, in two: single addresses addr.is_plain takes, as
-    integers by IP version, read off fail2ban's IPAddr keys with no text made (a heal reads 100,000);
-    and the text of the rest (networks, host names), as str() writes it."""
+    """The addresses the jail's ban manager holds, in two: single addresses single_key reads, as
+    integers by IP version (a heal reads 100,000 with no text made); and the text of the rest
+    (networks, host names), as str() writes it."""
     singles: dict[int, list[int]] = {4: [], 6: []}
-    v4, v6, rest = singles[4], singles[6], []
+    rest = []
     for ip in jail.actions.banManager.getBanList():  # unordered: the keys, as they are
-        family, plen = getattr(ip, "_family", None), getattr(ip, "_plen", None)
-        if family == socket.AF_INET and plen == 32 and is_plain(4, ip._addr):
-            v4.append(ip._addr)
-        elif family == socket.AF_INET6 and plen == 128 and is_plain(6, ip._addr):
-            v6.append(ip._addr)
+        found = single_key(ip)
+        if found is not None:
+            singles[found[0]].append(found[1])
         else:
             rest.append(t if isinstance(t := getattr(ip, "ntoa", ip), str) else str(t))
     return singles, rest

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 from .addr import Address, Network, is_single
 from .kernel.ctnetlink import Conntrack, CtFilter, CtTuple, pack_tuple, parse_ct_handle, parse_ct_orig
-from .kernel.sockdiag import DiagSocket, SockDiag, diag_bytecode
+from .kernel.sockdiag import MAX_NETS, DiagSocket, SockDiag, diag_bytecode
 from .spec import PROTOCOL_NUMBERS, PortRange
 
 Ports = tuple[PortRange, ...]
@@ -87,15 +87,29 @@ def mapped(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((base | int(net.network_address), 96 + net.prefixlen))
 
 
-def diag_targets(nets: Sequence[Network]) -> list[tuple[int, Network]]:
-    """(socket family, remote prefix) pairs to dump: IPv4 peers also live in AF_INET6 sockets."""
-    targets: list[tuple[int, Network]] = []
+def diag_targets(nets: Sequence[Network]) -> list[tuple[int, list[Network]]]:
+    """(socket family, remote prefixes) to dump, each list at most MAX_NETS long: IPv4 peers also live
+    in AF_INET6 sockets, v4-mapped. One dump per list: each walks the kernel's whole socket hash."""
+    by_family: dict[int, list[Network]] = {socket.AF_INET: [], socket.AF_INET6: []}
     for net in nets:
         if isinstance(net, ipaddress.IPv4Network):
-            targets += [(socket.AF_INET, net), (socket.AF_INET6, mapped(net))]
+            by_family[socket.AF_INET].append(net)
+            by_family[socket.AF_INET6].append(mapped(net))
         else:
-            targets.append((socket.AF_INET6, net))
-    return targets
+            by_family[socket.AF_INET6].append(net)
+    return [(family, found[i:i + MAX_NETS]) for family, found in by_family.items()
+            for i in range(0, len(found), MAX_NETS)]
+
+
+class _Remotes:
+    """Membership in a list of remote prefixes: single addresses by a set, prefixes one by one."""
+
+    def __init__(self, nets: Sequence[Network]) -> None:
+        self._singles = {net.network_address for net in nets if is_single(net)}
+        self._wide = [net for net in nets if not is_single(net)]
+
+    def __contains__(self, addr: Address) -> bool:
+        return addr in self._singles or any(addr in net for net in self._wide)
 
 
 # --- conntrack ----------------------------------------------------------------------------------------
@@ -126,11 +140,16 @@ def conntrack_filters(nets: Sequence[Network], protocols: tuple[str, ...], ports
     in the kernel, and only the entries that pass its filter are sent here to be matched."""
     protos: list[Optional[int]] = [PROTOCOL_NUMBERS[p] for p in protocols] or [None]
     few = narrow_ports(ports)
+    # Every dump walks the whole table, however narrow its filter: for a burst of more IPv4 hosts than
+    # ports, a dump per port (the hosts matched here) takes fewer walks than a dump per host.
+    hosts4 = sum(1 for net in nets if net.version == 4 and is_single(net))
+    hosts4_by_port = bool(few) and hosts4 > len(few)
     filters: list[CtFilter] = []
     for net in nets:
         family = socket.AF_INET if net.version == 4 else socket.AF_INET6
         for proto in protos:
-            if is_single(net) and net.version == 4:
+            by_port = bool(few) and proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP)
+            if is_single(net) and net.version == 4 and not (hosts4_by_port and by_port):
                 addr = str(net.network_address)
                 filters.append(CtFilter(family, saddr=addr, protocol=proto))
                 if not ports:
@@ -141,7 +160,7 @@ def conntrack_filters(nets: Sequence[Network], protocols: tuple[str, ...], ports
             # tells a ban's entries apart). So for a CIDR or an IPv6 address the kernel narrows by
             # family, protocol and destination port (it compares ports for TCP and UDP only); the
             # address is matched here. The dumps are then the floor: bench/killbench.py times both.
-            elif few and proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+            elif by_port:
                 filters += [CtFilter(family, protocol=proto, dport=port) for port in few]
             else:
                 # Every port, many ports, or SCTP: the slow path, all the family's entries of the protocol
@@ -259,17 +278,18 @@ def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports:
         for protocol in socket_protocols(protocols):
             name = "TCP" if protocol == socket.IPPROTO_TCP else "UDP"
             states = _TCP_STATES if protocol == socket.IPPROTO_TCP else _UDP_STATES
-            for family, net in diag_targets(nets):
+            for family, targets in diag_targets(nets):
                 try:
-                    found = diag.sockets(family, protocol, states, diag_bytecode(net, ports))
+                    found = diag.sockets(family, protocol, states, diag_bytecode(targets, ports))
                 except OSError as e:
                     problems.append(f"kernel lacks {name} socket diagnostics (CONFIG_INET_{name}_DIAG)"
                                     if e.errno == errno.ENOENT else f"could not list {name} sockets: {_why(e)}")
                     continue
+                remotes = _Remotes(targets)
                 for sock in found:
                     # The kernel filtered already; this keeps a destroy from ever reaching a socket outside
                     # the ban, whatever a kernel made of the filter.
-                    if sock.remote in net and port_in(sock.local_port, ports):
+                    if sock.remote in remotes and port_in(sock.local_port, ports):
                         doomed[(sock.family, sock.protocol, sock.sockid)] = sock
         destroyed = deleted = 0
         can_destroy = True

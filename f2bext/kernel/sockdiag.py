@@ -24,12 +24,25 @@ _HOSTCOND = struct.Struct("=BBxxi")  # inet_diag_hostcond: family, prefix_len, p
 _ACCEPT, _REJECT = -1, -2
 
 
-def diag_bytecode(net: Network, ports: Sequence[tuple[int, int]]) -> bytes:
-    """inet_diag filter: remote address in `net`, and local port in one of `ports` (if any)."""
-    cond = _HOSTCOND.pack(socket.AF_INET if net.version == 4 else socket.AF_INET6, net.prefixlen, -1)
+MAX_NETS = 1024  # remote prefixes in one dump's bytecode: 32 bytes each at most, within a 64 KiB attribute
+
+
+def diag_bytecode(nets: Sequence[Network], ports: Sequence[tuple[int, int]]) -> bytes:
+    """inet_diag filter: remote address in one of `nets` (all of one family), and local port in one of
+    `ports` (if any). One dump for a burst of bans: each dump walks the kernel's whole socket hash."""
     # Each op falls through to the next when true, as the kernel's bytecode audit requires; when
-    # false it jumps to an op index, to the end (_ACCEPT) or past it (_REJECT).
-    ops: list[tuple[int, bytes, int]] = [(BC_D_COND, cond + net.network_address.packed, _REJECT)]
+    # false it jumps forward to an op index, to the end (_ACCEPT) or past it (_REJECT). A remote
+    # prefix that matches jumps on to the ports; one that does not tries the next prefix.
+    if not nets:
+        raise ValueError("a socket filter needs a remote prefix: without one it would match every socket")
+    last_net = len(nets) - 1
+    port_start = 2 * len(nets) - 1 if ports else _ACCEPT  # the first port op's index
+    ops: list[tuple[int, bytes, int]] = []
+    for i, net in enumerate(nets):
+        cond = _HOSTCOND.pack(socket.AF_INET if net.version == 4 else socket.AF_INET6, net.prefixlen, -1)
+        ops.append((BC_D_COND, cond + net.network_address.packed, _REJECT if i == last_net else len(ops) + 2))
+        if i != last_net:
+            ops.append((BC_JMP, b"", port_start))
     for i, (low, high) in enumerate(ports):
         last = i == len(ports) - 1
         miss = _REJECT if last else len(ops) + 3  # the next range's first op, after GE, LE and JMP

@@ -22,6 +22,7 @@ from f2bext.doctor.model import CONNTRACK, SOCKETS
 from f2bext import sessions as sessions_mod
 from f2bext.kernel import ctnetlink
 from f2bext.kernel.ctnetlink import CtFilter
+from f2bext.kernel.sockdiag import SockDiag
 from f2bext.sessions import KillReport, kill_sessions
 
 net = ipaddress.ip_network
@@ -387,6 +388,33 @@ def test_entries_without_a_socket_are_found_by_port_narrowed_dumps_for_ipv6_and_
     # An all-ports ban dumps the family and protocol, and takes the rest of the address's flows.
     assert sessions_lab.kill([ATT6, "203.0.113.0/24"], ports=()) == KillReport(2, 0, ())
     assert left() == {(lab.BYSTANDER6, 25), (BY4, 587)}
+
+
+def test_a_burst_of_bans_is_cut_with_a_socket_dump_per_family_and_a_conntrack_dump_per_port(sessions_lab, monkeypatch):
+    """Each dump walks a whole kernel table, however narrow its filter: a burst of bans (the killer
+    gathers them) is looked for together, and each of its sessions is cut, the bystander's not."""
+    held4, held4b, held6 = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 25), (ATT4B, SRV4, 587),
+                                             (ATT6, SRV6, 25))
+    (bystander,) = sessions_lab.hold(sessions_lab.hosts.bystander, (BY4, SRV4, 25))
+    stray = "203.0.113.99"  # an entry no socket holds (a forwarded flow): only a dump finds it
+    sessions_lab.hosts.server.run(["conntrack", "-I", "-p", "tcp", "-s", stray, "-d", SRV4, "--sport", "40000",
+                                   "--dport", "587", "--state", "ESTABLISHED", "-t", "300"])
+    socket_dumps: list[int] = []
+    ct_dumps: list[CtFilter] = []
+    real_sockets, real_entries = SockDiag.sockets, ctnetlink.Conntrack.entries
+    monkeypatch.setattr(SockDiag, "sockets", lambda diag, family, *rest: socket_dumps.append(family)
+                        or real_sockets(diag, family, *rest))
+    monkeypatch.setattr(ctnetlink.Conntrack, "entries",
+                        lambda ct, wanted, needles=(): ct_dumps.append(wanted) or real_entries(ct, wanted, needles))
+
+    assert sessions_lab.kill([ATT4, ATT4B, ATT6, stray]) == KillReport(4, 3, ())
+
+    assert sorted(socket_dumps) == [socket.AF_INET, socket.AF_INET6]
+    assert sorted(ct_dumps) == sorted(CtFilter(family, protocol=6, dport=port)
+                                      for family in (socket.AF_INET, socket.AF_INET6) for port in (25, 587))
+    for held in (held4, held4b, held6):
+        assert_cut(sessions_lab, held)
+    assert_alive(sessions_lab, bystander)
 
 
 UDP_SERVER = r"""

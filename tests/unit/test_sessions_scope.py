@@ -7,8 +7,10 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given, strategies as st
 
 from f2bext import lab
+from fuzzing import fuzz
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from f2bext.kernel import ctnetlink, netlink
@@ -18,7 +20,7 @@ from f2bext.kernel.ctnetlink import (
 )
 from f2bext.kernel.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, parse_messages
 from f2bext.kernel.sockdiag import (
-    BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, INET_DIAG_REQ_BYTECODE, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY, DiagSocket,
+    BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, INET_DIAG_REQ_BYTECODE, MAX_NETS, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY, DiagSocket,
     diag_bytecode, pack_destroy_request, pack_dump_request, parse_diag_msg,
 )
 from f2bext.sessions import (
@@ -81,7 +83,7 @@ def run(code: bytes, family: int, remote: str, local_port: int) -> bool:
 
 
 def test_bytecode_without_ports_is_one_remote_prefix_condition():
-    code = diag_bytecode(net("203.0.113.7/32"), ())
+    code = diag_bytecode([net("203.0.113.7/32")], ())
     assert code == struct.pack("=BBHBBxxi4s", BC_D_COND, 16, 20, socket.AF_INET, 32, -1, ip(ATT4).packed)
     audit(code)
     assert run(code, socket.AF_INET, ATT4, 12345)
@@ -95,7 +97,7 @@ def test_bytecode_matches_remote_prefix_and_local_port_ranges_as_the_kernel_runs
         (mapped(net("203.0.113.7/32")), socket.AF_INET6, ["::ffff:" + ATT4], ["::ffff:" + ATT4B, ATT6]),
         (net("2001:db8::/64"), socket.AF_INET6, [ATT6, lab.BYSTANDER6], ["2001:db9::7", "::ffff:" + ATT4]),
     ]:
-        code = diag_bytecode(target, ports)
+        code = diag_bytecode([target], ports)
         audit(code)
         for port in range(0, 2100):
             wanted = any(low <= port <= high for low, high in ports)
@@ -105,15 +107,42 @@ def test_bytecode_matches_remote_prefix_and_local_port_ranges_as_the_kernel_runs
                 assert not run(code, family, remote, port)
 
 
-def test_ipv4_peers_are_also_looked_for_as_v4_mapped_in_ipv6_sockets():
+NEAR = 0xCB007100  # 203.0.113.0: prefixes and probes drawn around it, so that they meet
+
+
+@fuzz(150)
+@given(st.lists(st.tuples(st.integers(0, 511), st.integers(23, 32)).map(
+           lambda a: net((NEAR + a[0], a[1]), strict=False)), min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 700), st.integers(0, 60)).map(lambda r: (r[0], r[0] + r[1])), max_size=3),
+       st.lists(st.tuples(st.integers(0, 511).map(lambda a: ip(NEAR + a)), st.integers(0, 800)), max_size=12))
+def test_bytecode_of_a_burst_matches_any_of_its_prefixes_and_a_port_as_the_kernel_runs_it(nets, ports, probes):
+    """One dump for many bans: a remote in any of the prefixes, at a local port in any of the ranges."""
+    code = diag_bytecode(nets, ports)
+    audit(code)
+    probes += [(n.network_address, port) for n in nets for port, _ in ports[:1] or [(0, 0)]]
+    for remote, port in probes:
+        wanted = any(remote in n for n in nets) and (not ports or any(lo <= port <= hi for lo, hi in ports))
+        assert run(code, socket.AF_INET, str(remote), port) == wanted, (remote, port)
+        assert not run(code, socket.AF_INET6, "::ffff:" + str(remote), port)  # another family's sockets
+
+
+def test_a_socket_filter_without_a_prefix_is_refused_not_one_that_matches_everything():
+    with pytest.raises(ValueError):
+        diag_bytecode([], SMTP)
+
+
+def test_ipv4_peers_are_also_looked_for_as_v4_mapped_in_ipv6_sockets_and_a_burst_in_one_dump_per_family():
     assert mapped(net("203.0.113.0/24")) == net("::ffff:203.0.113.0/120")
-    assert diag_targets([net("203.0.113.7/32"), net("2001:db8::7/128")]) == [
-        (socket.AF_INET, net("203.0.113.7/32")), (socket.AF_INET6, net("::ffff:203.0.113.7/128")),
-        (socket.AF_INET6, net("2001:db8::7/128"))]
+    assert diag_targets([net("203.0.113.7/32"), net("2001:db8::7/128"), net("198.51.100.0/24")]) == [
+        (socket.AF_INET, [net("203.0.113.7/32"), net("198.51.100.0/24")]),
+        (socket.AF_INET6, [net("::ffff:203.0.113.7/128"), net("2001:db8::7/128"), net("::ffff:198.51.100.0/120")])]
+    many = [net(f"100.64.{i // 256}.{i % 256}/32") for i in range(MAX_NETS + 5)]
+    assert [(family, len(found)) for family, found in diag_targets(many)] == [
+        (socket.AF_INET, MAX_NETS), (socket.AF_INET, 5), (socket.AF_INET6, MAX_NETS), (socket.AF_INET6, 5)]
 
 
 def test_dump_request_carries_protocol_states_and_bytecode():
-    code = diag_bytecode(net("203.0.113.7/32"), SMTP)
+    code = diag_bytecode([net("203.0.113.7/32")], SMTP)
     msg = pack_dump_request(7, socket.AF_INET6, socket.IPPROTO_TCP, 0x1234, code)
     length, msg_type, flags, seq, pid = struct.unpack_from("=IHHII", msg)
     assert (length, msg_type, flags, seq, pid) == (len(msg), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 7, 0)
@@ -166,6 +195,13 @@ def test_conntrack_filters_are_exact_for_ipv4_hosts_and_by_port_for_ipv6_and_cid
     assert conntrack_filters([cidr], ("tcp",), ((1000, 1008),)) == [CtFilter(v4f, protocol=6)]
     assert conntrack_filters([v6], ("sctp",), ((5060, 5060),)) == [CtFilter(v6f, protocol=132)]
     assert conntrack_filters([v6], (), ()) == [CtFilter(v6f)]
+    # A burst of more IPv4 hosts than ports: a dump per port (each walks the whole table), not per host.
+    burst = [v4, net("203.0.113.8/32"), net("198.51.100.9/32")]
+    assert conntrack_filters(burst, ("tcp", "sctp"), SMTP) == [
+        CtFilter(v4f, protocol=6, dport=25), CtFilter(v4f, protocol=6, dport=587),
+        *[CtFilter(v4f, saddr=str(n.network_address), protocol=132) for n in burst]]
+    assert conntrack_filters(burst[:2], ("tcp",), SMTP) == [CtFilter(v4f, saddr=str(n.network_address), protocol=6)
+                                                             for n in burst[:2]]  # as many as the ports: by host
 
 
 def test_few_ports_are_listed_one_by_one_and_many_not_at_all():

@@ -53,21 +53,29 @@ def pack_elements(keys: Sequence[bytes]) -> bytes:
     return head + (pad + head).join(keys) + pad
 
 
+def messages(keys: Sequence[bytes]) -> int:
+    """How many messages a transaction of `keys` takes: BULK_KEYS to a message, one at least."""
+    return max(1, -(-len(keys) // BULK_KEYS))
+
+
 def pack_setelem_batch(seq: int, op: str, family: str, table: str, name: str, keys: Sequence[bytes],
                        echo: bool = True) -> bytes:
     """One nf_tables transaction adding (`add`: present ones are no error) or deleting (`delete`: an
-    absent one fails it whole) `keys` in set `name`; acknowledged with `seq + 1`, and (`echo`) the
-    change and the new generation echoed with `seq + 1` too. A bulk load asks for no echo: the kernel
-    would send every element back."""
+    absent one fails it whole) `keys` in set `name`, BULK_KEYS to a message: messages seq + 1 to
+    seq + messages(keys), each acknowledged; with `echo` the change and the new generation are echoed
+    with `seq + 1`. A bulk load asks for no echo: the kernel would send every element back."""
     msg_type, flags, head = _head(op, family, table, name)
     if not echo:
         flags &= ~NLM_F_ECHO
-    elements = pack_elements(keys)
-    size = HEADER.size + len(head) + ATTR.size + len(elements)
-    return b"".join((HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0), _BATCH,
-                     HEADER.pack(size, msg_type, flags, seq + 1, 0), head,
-                     ATTR.pack(ATTR.size + len(elements), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED), elements,
-                     HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0), _BATCH))
+    parts = [HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0), _BATCH]
+    count = messages(keys)
+    for i in range(count):
+        elements = pack_elements(keys[i * BULK_KEYS:(i + 1) * BULK_KEYS])
+        size = HEADER.size + len(head) + ATTR.size + len(elements)
+        parts += [HEADER.pack(size, msg_type, flags, seq + 1 + i, 0), head,
+                  ATTR.pack(ATTR.size + len(elements), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED), elements]
+    parts += [HEADER.pack(HEADER.size + len(_BATCH), NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1 + count, 0), _BATCH]
+    return b"".join(parts)
 
 
 @functools.lru_cache(maxsize=256)
@@ -78,11 +86,12 @@ def _head(op: str, family: str, table: str, name: str) -> tuple[int, int, bytes]
                             + attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
 
 
-def read_answer(sock: socket.socket, seq: int, buf: bytearray) -> Optional[int]:
-    """Read the answers to the batch sent with `seq` to their end, on a socket another reader may share
-    (what answers another seq is the rest of an answer given up on). The generation the transaction
-    made; None when it changed nothing (every element there already). OSError when the kernel refused."""
-    generation, view = None, memoryview(buf)
+def read_answer(sock: socket.socket, seq: int, buf: bytearray, count: int = 1) -> Optional[int]:
+    """Read the answers to the batch sent with `seq` (of `count` messages) to their end, on a socket
+    another reader may share (what answers another seq is the rest of an answer given up on). The
+    generation the transaction echoed; None when it changed nothing (every element there already) or
+    was sent without an echo. OSError when the kernel refused it (then none of it was made)."""
+    generation, view, last = None, memoryview(buf), seq + count
     while True:
         size, offset = sock.recv_into(buf), 0
         while offset + HEADER.size <= size:  # every message of the datagram, read in place
@@ -91,10 +100,10 @@ def read_answer(sock: socket.socket, seq: int, buf: bytearray) -> Optional[int]:
                 break
             if msg_type == NFT_MSG_NEWGEN and got == seq + 1:
                 generation = parse_generation(bytes(view[offset + HEADER.size:offset + length]))
-            elif msg_type == NLMSG_ERROR and got in (seq, seq + 1):
+            elif msg_type == NLMSG_ERROR and seq <= got <= last:
                 if ERRNO.unpack_from(buf, offset + HEADER.size)[0] < 0:
                     raise refusal(*parse_error(msg_type, flags, bytes(view[offset + HEADER.size:offset + length])))
-                if got == seq + 1:
+                if got == last:
                     return generation
             offset += (length + 3) & ~3
 
@@ -158,11 +167,13 @@ class Elements:
 
     def change(self, op: str, family: str, table: str, name: str, keys: Sequence[bytes],
                echo: bool = True) -> Optional[int]:
-        """Send one transaction and read its answer to the end; see read_answer."""
+        """Send one transaction and read its answer to the end; see read_answer. Past BULK_KEYS it goes
+        without an echo, which would send every element back (more than a socket's buffer holds)."""
         assert self.sock is not None
-        self._seq = SEQ + (self._seq + 3 - SEQ) % (1 << 24)
-        self.sock.send(pack_setelem_batch(self._seq, op, family, table, name, keys, echo))
-        return read_answer(self.sock, self._seq, self._buf)
+        count = messages(keys)
+        self._seq = SEQ + (self._seq + count + 2 - SEQ) % (1 << 24)
+        self.sock.send(pack_setelem_batch(self._seq, op, family, table, name, keys, echo and count == 1))
+        return read_answer(self.sock, self._seq, self._buf, count)
 
     def load(self, family: str, table: str, name: str, keys: Sequence[bytes]) -> None:
         """Add many keys, BULK_KEYS to a transaction, each answered before the next is sent; no echo."""

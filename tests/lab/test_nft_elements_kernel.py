@@ -9,7 +9,7 @@ import pytest
 from f2bext import lab
 from f2bext.backends.nft import NOT_SENT, NftBackend
 from f2bext.errors import KernelError
-from f2bext.kernel import nftgen
+from f2bext.kernel import nftelem, nftgen
 from f2bext.spec import JailSpec
 
 POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
@@ -73,6 +73,25 @@ def test_the_transaction_echoes_the_generation_it_made(hosts):
         assert made == before + 1 == backend.nft.generation()
         assert backend.nft.send_elements("add", "postfix-v4", [net("203.0.113.5")], "ban") is None, "no change"
         assert backend.nft.generation() == made
+
+
+@pytest.mark.parametrize("owner", [True, False])
+def test_more_bans_at_once_than_a_message_holds_go_in_one_transaction(hosts, owner):
+    """A drainer's burst or `f2bext ban` of thousands: one transaction of several messages (an element
+    list's length is 16 bits), made whole or, when one delete fails, not at all."""
+    many = [ipaddress.ip_network(0x64400000 + i) for i in range(3 * nftelem.BULK_KEYS + 7)]
+    with hosts.server.entered():
+        backend = NftBackend(owner=owner)
+        backend.start(POSTFIX, [])
+        before = backend.nft.generation()
+        assert backend.ban(POSTFIX, many, nothing) == []
+        assert backend.nft.generation() == before + 1, "one transaction"
+        assert len(backend.banned(POSTFIX)) == len(many) and backend.verify([POSTFIX]) == []
+        with pytest.raises(KernelError):
+            backend.nft.send_elements("delete", "postfix-v4", many + [net("203.0.113.77")], "unban in jail postfix")
+        assert len(backend.banned(POSTFIX)) == len(many), "the absent one failed the whole transaction"
+        backend.unban(POSTFIX, many[1:], lambda: many[:1])
+        assert backend.banned(POSTFIX) == many[:1] and backend.verify([POSTFIX]) == []
 
 
 def test_a_ban_after_anothers_change_on_the_owned_table_still_looks_and_repairs(hosts, smtp, reach):

@@ -182,8 +182,10 @@ class Nft:
         self.table_flags = "owner, persist"
 
     def version(self) -> tuple[int, ...]:
-        """libnftables' version, from a listing's metainfo (`list sets` prints no table); read once."""
+        """libnftables' version, from a listing's metainfo (`list sets` prints no table); read once, at
+        the start of every f2bext process. Terse: with elements it took 0.32 s at 100,000 bans."""
         if not self._version:
+            self._ctx.set_terse_output(True)
             rc, out, _err = self._ctx.cmd("list sets")
             for item in json.loads(out).get("nftables", []) if rc == 0 and out.strip() else []:
                 if "metainfo" in item:

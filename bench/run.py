@@ -3,7 +3,7 @@
 f2bext's actions against fail2ban's stock ones, side by side on this machine, each in a namespace of
 its own with a real fail2ban-server or fail2ban's own action objects.
 
-    sudo /usr/bin/python3 bench/run.py            # the whole run, 12 to 20 minutes on 2 cores
+    sudo /usr/bin/python3 bench/run.py            # the whole run, 9 to 20 minutes on 2 cores
     sudo /usr/bin/python3 bench/run.py --quick    # one sample, short caps: a smoke test of the harness
     sudo /usr/bin/python3 bench/run.py --record   # also keep the run as bench/results/<commit>.json
 

@@ -45,3 +45,16 @@ def test_the_uncapped_check_run_is_not_one_of_the_capped_samples():
     assert estimate.extrapolated and estimate.samples == len(capped)
     line = " ".join(report.extrapolation_check(results))
     assert f"uncapped at N = {report.CHECKED_N:,}" in line and "3.3 min" in line and "short of" in line
+
+
+def test_a_capped_check_run_that_finished_within_its_cap_is_said_to_leave_nothing_to_check():
+    """d1726d1's machine restored 2,000 stock bans in 8.8 s, within the 10 s cap: no extrapolation,
+    and the report says so rather than leave the check out."""
+    with open(os.path.join(BENCH, "results", "d1726d1770c3.json")) as f:
+        results = json.load(f)
+    finished = [r for r in results["restore"] if r["action"] == report.UNCAPPED_STOCK and r["n"] == 2_000]
+    assert len(finished) == 2 and all(r["enforced_s"] is not None for r in finished)
+    for r in finished:
+        r["n"] = report.CHECKED_N
+    line = " ".join(report.extrapolation_check(results))
+    assert line.startswith("Check of the extrapolation: none to check") and "8.80 s" in line and "9.08 s" in line

@@ -17,7 +17,7 @@ import socket
 import threading
 from typing import Callable, NamedTuple, Optional, Sequence
 
-from .addr import Address, Network, is_single
+from .addr import Address, Network, Spans, is_single
 from .kernel.ctnetlink import Conntrack, CtFilter, CtTuple, pack_tuple, parse_ct_handle, parse_ct_orig
 from .kernel.sockdiag import MAX_NETS, DiagSocket, SockDiag, diag_bytecode
 from .spec import PROTOCOL_NUMBERS, PortRange
@@ -68,17 +68,23 @@ def port_in(port: int, ports: Ports) -> bool:
     return not ports or any(low <= port <= high for low, high in ports)
 
 
-def in_nets(addr: Address, nets: Sequence[Network]) -> bool:
-    return any(addr in net for net in nets)  # a version mismatch is simply False
+class Banned:
+    """The addresses of a kill's nets, merged into ranges: a membership test by bisection, however
+    many bans a burst holds (a loop over the nets at each of a dump's entries would not be)."""
+
+    def __init__(self, nets: Sequence[Network]) -> None:
+        self._spans = Spans((net.version, int(net.network_address), int(net.broadcast_address)) for net in nets)
+
+    def __contains__(self, addr: Address) -> bool:
+        return self._spans.covers(addr.version, int(addr))
 
 
-def conntrack_in_scope(src: Address, dst: Address, dport: Optional[int], nets: Sequence[Network],
-                       ports: Ports) -> bool:
+def conntrack_in_scope(src: Address, dst: Address, dport: Optional[int], banned: Banned, ports: Ports) -> bool:
     """An entry (original direction) is in scope when the address opened it to a banned port or,
     for an all-ports ban, when either end is the address (flows the host opened to it)."""
     if ports:
-        return dport is not None and port_in(dport, ports) and in_nets(src, nets)
-    return in_nets(src, nets) or in_nets(dst, nets)
+        return dport is not None and port_in(dport, ports) and src in banned
+    return src in banned or dst in banned
 
 
 def mapped(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
@@ -101,15 +107,6 @@ def diag_targets(nets: Sequence[Network]) -> list[tuple[int, list[Network]]]:
             for i in range(0, len(found), MAX_NETS)]
 
 
-class _Remotes:
-    """Membership in a list of remote prefixes: single addresses by a set, prefixes one by one."""
-
-    def __init__(self, nets: Sequence[Network]) -> None:
-        self._singles = {net.network_address for net in nets if is_single(net)}
-        self._wide = [net for net in nets if not is_single(net)]
-
-    def __contains__(self, addr: Address) -> bool:
-        return addr in self._singles or any(addr in net for net in self._wide)
 
 
 # --- conntrack ----------------------------------------------------------------------------------------
@@ -171,6 +168,7 @@ def conntrack_filters(nets: Sequence[Network], protocols: tuple[str, ...], ports
 
 
 SWEEPERS = 4  # conntrack walks at once: more only queue for the same cores
+MAX_NEEDLES = 16  # banned prefixes looked for as bytes in each datagram and entry, at most
 
 
 def _sweeper(sweep: Callable[[Conntrack, CtFilter], None], todo: "queue.SimpleQueue[CtFilter]",
@@ -199,17 +197,22 @@ def _delete_conntrack(ct: Conntrack, nets: Sequence[Network], protocols: tuple[s
     """Delete the entries in scope that the socket pass did not: forwarded and DNAT'd flows, half-open
     ones, unconnected UDP, and those of sockets that ended meanwhile."""
     # Most dumped entries are others': a datagram, then an entry, whose bytes do not even contain the
-    # whole bytes of a banned prefix cannot be in scope, and that test costs little beside parsing.
+    # whole bytes of a banned prefix cannot be in scope, and that test costs little beside parsing,
+    # for a few prefixes; a burst of many is matched by bisection alone (a substring search per
+    # prefix, over every datagram of a dump by port, would cost more than parsing each entry).
     needles = tuple({net.network_address.packed[:net.prefixlen // 8] for net in nets})
+    if len(needles) > MAX_NEEDLES:
+        needles = ()
+    banned = Banned(nets)
     doomed: dict[bytes, int] = {}  # handle -> family
 
     def sweep(sock: Conntrack, wanted: CtFilter) -> None:
         try:
             for payload in sock.entries(wanted, needles):
-                if not any(needle in payload for needle in needles):
+                if needles and not any(needle in payload for needle in needles):
                     continue
                 orig = parse_ct_orig(payload)
-                if orig and conntrack_in_scope(orig.src, orig.dst, orig.dport, nets, ports):
+                if orig and conntrack_in_scope(orig.src, orig.dst, orig.dport, banned, ports):
                     doomed[parse_ct_handle(payload)] = wanted.family
         except OSError as e:
             problems.append(f"could not read the {_family_name(wanted.family)} conntrack table: {_why(e)}")
@@ -285,7 +288,7 @@ def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports:
                     problems.append(f"kernel lacks {name} socket diagnostics (CONFIG_INET_{name}_DIAG)"
                                     if e.errno == errno.ENOENT else f"could not list {name} sockets: {_why(e)}")
                     continue
-                remotes = _Remotes(targets)
+                remotes = Banned(targets)
                 for sock in found:
                     # The kernel filtered already; this keeps a destroy from ever reaching a socket outside
                     # the ban, whatever a kernel made of the filter.

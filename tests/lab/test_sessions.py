@@ -22,8 +22,8 @@ from f2bext.doctor.model import CONNTRACK, SOCKETS
 from f2bext import sessions as sessions_mod
 from f2bext.kernel import ctnetlink
 from f2bext.kernel.ctnetlink import CtFilter
-from f2bext.kernel.sockdiag import SockDiag
-from f2bext.sessions import KillReport, kill_sessions
+from f2bext.kernel.sockdiag import MAX_NETS, SockDiag
+from f2bext.sessions import MAX_NEEDLES, KillReport, kill_sessions
 
 net = ipaddress.ip_network
 ATT4, ATT4B, ATT6 = lab.ATTACKER4, lab.ATTACKER_NET_PEER4, lab.ATTACKER6
@@ -415,6 +415,27 @@ def test_a_burst_of_bans_is_cut_with_a_socket_dump_per_family_and_a_conntrack_du
     for held in (held4, held4b, held6):
         assert_cut(sessions_lab, held)
     assert_alive(sessions_lab, bystander)
+
+
+def test_a_burst_of_thousands_of_bans_cuts_each_of_its_sessions_and_no_other(sessions_lab):
+    """Past MAX_NETS prefixes a socket dump is split, past MAX_NEEDLES the conntrack dumps are matched
+    by bisection alone: the real kernel runs both filters, and only the burst's sessions end."""
+    server = sessions_lab.hosts.server
+    held4, held6 = sessions_lab.hold(sessions_lab.hosts.attacker, (ATT4, SRV4, 25), (ATT6, SRV6, 587))
+    (bystander,) = sessions_lab.hold(sessions_lab.hosts.bystander, (BY4, SRV4, 25))
+    for src in ("203.0.113.99", "198.51.100.77"):  # entries no socket holds: one banned, one not
+        server.run(["conntrack", "-I", "-p", "tcp", "-s", src, "-d", SRV4, "--sport", "40000", "--dport", "587",
+                    "--state", "ESTABLISHED", "-t", "300"])
+    burst = [ATT4, ATT6, "203.0.113.99"] + [f"100.64.{i // 256}.{i % 256}" for i in range(2 * MAX_NETS + 50)]
+    assert len(burst) > MAX_NEEDLES
+
+    assert sessions_lab.kill(burst) == KillReport(3, 2, ())
+
+    assert_cut(sessions_lab, held4)
+    assert_cut(sessions_lab, held6)
+    assert_alive(sessions_lab, bystander)
+    listed = server.run(["conntrack", "-L", "-p", "tcp"]).stdout
+    assert "src=198.51.100.77 " in listed and "src=203.0.113.99 " not in listed
 
 
 UDP_SERVER = r"""

@@ -24,7 +24,7 @@ from f2bext.kernel.sockdiag import (
     diag_bytecode, pack_destroy_request, pack_dump_request, parse_diag_msg,
 )
 from f2bext.sessions import (
-    conntrack_filters, conntrack_in_scope, diag_targets, mapped, narrow_ports, socket_flows, socket_protocols,
+    Banned, conntrack_filters, conntrack_in_scope, diag_targets, mapped, narrow_ports, socket_flows, socket_protocols,
 )
 
 net = ipaddress.ip_network
@@ -294,7 +294,7 @@ def test_a_dump_request_without_bytecode_asks_for_every_socket():
 
 
 def test_conntrack_scope_is_the_ban_scope():
-    nets = [net("203.0.113.0/24")]
+    nets = Banned([net("203.0.113.0/24")])
     srv, att, by = ip(SRV4), ip(ATT4), ip(BY4)
     assert conntrack_in_scope(att, srv, 25, nets, SMTP)
     assert not conntrack_in_scope(att, srv, 8080, nets, SMTP)
@@ -305,6 +305,21 @@ def test_conntrack_scope_is_the_ban_scope():
     assert conntrack_in_scope(srv, att, 443, nets, ())
     assert not conntrack_in_scope(by, srv, 25, nets, ())
     assert not conntrack_in_scope(ip(ATT6), ip(SRV6), 25, nets, ())
+
+
+@fuzz(200)
+@given(st.lists(st.one_of(
+           st.tuples(st.integers(0, 511), st.integers(23, 32)).map(lambda a: net((NEAR + a[0], a[1]), strict=False)),
+           st.tuples(st.integers(0, 511), st.integers(120, 128)).map(
+               lambda a: net(((0x20010DB8 << 96) + a[0], a[1]), strict=False))), max_size=40),
+       st.lists(st.one_of(st.integers(0, 511).map(lambda a: ip(NEAR + a)),
+                          st.integers(0, 511).map(lambda a: ip((0x20010DB8 << 96) + a))), max_size=20))
+def test_a_bursts_banned_addresses_are_those_of_any_of_its_nets(nets, probes):
+    """Merged into ranges and bisected: the same answer as asking each net, for both IP versions
+    (an IPv4 address is never in an IPv6 net, nor the other way round)."""
+    banned = Banned(nets)
+    for addr in probes + [n.network_address for n in nets] + [n.broadcast_address for n in nets]:
+        assert (addr in banned) == any(addr in n for n in nets), addr
 
 
 def test_sockets_are_looked_for_in_tcp_and_udp_only():

@@ -92,6 +92,7 @@ def read_answer(sock: socket.socket, seq: int, buf: bytearray, count: int = 1) -
     generation the transaction echoed; None when it changed nothing (every element there already) or
     was sent without an echo. OSError when the kernel refused it (then none of it was made)."""
     generation, view, last = None, memoryview(buf), seq + count
+    refused: Optional[OSError] = None  # a message's refusal: the others' answers still come, and are read
     while True:
         size, offset = sock.recv_into(buf), 0
         while offset + HEADER.size <= size:  # every message of the datagram, read in place
@@ -101,11 +102,31 @@ def read_answer(sock: socket.socket, seq: int, buf: bytearray, count: int = 1) -
             if msg_type == NFT_MSG_NEWGEN and got == seq + 1:
                 generation = parse_generation(bytes(view[offset + HEADER.size:offset + length]))
             elif msg_type == NLMSG_ERROR and seq <= got <= last:
-                if ERRNO.unpack_from(buf, offset + HEADER.size)[0] < 0:
-                    raise refusal(*parse_error(msg_type, flags, bytes(view[offset + HEADER.size:offset + length])))
+                if ERRNO.unpack_from(buf, offset + HEADER.size)[0] < 0 and refused is None:
+                    refused = refusal(*parse_error(msg_type, flags, bytes(view[offset + HEADER.size:offset + length])))
+                if got == seq and refused is not None:
+                    raise refused  # the batch itself refused: no message of it was read
                 if got == last:
+                    if refused is not None:
+                        raise refused
                     return generation
             offset += (length + 3) & ~3
+
+
+SMALL = 4096  # a datagram any socket's send buffer takes (a ban's transaction is about 120 bytes)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def make_room(sock: socket.socket, size: int) -> None:
+    """Let one datagram of `size` bytes through `sock`: netlink refuses one larger than the socket's
+    send buffer (212,992 bytes by default; 14,000 IPv4 bans at once are 224 KB). libnftables grows
+    its own buffer the same way, and never shrinks it."""
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 32 >= size:  # the kernel's own test
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)  # root: past net.core.wmem_max; doubled
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def netfilter_sockets() -> set[int]:
@@ -149,6 +170,7 @@ class Elements:
         self.sock: Optional[socket.socket] = None
         self.adopted = False
         self._seq = SEQ
+        self._span = 3  # seqs the last transaction used: its begin, messages and end
         self._buf = bytearray(RECV)
 
     def own(self) -> None:
@@ -171,8 +193,12 @@ class Elements:
         without an echo, which would send every element back (more than a socket's buffer holds)."""
         assert self.sock is not None
         count = messages(keys)
-        self._seq = SEQ + (self._seq + count + 2 - SEQ) % (1 << 24)
-        self.sock.send(pack_setelem_batch(self._seq, op, family, table, name, keys, echo and count == 1))
+        self._seq = SEQ + (self._seq + self._span - SEQ) % (1 << 24)  # past every seq the last one used
+        self._span = count + 2
+        batch = pack_setelem_batch(self._seq, op, family, table, name, keys, echo and count == 1)
+        if len(batch) > SMALL:
+            make_room(self.sock, len(batch))
+        self.sock.send(batch)
         return read_answer(self.sock, self._seq, self._buf, count)
 
     def load(self, family: str, table: str, name: str, keys: Sequence[bytes]) -> None:

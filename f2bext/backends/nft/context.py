@@ -89,7 +89,13 @@ class Nft:
             if not self._element_socket(what):
                 return NOT_SENT
             try:
-                return self._elements.change(op, FAMILY, TABLE, name, keys)
+                if nftelem.messages(keys) == 1:
+                    return self._elements.change(op, FAMILY, TABLE, name, keys)
+                # Too many for the kernel to echo: the generation read on either side tells what it made.
+                before = self.generation()
+                self._elements.change(op, FAMILY, TABLE, name, keys)
+                after = self.generation()
+                return after if after != before else None
             except OSError as e:
                 raise refusal(what, str(e)) from None
 

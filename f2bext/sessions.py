@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 from .addr import Address, Network, Spans, is_single
 from .kernel.ctnetlink import Conntrack, CtFilter, CtTuple, pack_tuple, parse_ct_handle, parse_ct_orig
-from .kernel.sockdiag import MAX_NETS, DiagSocket, SockDiag, diag_bytecode
+from .kernel.sockdiag import MAX_NETS, DiagSocket, SockDiag, diag_bytecode, nets_per_dump
 from .spec import PROTOCOL_NUMBERS, PortRange
 
 Ports = tuple[PortRange, ...]
@@ -93,9 +93,9 @@ def mapped(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((base | int(net.network_address), 96 + net.prefixlen))
 
 
-def diag_targets(nets: Sequence[Network]) -> list[tuple[int, list[Network]]]:
-    """(socket family, remote prefixes) to dump, each list at most MAX_NETS long: IPv4 peers also live
-    in AF_INET6 sockets, v4-mapped. One dump per list: each walks the kernel's whole socket hash."""
+def diag_targets(nets: Sequence[Network], per_dump: int = MAX_NETS) -> list[tuple[int, list[Network]]]:
+    """(socket family, remote prefixes) to dump, each list at most `per_dump` long: IPv4 peers also
+    live in AF_INET6 sockets, v4-mapped. One dump per list: each walks the kernel's whole socket hash."""
     by_family: dict[int, list[Network]] = {socket.AF_INET: [], socket.AF_INET6: []}
     for net in nets:
         if isinstance(net, ipaddress.IPv4Network):
@@ -103,8 +103,8 @@ def diag_targets(nets: Sequence[Network]) -> list[tuple[int, list[Network]]]:
             by_family[socket.AF_INET6].append(mapped(net))
         else:
             by_family[socket.AF_INET6].append(net)
-    return [(family, found[i:i + MAX_NETS]) for family, found in by_family.items()
-            for i in range(0, len(found), MAX_NETS)]
+    return [(family, found[i:i + per_dump]) for family, found in by_family.items()
+            for i in range(0, len(found), per_dump)]
 
 
 
@@ -278,12 +278,15 @@ def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports:
         return 0, 0
     try:
         doomed: dict[tuple[int, int, bytes], DiagSocket] = {}
+        # Thousands of port ranges leave the kernel's filter no room for prefixes: ports are then
+        # matched here only (below, as always).
+        filtered = ports if nets_per_dump(ports) >= MAX_NETS // 16 else ()
         for protocol in socket_protocols(protocols):
             name = "TCP" if protocol == socket.IPPROTO_TCP else "UDP"
             states = _TCP_STATES if protocol == socket.IPPROTO_TCP else _UDP_STATES
-            for family, targets in diag_targets(nets):
+            for family, targets in diag_targets(nets, nets_per_dump(filtered)):
                 try:
-                    found = diag.sockets(family, protocol, states, diag_bytecode(targets, ports))
+                    found = diag.sockets(family, protocol, states, diag_bytecode(targets, filtered))
                 except OSError as e:
                     problems.append(f"kernel lacks {name} socket diagnostics (CONFIG_INET_{name}_DIAG)"
                                     if e.errno == errno.ENOENT else f"could not list {name} sockets: {_why(e)}")

@@ -24,7 +24,15 @@ _HOSTCOND = struct.Struct("=BBxxi")  # inet_diag_hostcond: family, prefix_len, p
 _ACCEPT, _REJECT = -1, -2
 
 
-MAX_NETS = 1024  # remote prefixes in one dump's bytecode: 32 bytes each at most, within a 64 KiB attribute
+MAX_NETS = 1024  # remote prefixes in one dump's bytecode at most
+BYTECODE_ROOM = 0xFFFF - 4  # a netlink attribute's length is 16 bits, its header included
+PREFIX_BYTES, RANGE_BYTES = 32, 20  # an IPv6 prefix's condition and its jump; a port range's two ops and jump
+
+
+def nets_per_dump(ports: Sequence[tuple[int, int]]) -> int:
+    """How many remote prefixes fit one dump's bytecode beside the `ports` ranges (none: the ranges
+    alone would not leave room for a useful number, and are matched after the dump instead)."""
+    return max(0, min(MAX_NETS, (BYTECODE_ROOM - RANGE_BYTES * len(ports)) // PREFIX_BYTES))
 
 
 def diag_bytecode(nets: Sequence[Network], ports: Sequence[tuple[int, int]]) -> bytes:

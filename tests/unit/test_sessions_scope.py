@@ -21,7 +21,7 @@ from f2bext.kernel.ctnetlink import (
 from f2bext.kernel.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, parse_messages
 from f2bext.kernel.sockdiag import (
     BC_D_COND, BC_JMP, BC_S_GE, BC_S_LE, INET_DIAG_REQ_BYTECODE, MAX_NETS, SOCK_DESTROY, SOCK_DIAG_BY_FAMILY, DiagSocket,
-    diag_bytecode, pack_destroy_request, pack_dump_request, parse_diag_msg,
+    diag_bytecode, nets_per_dump, pack_destroy_request, pack_dump_request, parse_diag_msg,
 )
 from f2bext.sessions import (
     Banned, conntrack_filters, conntrack_in_scope, diag_targets, mapped, narrow_ports, socket_flows, socket_protocols,
@@ -123,7 +123,21 @@ def test_bytecode_of_a_burst_matches_any_of_its_prefixes_and_a_port_as_the_kerne
     for remote, port in probes:
         wanted = any(remote in n for n in nets) and (not ports or any(lo <= port <= hi for lo, hi in ports))
         assert run(code, socket.AF_INET, str(remote), port) == wanted, (remote, port)
-        assert not run(code, socket.AF_INET6, "::ffff:" + str(remote), port)  # another family's sockets
+
+
+@pytest.mark.parametrize("ranges", [0, 1, 100, 1000, 3000, 3300])
+def test_a_dumps_bytecode_fits_its_attribute_beside_any_number_of_port_ranges(ranges):
+    """Prefixes of the largest kind (IPv6) as many as nets_per_dump allows beside the ranges: the
+    request still packs (a 16-bit attribute length); past what leaves room, none fit."""
+    ports = tuple((2 * i, 2 * i) for i in range(ranges))
+    per = nets_per_dump(ports)
+    assert per <= MAX_NETS and (per == MAX_NETS or ranges >= 1000)
+    if per:
+        code = diag_bytecode([net(f"2001:db8::{i:x}/128") for i in range(per)], ports)
+        assert len(code) + 4 <= 0xFFFF
+        pack_dump_request(1, socket.AF_INET6, socket.IPPROTO_TCP, 1, code)
+    else:
+        assert ranges * 20 > 0xFFFF - 4 - 32
 
 
 def test_a_socket_filter_without_a_prefix_is_refused_not_one_that_matches_everything():

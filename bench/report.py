@@ -245,10 +245,11 @@ def _basis_note(results: dict, action: str, n: int, basis: int) -> str:
 
 def extrapolation_check(results: dict) -> list[str]:
     """The uncapped stock run against what its capped runs at the same N predicted."""
-    checked = [r for r in results["restore"] if r.get("check") and r.get("enforced_s") is not None]
+    checked = [r for r in results["restore"] if r.get("check") and r.get("enforced_s") is not None
+               and r["action"] == UNCAPPED_STOCK and r["n"] == CHECKED_N]
     predicted = restore_time(results, UNCAPPED_STOCK, CHECKED_N)
-    if not checked or predicted.median is None:
-        return []
+    if not checked or predicted.median is None or predicted.basis not in (None, CHECKED_N):
+        return []  # a run recorded with another CHECKED_N, or its capped runs at this N missing
     measured = checked[0]["enforced_s"]
     if not predicted.extrapolated:  # a fast machine: the capped run finished within its cap
         return [f"Check of the extrapolation: none to check; {label(UNCAPPED_STOCK)} at N = {CHECKED_N:,} "

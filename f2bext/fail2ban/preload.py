@@ -43,7 +43,9 @@ class Preloaded:
     def take(self, ip: object) -> bool:
         """Take an address fail2ban restores off the preload (its IPAddr, read with no text made, or
         text): whether it was there. Once per restored ban: 1,000,000 at a start."""
-        found = single_key(ip) if not isinstance(ip, str) else parse_single(ip)
+        found = None if isinstance(ip, str) else single_key(ip)
+        if found is None:  # text, or an IPAddr not of fail2ban's plain kind (a raw one, a network)
+            found = parse_single(str(ip))
         if found is not None and found[1] in self._singles[found[0]]:
             self._singles[found[0]].remove(found[1])
             return True

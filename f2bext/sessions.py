@@ -107,8 +107,6 @@ def diag_targets(nets: Sequence[Network], per_dump: int = MAX_NETS) -> list[tupl
             for i in range(0, len(found), per_dump)]
 
 
-
-
 # --- conntrack ----------------------------------------------------------------------------------------
 
 def _why(e: OSError) -> str:

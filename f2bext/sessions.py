@@ -279,10 +279,11 @@ def _destroy_sockets(nets: Sequence[Network], protocols: tuple[str, ...], ports:
         # Thousands of port ranges leave the kernel's filter no room for prefixes: ports are then
         # matched here only (below, as always).
         filtered = ports if nets_per_dump(ports) >= MAX_NETS // 16 else ()
+        per_dump = nets_per_dump(filtered)
         for protocol in socket_protocols(protocols):
             name = "TCP" if protocol == socket.IPPROTO_TCP else "UDP"
             states = _TCP_STATES if protocol == socket.IPPROTO_TCP else _UDP_STATES
-            for family, targets in diag_targets(nets, nets_per_dump(filtered)):
+            for family, targets in diag_targets(nets, per_dump):
                 try:
                     found = diag.sockets(family, protocol, states, diag_bytecode(targets, filtered))
                 except OSError as e:

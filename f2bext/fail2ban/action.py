@@ -125,7 +125,7 @@ class EnforcingAction(ActionBase):
             except InputError as e:
                 log.warning("[%s] f2bext does not restore a ban: %s", self._jail.name, e)
                 self._refused.add(ip)
-                self._preloaded.discard(ip)
+                self._preloaded.take(ip)
                 continue
             nets.append(net)
         return nets

@@ -18,7 +18,7 @@ GRACE, PER_BAN = 60.0, 0.001
 class Preloaded:
     """Addresses start() loaded that fail2ban has yet to restore: a rebuild must keep them. Single
     addresses are kept as integers by IP version (addr.sort_singles), anything else as text. ban()
-    discards each as fail2ban restores it."""
+    takes each off as fail2ban restores it."""
 
     def __init__(self) -> None:
         self._singles: dict[int, set[int]] = {4: set(), 6: set()}
@@ -34,15 +34,9 @@ class Preloaded:
         """Whether a single address (parse_single's answer) is in the preload."""
         return value in self._singles[version]
 
-    def discard(self, ip: str) -> None:
-        found = parse_single(ip)
-        if found is not None:
-            self._singles[found[0]].discard(found[1])
-        self._texts.discard(ip)
-
     def take(self, ip: object) -> bool:
-        """Take an address fail2ban restores off the preload (its IPAddr, read with no text made, or
-        text): whether it was there. Once per restored ban: 1,000,000 at a start."""
+        """Take an address off the preload (fail2ban's IPAddr, read with no text made, or text): whether
+        it was there. Once per restored ban: 1,000,000 at a start; and for each ban refused."""
         found = None if isinstance(ip, str) else single_key(ip)
         if found is None:  # text, or an IPAddr not of fail2ban's plain kind (a raw one, a network)
             found = parse_single(str(ip))

@@ -12,10 +12,10 @@ from typing import Any, Optional, Sequence
 
 from ...addr import Network
 from ...errors import KernelError
-from ...kernel import netlink, nftelem, nftgen
+from ...kernel import netlink, nftdump, nftelem, nftgen
 from ..base import Op
 from .build import FAMILY, OWNER_FLAGS, TABLE, Command, Observed, _obj, adds_table
-from .read import parse_elements, parse_ruleset
+from .read import observed_from_dump, parse_elements
 
 
 def describe_owner(info: Optional[nftgen.TableInfo]) -> str:
@@ -50,21 +50,32 @@ class Nft:
     change goes through this one object."""
 
     def __init__(self, owner: bool = False) -> None:
-        import nftables  # Debian's python3-nftables; imported here so the builders need nothing
-        before = nftelem.netfilter_sockets() if owner else set()
-        self._ctx = nftables.Nftables()
-        # The context's own netlink socket, opened by nft_ctx_new: where libnftables cannot say
-        # `persist`, the owned table is added on it, so that its owner is still this context.
-        mine = nftelem.netfilter_sockets() - before if owner else set()
-        self._sock_fd = mine.pop() if len(mine) == 1 else None
+        self._ctx: Any = None
+        self._sock_fd: Optional[int] = None
         self._elements = nftelem.Elements()  # where send_elements sends
-        self._ctx.set_json_output(True)
         self._lock = threading.Lock()
         self._generation = nftgen.Generation()
         self.owner = owner
         self.table_flags = ""  # how this context holds the table once it made it: "owner, persist", "owner"
         self.unowned = ""  # why the table is not ours alone although `owner` asked for it
         self._version: tuple[int, ...] = ()
+        if owner:
+            self._context()  # now, before any other thread opens a netfilter socket: see _context
+
+    def _context(self) -> Any:
+        """The libnftables context, made at its first use: a process that only checks the table and
+        sends set elements never loads the library (5 ms, 3 MiB)."""
+        if self._ctx is None:
+            import nftables  # Debian's python3-nftables; imported here so the builders need nothing
+            before = nftelem.netfilter_sockets() if self.owner else set()
+            ctx = nftables.Nftables()
+            # The context's own netlink socket, opened by nft_ctx_new: where libnftables cannot say
+            # `persist`, the owned table is added on it, so that its owner is still this context.
+            mine = nftelem.netfilter_sockets() - before if self.owner else set()
+            self._sock_fd = mine.pop() if len(mine) == 1 else None
+            ctx.set_json_output(True)
+            self._ctx = ctx
+        return self._ctx
 
     def generation(self) -> int:
         return self._generation.read()
@@ -77,7 +88,7 @@ class Nft:
             if self.owner and self.table_flags and any(adds_table(c) for c in cmds):
                 self._add_owned_table(what)  # deleted and made again (the last jail stopped, a new one starts)
                 cmds = [c for c in cmds if not adds_table(c)]  # the JSON `add table` would be refused now
-            rc, _out, err = self._ctx.json_cmd({"nftables": cmds}) if cmds else (0, "", "")
+            rc, _out, err = self._context().json_cmd({"nftables": cmds}) if cmds else (0, "", "")
         if rc != 0:
             raise refusal(what, err)
 
@@ -153,7 +164,7 @@ class Nft:
             return
         errors = []
         for flags in (self.table_flags,) if self.table_flags else OWNER_FLAGS:
-            rc, _out, err = self._ctx.cmd(f"add table {FAMILY} {TABLE} {{ flags {flags}; }}")
+            rc, _out, err = self._context().cmd(f"add table {FAMILY} {TABLE} {{ flags {flags}; }}")
             if rc == 0:
                 self.table_flags = flags
                 return
@@ -191,8 +202,8 @@ class Nft:
         """libnftables' version, from a listing's metainfo (`list sets` prints no table); read once, at
         the start of every f2bext process. Terse: with elements it took 0.32 s at 100,000 bans."""
         if not self._version:
-            self._ctx.set_terse_output(True)
-            rc, out, _err = self._ctx.cmd("list sets")
+            self._context().set_terse_output(True)
+            rc, out, _err = self._context().cmd("list sets")
             for item in json.loads(out).get("nftables", []) if rc == 0 and out.strip() else []:
                 if "metainfo" in item:
                     words = str(item["metainfo"].get("version", ""))
@@ -201,8 +212,16 @@ class Nft:
         return self._version
 
     def ruleset(self) -> Observed:
-        """Our table without set elements: cheap however many addresses are banned."""
-        return parse_ruleset(self._list("list ruleset", terse=True))
+        """Our table without set elements, read over netlink (nftdump): cheap however many addresses
+        are banned or other tables hold, and no library to load. An owned table is made first, as
+        before any listing."""
+        if self.owner:
+            with self._lock:
+                self._hold_table("read the ruleset")
+        try:
+            return observed_from_dump(nftdump.read(FAMILY, TABLE))
+        except OSError as e:
+            raise KernelError(f"cannot read table {FAMILY} {TABLE}", str(e)) from None
 
     def listing(self) -> dict[str, Any]:
         """Every table, set elements included, as `nft -j list ruleset` prints it (the doctor's read)."""
@@ -225,8 +244,8 @@ class Nft:
         # a JSON command can, but libnftables 1.0.6 cuts its output short past ~250,000 elements.
         with self._lock:
             self._hold_table(f"list set {name}")
-            self._ctx.set_terse_output(False)
-            rc, out, err = self._ctx.json_cmd({"nftables": [{"list": _obj("set", name=name)}]})
+            self._context().set_terse_output(False)
+            rc, out, err = self._context().json_cmd({"nftables": [{"list": _obj("set", name=name)}]})
         if rc != 0:
             raise KernelError(f"nftables refused to list set {name}", err)
         return parse_elements(out or {})
@@ -234,8 +253,8 @@ class Nft:
     def _list(self, command: str, terse: bool) -> dict[str, Any]:
         with self._lock:
             self._hold_table(command)
-            self._ctx.set_terse_output(terse)
-            rc, out, err = self._ctx.cmd(command)
+            self._context().set_terse_output(terse)
+            rc, out, err = self._context().cmd(command)
         if rc != 0:
             raise KernelError(f"nftables refused to {command}", err)
         try:

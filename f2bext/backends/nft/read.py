@@ -6,9 +6,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Any, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from ...addr import Network
+from ...kernel import nftdump
 from ...spec import JailSpec, PortRange
 from ..base import BROKEN, Finding
 from .build import (DPORT, FAMILY, ORIGDPORT, PRIORITY, SET_KINDS, TABLE, _PORT_EXPRS, Observed, chain_name,
@@ -175,3 +176,170 @@ def parse_elements(listing: dict[str, Any]) -> list[Network]:
             else:
                 nets.append(ipaddress.ip_network(str(elem)))
     return nets
+
+
+# ---- our table as nf_tables netlink dumps it (kernel/nftdump.py), in the shapes above ---------------
+
+_KEY_TYPES = {7: "ipv4_addr", 8: "ipv6_addr", 12: "inet_proto", 13: "inet_service"}  # libnftables' datatype ids
+_SET_FLAGS = ((0x2, "constant"), (0x4, "interval"), (0x10, "timeout"), (0x20, "dynamic"))
+_HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting", 5: "ingress"}
+_POLICIES = {0: "drop", 1: "accept"}
+_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+_NFPROTO_SADDR = {2: ("ip", 12, 4), 10: ("ip6", 8, 16)}  # nfproto: the saddr match, its offset and size
+META_NFPROTO, META_L4PROTO = 15, 16
+CT_PROTO_DST, CT_ORIGINAL = 12, 0
+PAYLOAD_NETWORK, PAYLOAD_TRANSPORT = 1, 2
+CMP_EQ, CMP_LTE, CMP_GTE = 0, 3, 5
+REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED = 2, 3
+NF_DROP = 0
+NFT_SET_INTERVAL = 0x4
+_UNKNOWN = "unknown"  # an expression this reader does not follow: rule_signature reads such a rule as not ours
+
+
+def observed_from_dump(dump: nftdump.Dump) -> Observed:
+    """Our table from its netlink dump, as parse_ruleset reads it from a terse `list ruleset`: anonymous
+    sets folded into the rules that look them up, libnftables' implicit `meta nfproto` left out."""
+    seen = Observed()
+    if dump.handle is None:
+        return seen
+    seen.table, seen.handle = True, dump.handle
+    base = {"family": FAMILY, "table": TABLE}
+    anonymous = {s.name: s for s in dump.sets if s.flags & nftdump.NFT_SET_ANONYMOUS}
+    for found in dump.sets:
+        if found.flags & nftdump.NFT_SET_ANONYMOUS:
+            continue
+        body: dict[str, Any] = dict(base, name=found.name, handle=found.handle,
+                                    type=_KEY_TYPES.get(found.key_type, f"type {found.key_type}"))
+        flags = [word for bit, word in _SET_FLAGS if found.flags & bit]
+        if flags:
+            body["flags"] = flags
+        seen.sets[found.name] = body
+    for chain in dump.chains:
+        body = dict(base, name=chain.name, handle=chain.handle)
+        if chain.hook is not None:
+            body.update(type=chain.type, hook=_HOOKS.get(chain.hook, str(chain.hook)), prio=chain.priority,
+                        policy=_POLICIES.get(chain.policy, str(chain.policy)))
+        seen.chains[chain.name] = body
+        seen.rules.setdefault(chain.name, [])
+    for rule in dump.rules:
+        body = dict(base, chain=rule.chain, handle=rule.handle,
+                    expr=rule_exprs(rule.exprs, anonymous, dump.elements))
+        if rule.comment is not None:
+            body["comment"] = rule.comment
+        seen.rules.setdefault(rule.chain, []).append(body)
+    return seen
+
+
+def rule_exprs(exprs: Sequence[nftdump.Expr], anonymous: Mapping[str, nftdump.Set],
+               elements: Mapping[str, Sequence[nftdump.Element]]) -> list[dict[str, Any]]:
+    """A rule's expressions as libnftables' JSON says the ones of our rules: a load into a register
+    and the comparison or lookup that reads it become one `match`."""
+    loaded: dict[int, Any] = {}  # register -> the JSON `left` of what was loaded into it
+    nfproto: Optional[int] = None
+    low: Optional[tuple[int, int]] = None  # a `cmp gte`'s (register, value), for the `cmp lte` of its range
+    out: list[dict[str, Any]] = []
+
+    def unknown(expr: nftdump.Expr) -> None:
+        out.append({_UNKNOWN: {"expr": expr.name, "attrs": {k: v.hex() for k, v in expr.attrs.items()}}})
+
+    for expr in exprs:
+        if low is not None and not (expr.name == "cmp" and (expr.u32(1), expr.u32(2)) == (low[0], CMP_LTE)):
+            unknown(expr)
+            low = None
+            continue
+        if expr.name == "meta" and expr.u32(1) is not None:  # NFTA_META_DREG: a load, not a set
+            key = expr.u32(2)
+            loaded[expr.u32(1)] = {META_NFPROTO: "nfproto", META_L4PROTO: {"meta": {"key": "l4proto"}}}.get(key)
+        elif expr.name == "payload" and expr.u32(1) is not None:
+            where = (expr.u32(2), expr.u32(3), expr.u32(4))
+            saddr = _NFPROTO_SADDR.get(nfproto) if nfproto is not None else None
+            if saddr and where == (PAYLOAD_NETWORK, saddr[1], saddr[2]):
+                loaded[expr.u32(1)] = {"payload": {"protocol": saddr[0], "field": "saddr"}}
+            elif where == (PAYLOAD_TRANSPORT, 2, 2):
+                loaded[expr.u32(1)] = {"payload": {"protocol": "th", "field": "dport"}}
+            else:
+                loaded[expr.u32(1)] = None
+        elif expr.name == "ct" and expr.u32(1) is not None:
+            original = expr.u32(2) == CT_PROTO_DST and expr.u8(3) == CT_ORIGINAL
+            loaded[expr.u32(1)] = {"ct": {"key": "proto-dst", "dir": "original"}} if original else None
+        elif expr.name == "cmp":
+            left, value, op = loaded.get(expr.u32(1) or 0), expr.data(3), expr.u32(2)
+            if value is None or left is None:
+                unknown(expr)
+            elif left == "nfproto" and op == CMP_EQ and len(value) == 1:
+                nfproto = value[0]  # libnftables' dependency of `ip saddr` in an inet table, not listed
+            elif op == CMP_EQ and "meta" in left and len(value) == 1:
+                out.append(_match(left, _PROTOCOLS.get(value[0], str(value[0]))))
+            elif op == CMP_EQ and _is_port(left) and len(value) == 2:
+                out.append(_match(left, int.from_bytes(value, "big")))
+            elif op == CMP_GTE and _is_port(left) and len(value) == 2:
+                low = (expr.u32(1) or 0, int.from_bytes(value, "big"))
+            elif op == CMP_LTE and low is not None and _is_port(left) and len(value) == 2:
+                out.append(_match(left, {"range": [low[1], int.from_bytes(value, "big")]}))
+                low = None
+            else:
+                unknown(expr)
+        elif expr.name == "range":
+            left, lo, hi = loaded.get(expr.u32(1) or 0), expr.data(3), expr.data(4)
+            if expr.u32(2) == CMP_EQ and left is not None and _is_port(left) and lo and hi and len(lo) == len(hi) == 2:
+                out.append(_match(left, {"range": [int.from_bytes(lo, "big"), int.from_bytes(hi, "big")]}))
+            else:
+                unknown(expr)
+        elif expr.name == "lookup":
+            left, name = loaded.get(expr.u32(2) or 0), expr.text(1) or ""
+            if left is None or left == "nfproto" or expr.u32(3) is not None or (expr.u32(5) or 0) != 0:
+                unknown(expr)  # a map (a destination register), an inverted lookup, or a load we did not follow
+            elif name in anonymous:
+                out.append(_match(left, {"set": _set_values(left, anonymous[name], elements.get(name, ()))}))
+            else:
+                out.append(_match(left, "@" + name))
+        elif expr.name == "counter":
+            out.append({"counter": None})
+        elif expr.name == "reject":
+            out.append({"reject": {"type": "icmpx", "expr": "admin-prohibited"}}
+                       if (expr.u32(1), expr.u8(2)) == (REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED) else
+                       {"reject": {"type": f"type {expr.u32(1)}", "code": expr.u8(2)}})
+        elif expr.name == "immediate" and expr.u32(1) == 0 and expr.verdict(2) == NF_DROP:
+            out.append({"drop": None})
+        else:
+            unknown(expr)
+    if low is not None:
+        out.append({_UNKNOWN: {"expr": "cmp", "attrs": {}}})
+    return out
+
+
+def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": left, "right": right}}
+
+
+def _is_port(left: Any) -> bool:
+    return isinstance(left, dict) and ("ct" in left or left.get("payload", {}).get("field") == "dport")
+
+
+def _set_values(left: dict[str, Any], anonymous: nftdump.Set, found: Sequence[nftdump.Element]) -> list[Any]:
+    """An anonymous set's values: protocols by name, ports and port ranges. An interval set holds
+    a range as its first key and, flagged as an end, the key after its last (none past 65,535)."""
+    if "meta" in left:
+        return sorted(_PROTOCOLS.get(e.key[0], str(e.key[0])) for e in found if len(e.key) == 1)
+    keyed = sorted((int.from_bytes(e.key, "big"), bool(e.flags & nftdump.NFT_SET_ELEM_INTERVAL_END), e.key_end)
+                   for e in found if len(e.key) == anonymous.key_len == 2)
+    values: list[Any] = []
+    start: Optional[int] = None
+    for key, is_end, key_end in keyed:
+        if key_end is not None:
+            values.append(_port_range(key, int.from_bytes(key_end, "big")))
+        elif is_end:
+            if start is not None:
+                values.append(_port_range(start, key - 1))
+            start = None
+        else:
+            if start is not None:  # two starts in a row: the first was a single key
+                values.append(start)
+            start = key
+    if start is not None:
+        values.append(_port_range(start, 65535) if anonymous.flags & NFT_SET_INTERVAL else start)
+    return values
+
+
+def _port_range(lo: int, hi: int) -> Any:
+    return lo if lo == hi else {"range": [lo, hi]}

@@ -1,0 +1,135 @@
+"""Our table read over netlink (kernel/nftdump.py, read.observed_from_dump) against libnftables' own
+listing of the same kernel objects, in a namespace of this module's own: whatever a jail asks for, and
+whatever someone else puts in its chains, both readers see the same sets, chains and rules, and the
+check finds the same faults."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+
+from f2bext.backends import nft
+from f2bext.kernel import nftdump
+from f2bext.lab.netns import Netns
+from f2bext.spec import PROTOCOLS, JailSpec
+
+from fuzzing import fuzz, valid_specs
+
+POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    ns = Netns.create("dump")
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+def both_readers(ns: Netns) -> tuple[nft.Observed, nft.Observed]:
+    """(libnftables' terse listing parsed, the netlink dump decoded) of our table as it stands."""
+    with ns.entered():
+        return nft.parse_ruleset(nft.Nft().listing()), nft.observed_from_dump(nftdump.read(nft.FAMILY, nft.TABLE))
+
+
+def comparable(rule: dict) -> object:
+    """A rule's Signature; a protocol no jail can name (icmp) reads by its number in the dump, so
+    such a rule counts only as not one of ours."""
+    sig = nft.rule_signature(rule)
+    return sig if sig is None or set(sig.protocols) <= set(PROTOCOLS) else "another protocol"
+
+
+def assert_same(listed: nft.Observed, dumped: nft.Observed, spec: JailSpec) -> None:
+    assert (dumped.table, dumped.handle) == (listed.table, listed.handle)
+    assert dumped.chains == listed.chains
+    assert {name: {k: body.get(k) for k in ("name", "type", "flags", "handle")} for name, body in dumped.sets.items()} \
+        == {name: {k: body.get(k) for k in ("name", "type", "flags", "handle")} for name, body in listed.sets.items()}
+    assert dumped.rules.keys() == listed.rules.keys()
+    for chain, rules in listed.rules.items():
+        assert [comparable(r) for r in dumped.rules[chain]] == [comparable(r) for r in rules], \
+            json.dumps([r["expr"] for r in rules])
+        assert [(r["handle"], r.get("comment")) for r in dumped.rules[chain]] == \
+            [(r["handle"], r.get("comment")) for r in rules]
+    assert [f.code for f in nft.check_jail(spec, dumped)] == [f.code for f in nft.check_jail(spec, listed)]
+
+
+@fuzz(80)
+@given(valid_specs())
+def test_every_jail_as_built_reads_the_same_from_the_dump_as_from_libnftables(scratch, spec):
+    scratch.nft("flush", "ruleset")
+    with scratch.entered():
+        nft.Nft().apply(nft.build_structure(spec), "build")
+    listed, dumped = both_readers(scratch)
+    assert nft.check_jail(spec, dumped) == []
+    assert_same(listed, dumped, spec)
+
+
+# Rules someone else puts in our chain: each reads as ours (the same Signature) or as not ours (None)
+# alike through both readers.
+FOREIGN_RULES = [
+    "ip saddr @postfix-v4 accept",
+    "ip saddr != @postfix-v4 drop",
+    "ip saddr 192.0.2.1 drop",
+    "meta l4proto udp th dport 53 counter drop",
+    "counter",
+    "ip saddr @postfix-v4 tcp dport 22 counter drop",
+    "ip saddr @postfix-v4 udp dport { 53, 123 } drop",
+    "ip saddr @postfix-v4 tcp dport 1-65535 counter drop",
+    "ip saddr @postfix-v4 tcp dport 1024-65535 counter drop",
+    "ip saddr @postfix-v4 meta l4proto tcp th dport { 25, 1000-2000, 60000-65535 } counter reject",
+    "ip saddr @postfix-v4 th dport != 25 drop",
+    "ip saddr @postfix-v4 th dport < 1024 drop",
+    "ip saddr @postfix-v4 meta l4proto { tcp, udp, sctp } counter drop",
+    "ip saddr @postfix-v4 meta l4proto icmp drop",
+    "ip saddr @postfix-v4 meta l4proto sctp ct original proto-dst 25 counter drop",
+    "ip6 saddr @postfix-v6 counter drop",
+    "meta mark 1 ip saddr @postfix-v4 drop",
+    "iifname \"veth0\" ip saddr @postfix-v4 drop",
+    "ip saddr @postfix-v4 limit rate 1/second drop",
+    "ip saddr @postfix-v4 log drop",
+    "ip saddr @postfix-v4 counter reject with tcp reset",
+    "ip saddr @postfix-v4 counter reject with icmpx port-unreachable",
+    "ip daddr @postfix-v4 drop",
+    "ip saddr @postfix-v4 ip saddr @postfix-v4 drop",
+    "ip saddr @postfix-net4 continue",
+]
+
+
+@pytest.mark.parametrize("rule", FOREIGN_RULES)
+def test_a_rule_someone_else_put_in_our_chain_reads_alike_through_both_readers(scratch, rule):
+    scratch.nft("flush", "ruleset")
+    with scratch.entered():
+        nft.Nft().apply(nft.build_structure(POSTFIX), "build")
+    scratch.run(["nft", f"add rule inet f2bext postfix-input {rule}"])
+    listed, dumped = both_readers(scratch)
+    assert_same(listed, dumped, POSTFIX)
+    assert [f.code for f in nft.check_jail(POSTFIX, dumped)] == ["rule-altered"]
+
+
+ALTERED_TABLES = {
+    "no table": "",
+    "chain policy drop": "add table inet f2bext\nadd chain inet f2bext postfix-input "
+                         "{ type filter hook input priority -10; policy drop; }",
+    "chain at priority 0": "add table inet f2bext\nadd chain inet f2bext postfix-input "
+                           "{ type filter hook input priority 0; policy accept; }",
+    "regular chain": "add table inet f2bext\nadd chain inet f2bext postfix-input",
+    "extra chain": "add table inet f2bext\nadd chain inet f2bext postfix-output { type filter hook output priority 0; }",
+    "set of the wrong type": "add table inet f2bext\nadd set inet f2bext postfix-v4 { type ipv6_addr; }",
+    "set with intervals": "add table inet f2bext\nadd set inet f2bext postfix-v4 { type ipv4_addr; flags interval; }",
+    "set with a timeout": "add table inet f2bext\nadd set inet f2bext postfix-v4 { type ipv4_addr; flags timeout; }",
+    "another table": "add table inet other\nadd chain inet other postfix-input "
+                     "{ type filter hook input priority -10; policy accept; }",
+}
+
+
+@pytest.mark.parametrize("ruleset", list(ALTERED_TABLES.values()), ids=list(ALTERED_TABLES))
+def test_a_table_someone_else_made_reads_alike_through_both_readers(scratch, ruleset):
+    scratch.nft("flush", "ruleset")
+    if ruleset:
+        scratch.run(["nft", "-f", "-"], input=ruleset + "\n")
+    listed, dumped = both_readers(scratch)
+    assert_same(listed, dumped, POSTFIX)
+    assert nft.check_jail(POSTFIX, dumped)

@@ -9,7 +9,7 @@ import errno
 import struct
 from typing import Callable, NamedTuple, Optional
 
-from .netlink import NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, attr, attrs, message
+from .netlink import ATTR, NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, attr, attrs, message
 from .nftgen import NFPROTO, NFT_MSG_GETTABLE, parse_generation, parse_table, pack_getgen
 
 NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM = (10 << 8) | 4, (10 << 8) | 7, \
@@ -28,7 +28,8 @@ NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 1, 2, 1
 NFT_SET_ANONYMOUS = 0x1
 NFT_SET_ELEM_INTERVAL_END = 0x1
 NFTNL_UDATA_RULE_COMMENT = 0
-TRIES = 10  # reads of the whole table before one taken while the ruleset moved is kept
+U32 = struct.Struct(">L")
+TRIES = 50  # reads of the whole table (about a millisecond each) before a storm of changes wins
 
 
 class Set(NamedTuple):
@@ -154,14 +155,42 @@ def _comment(userdata: bytes) -> Optional[str]:
 
 
 def parse_elements(payload: bytes) -> list[Element]:
+    """The elements of one NEWSETELEM message, read in place: a set of 100,000 is 100,000 of them."""
     found = []
-    listed = _fields(payload).get(NFTA_SET_ELEM_LIST_ELEMENTS, b"")
-    for _, a, b in attrs(listed, 0, len(listed)):
-        elem = nested(listed[a:b])
-        key = nested(elem.get(NFTA_SET_ELEM_KEY, b"")).get(NFTA_DATA_VALUE, b"")
-        end = nested(elem[NFTA_SET_ELEM_KEY_END]).get(NFTA_DATA_VALUE) if NFTA_SET_ELEM_KEY_END in elem else None
-        found.append(Element(key, _u32(elem.get(NFTA_SET_ELEM_FLAGS)) or 0, end))
+    for kind, start, end in attrs(payload, NFGEN.size, len(payload)):
+        if kind != NFTA_SET_ELEM_LIST_ELEMENTS:
+            continue
+        while start + ATTR.size <= end:
+            length = ATTR.unpack_from(payload, start)[0]
+            if length < ATTR.size:
+                break
+            key, flags, key_end = b"", 0, None
+            inner, stop = start + ATTR.size, min(start + length, end)
+            while inner + ATTR.size <= stop:
+                size, what = ATTR.unpack_from(payload, inner)
+                if size < ATTR.size:
+                    break
+                what &= 0x3FFF
+                if what in (NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END):
+                    value = _first_value(payload, inner + ATTR.size, inner + size)
+                    if what == NFTA_SET_ELEM_KEY:
+                        key = value
+                    else:
+                        key_end = value
+                elif what == NFTA_SET_ELEM_FLAGS and size == ATTR.size + 4:
+                    flags = U32.unpack_from(payload, inner + ATTR.size)[0]
+                inner += (size + 3) & ~3
+            found.append(Element(key, flags, key_end))
+            start += (length + 3) & ~3
     return found
+
+
+def _first_value(data: bytes, start: int, end: int) -> bytes:
+    """The NFTA_DATA_VALUE payload in an nft_data attribute's payload data[start:end]."""
+    for kind, a, b in attrs(data, start, end):
+        if kind == NFTA_DATA_VALUE:
+            return data[a:b]
+    return b""
 
 
 def _request(msg_type: int, family: str, *fields: bytes, dump: bool = True) -> Callable[[int], bytes]:
@@ -198,6 +227,22 @@ def _dump_once(nl: Socket, family: str, table: str) -> Dump:
     return Dump(handle, sets, chains, rules, elements)
 
 
+def read_set(family: str, table: str, name: str) -> tuple[Optional[Set], list[Element]]:
+    """One set and its elements; (None, []) when there is no such set. A dump taken while the kernel
+    resizes a large hash set can repeat some elements and skip others: the caller checks."""
+    with Socket(NETLINK_NETFILTER) as nl:
+        try:
+            found = [parse_set(p) for p in nl.ask(_request(NFT_MSG_GETSET, family, _name(NFTA_SET_TABLE, table),
+                                                           _name(NFTA_SET_NAME, name), dump=False))]
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return None, []
+        request = _request(NFT_MSG_GETSETELEM, family, _name(NFTA_SET_ELEM_LIST_TABLE, table),
+                           _name(NFTA_SET_ELEM_LIST_SET, name))
+        return (found[0] if found else None), [e for p in nl.dump(request) for e in parse_elements(p)]
+
+
 def _generation(nl: Socket) -> int:
     for payload in nl.ask(pack_getgen):
         return parse_generation(payload)
@@ -205,13 +250,18 @@ def _generation(nl: Socket) -> int:
 
 
 def read(family: str, table: str) -> Dump:
-    """The table's objects, read while the ruleset generation stood still (as libnftables fills its
-    cache), up to TRIES times; OSError when the kernel refuses a dump."""
+    """The table's objects, read while the ruleset generation stood still, as libnftables fills its
+    cache: a dump any change interrupted, or a generation that moved, is read again, up to TRIES
+    times, before OSError(EINTR). OSError too when the kernel refuses a dump."""
     with Socket(NETLINK_NETFILTER) as nl:
         for _ in range(TRIES):
             before = _generation(nl)
-            found = _dump_once(nl, family, table)
+            try:
+                found = _dump_once(nl, family, table)
+            except OSError as e:
+                if e.errno != errno.EINTR:
+                    raise
+                continue
             if _generation(nl) == before:
-                break
-    return found
-
+                return found
+    raise OSError(errno.EINTR, f"the ruleset changed during each of {TRIES} reads of table {family} {table}")

@@ -5,10 +5,11 @@ check finds the same faults."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, strategies as st
 
 from f2bext.backends import nft
 from f2bext.kernel import nftdump
@@ -133,3 +134,43 @@ def test_a_table_someone_else_made_reads_alike_through_both_readers(scratch, rul
     listed, dumped = both_readers(scratch)
     assert_same(listed, dumped, POSTFIX)
     assert nft.check_jail(POSTFIX, dumped)
+
+
+def listed_elements(listing: dict) -> list:
+    """The elements of a `nft -j list set` document, as libnftables says them."""
+    nets: list = []
+    for item in listing.get("nftables", []):
+        for elem in item.get("set", {}).get("elem", []):
+            if isinstance(elem, dict) and "elem" in elem:
+                elem = elem["elem"]["val"]
+            if isinstance(elem, dict) and "prefix" in elem:
+                nets.append(ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}"))
+            elif isinstance(elem, dict) and "range" in elem:
+                nets += ipaddress.summarize_address_range(*(ipaddress.ip_address(a) for a in elem["range"]))
+            else:
+                nets.append(ipaddress.ip_network(str(elem)))
+    return nets
+
+
+@fuzz(60)
+@given(st.lists(st.builds(ipaddress.ip_network, st.one_of(
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)),
+    st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(lambda t: (ipaddress.IPv6Address(t[0]), t[1])),
+), strict=st.just(False)), max_size=40))
+@example([ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")])
+@example([ipaddress.ip_network(n) for n in ("255.255.255.0/24", "0.0.0.0/8", "255.255.255.255/32", "ffff::/16",
+                                            "::/128", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")])
+def test_a_sets_elements_read_alike_from_the_dump_and_from_libnftables(scratch, nets):
+    scratch.nft("flush", "ruleset")
+    singles = [n for n in nets if n.prefixlen == n.max_prefixlen]
+    with scratch.entered():
+        kernel = nft.Nft()
+        kernel.apply(nft.build_structure(POSTFIX) + nft.build_elements("add", "postfix", singles)
+                     + nft.build_network_sets("postfix", nets, (4, 6)), "build")
+        for kind in nft.SET_KINDS:
+            name = nft.set_name("postfix", kind)
+            listed = listed_elements(json.loads(scratch.nft("-j", "list", "set", "inet", "f2bext", name)))
+            assert sorted(kernel.elements(name)) == sorted(listed), name
+        held = set(kernel.elements("postfix-v4") + kernel.elements("postfix-v6") + kernel.elements("postfix-net4")
+                   + kernel.elements("postfix-net6"))
+    assert held == set(singles) | set(nft.collapsed_networks(nets))

@@ -26,7 +26,7 @@ from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PR
                     build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_singles_load,
                     build_structure, build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of,
                     pack_keys, plan_load, port_keys, set_kind, set_name)
-from .read import (Signature, check_jail, expected_signatures, observed_from_dump, parse_elements, parse_ruleset,
+from .read import (Signature, check_jail, expected_signatures, networks_of, observed_from_dump, parse_ruleset,
                    rule_signature)
 from .context import NOT_SENT, Nft, describe_owner, refusal
 
@@ -257,5 +257,5 @@ __all__ = ["CHUNK", "DPORT", "FAMILY", "LOAD_BATCH", "LOCAL_KINDS", "ORIGDPORT",
            "build_singles_load", "pack_keys", "plan_load",
            "build_network_sets", "build_rebuild", "build_remote", "build_rule_exprs", "build_structure",
            "build_teardown", "chain_name", "collapsed_networks", "is_table_empty_after", "jail_of", "port_keys",
-           "set_kind", "set_name", "Signature", "check_jail", "expected_signatures", "observed_from_dump", "parse_elements",
+           "set_kind", "set_name", "Signature", "check_jail", "expected_signatures", "networks_of", "observed_from_dump",
            "parse_ruleset", "rule_signature", "NOT_SENT", "Nft", "NftBackend", "describe_owner", "refusal"]

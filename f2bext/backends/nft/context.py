@@ -8,14 +8,14 @@ import json
 import re
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from ...addr import Network
 from ...errors import KernelError
 from ...kernel import netlink, nftdump, nftelem, nftgen
 from ..base import Op
-from .build import FAMILY, OWNER_FLAGS, TABLE, Command, Observed, _obj, adds_table
-from .read import observed_from_dump, parse_elements
+from .build import FAMILY, OWNER_FLAGS, TABLE, Command, Observed, adds_table
+from .read import networks_of, observed_from_dump
 
 
 def describe_owner(info: Optional[nftgen.TableInfo]) -> str:
@@ -37,6 +37,7 @@ def refusal(what: str, err: str) -> KernelError:
     return KernelError(f"nftables refused to {what}", err)
 
 
+T = TypeVar("T")
 PERSIST_FROM = (1, 0, 9)  # libnftables that says `persist`, and lists a one-flag table safely
 NOT_SENT = -1  # send_elements had no socket: libnftables' JSON does it
 
@@ -213,15 +214,19 @@ class Nft:
 
     def ruleset(self) -> Observed:
         """Our table without set elements, read over netlink (nftdump): cheap however many addresses
-        are banned or other tables hold, and no library to load. An owned table is made first, as
-        before any listing."""
-        if self.owner:
-            with self._lock:
-                self._hold_table("read the ruleset")
-        try:
-            return observed_from_dump(nftdump.read(FAMILY, TABLE))
-        except OSError as e:
-            raise KernelError(f"cannot read table {FAMILY} {TABLE}", str(e)) from None
+        are banned or other tables hold, and no library to load."""
+        return observed_from_dump(self._read(f"read table {FAMILY} {TABLE}", lambda: nftdump.read(FAMILY, TABLE)))
+
+    def _read(self, what: str, read: Callable[[], T]) -> T:
+        """A read over netlink, under the lock: this process's own bans would interrupt its dumps. An
+        owned table is made first, as before any listing."""
+        with self._lock:
+            if self.owner:
+                self._hold_table(what)
+            try:
+                return read()
+            except OSError as e:
+                raise KernelError(f"cannot {what}", str(e)) from None
 
     def listing(self) -> dict[str, Any]:
         """Every table, set elements included, as `nft -j list ruleset` prints it (the doctor's read)."""
@@ -238,17 +243,10 @@ class Nft:
         raise KernelError(f"the kernel gave no consistent listing of set {name}")
 
     def _elements_once(self, name: str) -> list[Network]:
-        if name[0].isalpha():
-            return parse_elements(self._list(f"list set {FAMILY} {TABLE} {name}", terse=False))
-        # nft's command language cannot name a set that starts with a digit (jail "0day"), even quoted;
-        # a JSON command can, but libnftables 1.0.6 cuts its output short past ~250,000 elements.
-        with self._lock:
-            self._hold_table(f"list set {name}")
-            self._context().set_terse_output(False)
-            rc, out, err = self._context().json_cmd({"nftables": [{"list": _obj("set", name=name)}]})
-        if rc != 0:
-            raise KernelError(f"nftables refused to list set {name}", err)
-        return parse_elements(out or {})
+        found, elements = self._read(f"list set {name}", lambda: nftdump.read_set(FAMILY, TABLE, name))
+        if found is None:
+            raise KernelError(f"cannot list set {name}", "No such file or directory")
+        return networks_of(found, elements)
 
     def _list(self, command: str, terse: bool) -> dict[str, Any]:
         with self._lock:

@@ -1,5 +1,6 @@
-"""nftables reader, pure: our table picked out of a `list ruleset` listing, its rules reduced to
-signatures and checked against what a jail asks for, and a set's elements read back."""
+"""nftables reader, pure: our table as a `list ruleset` listing gives it (the doctor's read) or as
+nf_tables netlink dumps it (kernel/nftdump.py: the backend's read), its rules reduced to signatures and
+checked against what a jail asks for, and a set's elements from its dump."""
 
 from __future__ import annotations
 
@@ -156,26 +157,6 @@ def check_jail(spec: JailSpec, seen: Observed) -> list[Finding]:
         if jail_of(name) == spec.jail and name not in {chain_name(spec.jail, h) for h in spec.hooks}:
             findings.append(broken("hook-extra", f"chain {name} is not one the jail asks for"))
     return findings
-
-
-def parse_elements(listing: dict[str, Any]) -> list[Network]:
-    """The elements of a `list set` JSON document."""
-    nets: list[Network] = []
-    for item in listing.get("nftables", []):
-        body = item.get("set")
-        if not body:
-            continue
-        for elem in body.get("elem", []):
-            if isinstance(elem, dict) and "elem" in elem:
-                elem = elem["elem"]["val"]
-            if isinstance(elem, dict) and "prefix" in elem:
-                nets.append(ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}"))
-            elif isinstance(elem, dict) and "range" in elem:
-                low, high = (ipaddress.ip_address(a) for a in elem["range"])
-                nets += ipaddress.summarize_address_range(low, high)
-            else:
-                nets.append(ipaddress.ip_network(str(elem)))
-    return nets
 
 
 # ---- our table as nf_tables netlink dumps it (kernel/nftdump.py), in the shapes above ---------------
@@ -343,3 +324,30 @@ def _set_values(left: dict[str, Any], anonymous: nftdump.Set, found: Sequence[nf
 
 def _port_range(lo: int, hi: int) -> Any:
     return lo if lo == hi else {"range": [lo, hi]}
+
+
+def networks_of(found: nftdump.Set, elements: Sequence[nftdump.Element]) -> list[Network]:
+    """A named set's elements as networks: each key of a hash set; each range of an interval set,
+    held as its first key and, flagged as an end, the key after its last (none past the last address)."""
+    size = found.key_len
+    if size not in (4, 16):
+        return []
+    make = ipaddress.IPv4Address if size == 4 else ipaddress.IPv6Address
+    if not found.flags & NFT_SET_INTERVAL:
+        network = ipaddress.IPv4Network if size == 4 else ipaddress.IPv6Network
+        return [network(int.from_bytes(e.key, "big")) for e in elements if len(e.key) == size]
+    ranges: list[tuple[int, int]] = []
+    start: Optional[int] = None
+    for key, is_end, key_end in sorted((int.from_bytes(e.key, "big"), bool(e.flags & nftdump.NFT_SET_ELEM_INTERVAL_END),
+                                        e.key_end) for e in elements if len(e.key) == size):
+        if key_end is not None:
+            ranges.append((key, int.from_bytes(key_end, "big")))
+        elif is_end:
+            if start is not None:
+                ranges.append((start, key - 1))
+            start = None
+        else:
+            start = key
+    if start is not None:
+        ranges.append((start, (1 << (8 * size)) - 1))
+    return [net for lo, hi in ranges for net in ipaddress.summarize_address_range(make(lo), make(hi))]

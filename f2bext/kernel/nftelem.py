@@ -144,31 +144,11 @@ def netfilter_sockets() -> set[int]:
     return found
 
 
-def socket_of_port(port: int) -> Optional[int]:
-    """The file descriptor of this process's NETLINK_NETFILTER socket bound to `port` in this thread's
-    network namespace (a port is unique only within one): its inode, from the namespace's socket list."""
-    wanted = ""
-    with open("/proc/thread-self/net/netlink") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if len(fields) >= 10 and fields[1] == str(NETLINK_NETFILTER) and fields[2] == str(port):
-                wanted = f"socket:[{fields[9]}]"
-    for name in os.listdir("/proc/self/fd") if wanted else ():
-        try:
-            if os.readlink(f"/proc/self/fd/{name}") == wanted:
-                return int(name)
-        except OSError:
-            continue  # closed meanwhile
-    return None
-
-
 class Elements:
-    """The socket set elements are sent on, kept open: a socket of our own, or (`adopt`) the one that
-    owns the table, which the caller keeps its library off while it is used here."""
+    """The socket our changes are sent on, kept open: with an owned table, the one that owns it."""
 
     def __init__(self) -> None:
         self.sock: Optional[socket.socket] = None
-        self.adopted = False
         self._seq = SEQ
         self._span = 3  # seqs the last transaction used: its begin, messages and end
         self._buf = bytearray(RECV)
@@ -176,16 +156,6 @@ class Elements:
     def own(self) -> None:
         if self.sock is None:
             self.sock = Socket(NETLINK_NETFILTER).sock
-
-    def adopt(self, port: Optional[int]) -> None:
-        """Use the process's socket bound to netlink port `port`, once; none found, none is used."""
-        if self.adopted:
-            return
-        self.adopted = True
-        fd = socket_of_port(port) if port else None
-        if fd is not None:
-            self.sock = socket.socket(fileno=os.dup(fd))
-            self.sock.settimeout(10)  # non-blocking underneath, as libnftables keeps it
 
     def change(self, op: str, family: str, table: str, name: str, keys: Sequence[bytes],
                echo: bool = True) -> Optional[int]:

@@ -69,9 +69,9 @@ def pack_newtable_batch(seq: int, family: str, name: str, flags: int) -> bytes:
 
 
 def add_table_on(fd: int, family: str, name: str, flags: int, seq: int = 0x7F000000) -> None:
-    """Add the table with `flags` on another library's netlink socket `fd`, so that the table's owner is
-    that socket (libnftables before 1.0.9 cannot say `persist`). The caller keeps the library off the
-    socket meanwhile; the answer is read to its end here."""
+    """Add the table with `flags` on the netlink socket `fd`, so that the table's owner is that socket
+    (an orphan `persist` left is adopted so). The caller keeps every other reader off the socket
+    meanwhile; the answer is read to its end here."""
     sock = socket.socket(fileno=os.dup(fd))
     try:
         sock.settimeout(10)

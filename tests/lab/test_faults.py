@@ -29,6 +29,22 @@ CIDR4, CIDR6 = "203.0.113.128/25", "2001:db8:77::/48"  # hold no address of the 
 
 # ---- what the kernel and fail2ban hold ------------------------------------------------------------
 
+def listed_elements(listing: dict) -> list:
+    """The elements of a `nft -j list set` document, as libnftables says them."""
+    nets: list = []
+    for item in listing.get("nftables", []):
+        for elem in item.get("set", {}).get("elem", []):
+            if isinstance(elem, dict) and "elem" in elem:
+                elem = elem["elem"]["val"]
+            if isinstance(elem, dict) and "prefix" in elem:
+                nets.append(ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}"))
+            elif isinstance(elem, dict) and "range" in elem:
+                nets += ipaddress.summarize_address_range(*(ipaddress.ip_address(a) for a in elem["range"]))
+            else:
+                nets.append(ipaddress.ip_network(str(elem)))
+    return nets
+
+
 def kernel_bans(fw, jail=JAIL) -> set[str]:
     """The jail's bans as the kernel holds them, read with the firewall's own tools."""
     out: set[str] = set()
@@ -36,7 +52,7 @@ def kernel_bans(fw, jail=JAIL) -> set[str]:
         for kind in LOCAL_SETS:
             listing = fw.ns.run(["nft", "-j", "list", "set", "inet", "f2bext", f"{jail}-{kind}"], check=False).stdout
             if listing.strip():
-                out |= {to_text(n) for n in nft.parse_elements(json.loads(listing))}
+                out |= {to_text(n) for n in listed_elements(json.loads(listing))}
         return out
     for name in (ipset_mod.ipset_name(jail, 4), ipset_mod.ipset_name(jail, 6)):
         listing = fw.ns.run(["ipset", "list", name], check=False).stdout

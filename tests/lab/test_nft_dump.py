@@ -11,12 +11,14 @@ import json
 import pytest
 from hypothesis import example, given, strategies as st
 
+from f2bext import lab
 from f2bext.backends import nft
 from f2bext.kernel import nftdump
 from f2bext.lab.netns import Netns
 from f2bext.spec import PROTOCOLS, JailSpec
 
 from fuzzing import fuzz, valid_specs
+from test_faults import listed_elements
 
 POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
 
@@ -57,12 +59,22 @@ def assert_same(listed: nft.Observed, dumped: nft.Observed, spec: JailSpec) -> N
     assert [f.code for f in nft.check_jail(spec, dumped)] == [f.code for f in nft.check_jail(spec, listed)]
 
 
-@fuzz(80)
-@given(valid_specs())
-def test_every_jail_as_built_reads_the_same_from_the_dump_as_from_libnftables(scratch, spec):
+def build(ns: Netns, cmds: list, by: str) -> None:
+    """The builders' commands sent by libnftables (as f2bext before 1.x did, and nft -j -f does) or by
+    our own netlink encoder (wire.py)."""
+    if by == "libnftables":
+        ns.run(["nft", "-j", "-f", "-"], input=json.dumps({"nftables": cmds}))
+        return
+    with ns.entered():
+        nft.Nft().apply(cmds, "build")
+
+
+@pytest.mark.parametrize("by", ["libnftables", "netlink"])
+@fuzz(60)
+@given(spec=valid_specs())
+def test_every_jail_as_built_reads_the_same_from_the_dump_as_from_libnftables(scratch, by, spec):
     scratch.nft("flush", "ruleset")
-    with scratch.entered():
-        nft.Nft().apply(nft.build_structure(spec), "build")
+    build(scratch, nft.build_structure(spec), by)
     listed, dumped = both_readers(scratch)
     assert nft.check_jail(spec, dumped) == []
     assert_same(listed, dumped, spec)
@@ -102,8 +114,7 @@ FOREIGN_RULES = [
 @pytest.mark.parametrize("rule", FOREIGN_RULES)
 def test_a_rule_someone_else_put_in_our_chain_reads_alike_through_both_readers(scratch, rule):
     scratch.nft("flush", "ruleset")
-    with scratch.entered():
-        nft.Nft().apply(nft.build_structure(POSTFIX), "build")
+    build(scratch, nft.build_structure(POSTFIX), "netlink")
     scratch.run(["nft", f"add rule inet f2bext postfix-input {rule}"])
     listed, dumped = both_readers(scratch)
     assert_same(listed, dumped, POSTFIX)
@@ -136,37 +147,22 @@ def test_a_table_someone_else_made_reads_alike_through_both_readers(scratch, rul
     assert nft.check_jail(POSTFIX, dumped)
 
 
-def listed_elements(listing: dict) -> list:
-    """The elements of a `nft -j list set` document, as libnftables says them."""
-    nets: list = []
-    for item in listing.get("nftables", []):
-        for elem in item.get("set", {}).get("elem", []):
-            if isinstance(elem, dict) and "elem" in elem:
-                elem = elem["elem"]["val"]
-            if isinstance(elem, dict) and "prefix" in elem:
-                nets.append(ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}"))
-            elif isinstance(elem, dict) and "range" in elem:
-                nets += ipaddress.summarize_address_range(*(ipaddress.ip_address(a) for a in elem["range"]))
-            else:
-                nets.append(ipaddress.ip_network(str(elem)))
-    return nets
-
-
 @fuzz(60)
-@given(st.lists(st.builds(ipaddress.ip_network, st.one_of(
+@given(nets=st.lists(st.builds(ipaddress.ip_network, st.one_of(
     st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)),
     st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(lambda t: (ipaddress.IPv6Address(t[0]), t[1])),
 ), strict=st.just(False)), max_size=40))
-@example([ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")])
-@example([ipaddress.ip_network(n) for n in ("255.255.255.0/24", "0.0.0.0/8", "255.255.255.255/32", "ffff::/16",
+@example(nets=[ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")])
+@example(nets=[ipaddress.ip_network(n) for n in ("255.255.255.0/24", "0.0.0.0/8", "255.255.255.255/32", "ffff::/16",
                                             "::/128", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")])
-def test_a_sets_elements_read_alike_from_the_dump_and_from_libnftables(scratch, nets):
+@pytest.mark.parametrize("by", ["libnftables", "netlink"])
+def test_a_sets_elements_read_alike_from_the_dump_and_from_libnftables(scratch, by, nets):
     scratch.nft("flush", "ruleset")
     singles = [n for n in nets if n.prefixlen == n.max_prefixlen]
+    build(scratch, nft.build_structure(POSTFIX) + nft.build_elements("add", "postfix", singles)
+          + nft.build_network_sets("postfix", nets, (4, 6)), by)
     with scratch.entered():
         kernel = nft.Nft()
-        kernel.apply(nft.build_structure(POSTFIX) + nft.build_elements("add", "postfix", singles)
-                     + nft.build_network_sets("postfix", nets, (4, 6)), "build")
         for kind in nft.SET_KINDS:
             name = nft.set_name("postfix", kind)
             listed = listed_elements(json.loads(scratch.nft("-j", "list", "set", "inet", "f2bext", name)))
@@ -174,3 +170,43 @@ def test_a_sets_elements_read_alike_from_the_dump_and_from_libnftables(scratch, 
         held = set(kernel.elements("postfix-v4") + kernel.elements("postfix-v6") + kernel.elements("postfix-net4")
                    + kernel.elements("postfix-net6"))
     assert held == set(singles) | set(nft.collapsed_networks(nets))
+
+
+@fuzz(40)
+@given(spec=valid_specs())
+def test_our_encoder_makes_the_rules_libnftables_makes_expression_for_expression(scratch, spec):
+    made = {}
+    for by in ("libnftables", "netlink"):
+        scratch.nft("flush", "ruleset")
+        build(scratch, nft.build_structure(spec), by)
+        with scratch.entered():
+            dump = nftdump.read(nft.FAMILY, nft.TABLE)
+        made[by] = ([(r.chain, r.exprs, r.comment) for r in dump.rules],
+                    sorted((s.name, s.flags, s.key_type, s.key_len) for s in dump.sets),
+                    [c._replace(handle=0) for c in dump.chains])
+    assert made["netlink"] == made["libnftables"]
+
+
+PROBE = """
+import ipaddress, sys
+from f2bext.backends.nft import NftBackend
+from f2bext.spec import JailSpec
+spec = JailSpec.from_params("postfix", {"port": "25,465,587"})
+backend = NftBackend(owner=True)
+backend.start(spec, [ipaddress.ip_network("203.0.113.0/28"), ipaddress.ip_network("198.51.100.7")])
+assert backend.ban(spec, [ipaddress.ip_network("2001:db8::7")], lambda: []) == []
+assert backend.verify([spec]) == []
+backend.nft.apply([{"flush": {"chain": {"family": "inet", "table": "f2bext", "name": "postfix-input"}}}], "break")
+assert backend.verify([spec]), "the broken chain is found"
+backend.repair(spec, [ipaddress.ip_network("198.51.100.7")])
+assert backend.verify([spec]) == [] and backend.banned(spec) == [ipaddress.ip_network("198.51.100.7")]
+backend.stop(spec)
+print("libnftables loaded" if "nftables" in sys.modules else "libnftables never loaded")
+"""
+
+
+def test_a_jail_starts_bans_checks_repairs_and_stops_without_loading_libnftables(scratch, workdir):
+    scratch.nft("flush", "ruleset")
+    done = scratch.run([lab.PYTHON, "-c", PROBE], env=lab.lab_env(workdir))
+    assert done.stdout.split("\n")[-2:] == ["libnftables never loaded", ""], done.stdout + done.stderr
+    assert "f2bext" not in scratch.nft("list", "tables")

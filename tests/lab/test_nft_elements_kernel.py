@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from f2bext import lab
-from f2bext.backends.nft import NOT_SENT, NftBackend
+from f2bext.backends.nft import NftBackend
 from f2bext.errors import KernelError
 from f2bext.kernel import nftelem, nftgen
 from f2bext.spec import JailSpec
@@ -120,15 +120,3 @@ def test_a_ban_after_anothers_change_on_the_owned_table_still_looks_and_repairs(
     denied = subprocess.run(["ip", "netns", "exec", hosts.server.name, "nft", "add", "element", "inet", "f2bext",
                              "postfix-v4", "{ 203.0.113.99 }"], capture_output=True, text=True)
     assert denied.returncode != 0 and "Operation not permitted" in denied.stderr
-
-
-def test_without_a_socket_found_the_ban_goes_through_libnftables(hosts):
-    with hosts.server.entered():
-        backend = NftBackend(owner=True)
-        backend.start(POSTFIX, [])
-        backend.nft._elements.adopted, backend.nft._elements.sock = True, None  # as if none was found
-        assert backend.nft.send_elements("add", "postfix-v4", [net("203.0.113.5")], "ban") == NOT_SENT
-        assert backend.ban(POSTFIX, [net("203.0.113.6")], nothing) == []
-        backend.unban(POSTFIX, [net("203.0.113.6")], nothing)
-        assert backend.ban(POSTFIX, [net("203.0.113.7")], nothing) == []
-        assert backend.banned(POSTFIX) == [net("203.0.113.7")]

@@ -94,31 +94,22 @@ def integers(singles):
     return {v: [int(ipaddress.ip_address(t)) for t in texts] for v, texts in singles.items()}
 
 
-def json_load(*args, **kwargs):
-    """The load as libnftables transactions alone: where no netlink socket is found, NftBackend.start
-    sends the single addresses this way."""
-    load = nft.plan_load(*args, **kwargs)
-    return [load.first] + [batch for kind, texts in load.singles.items()
-                           for batch in nft.build_singles_load("postfix", kind, texts)] + load.last
-
-
-def test_a_load_puts_bulk_addresses_in_their_sets_in_batches_after_the_flush():
+def test_a_load_puts_bulk_addresses_in_their_sets_after_the_flush():
     v4 = [f"100.64.{i >> 8}.{i & 255}" for i in range(1, 2501)]
-    batches = json_load("postfix", [ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8::9/128")],
-                             singles=integers({4: v4, 6: ["2001:db8::7"]}))
-    assert [c["flush"]["set"]["name"] for c in batches[0] if "flush" in c] == [f"postfix-{k}" for k in nft.LOCAL_KINDS]
-    loaded = {}
-    for batch in batches[1:]:
-        assert sum(len(c["add"]["element"]["elem"]) for c in batch) <= nft.LOAD_BATCH
-        for cmd in batch:
-            loaded.setdefault(cmd["add"]["element"]["name"], []).extend(cmd["add"]["element"]["elem"])
-    assert loaded == {"postfix-v4": v4, "postfix-v6": ["2001:db8::7", "2001:db8::9"]}
+    load = nft.plan_load("postfix", [ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8::9/128")],
+                         singles=integers({4: v4, 6: ["2001:db8::7"]}))
+    assert [c["flush"]["set"]["name"] for c in load.first if "flush" in c] == [f"postfix-{k}" for k in nft.LOCAL_KINDS]
+    assert [c["add"]["element"]["elem"] for c in load.first if "add" in c] == [[{"prefix": {"addr": "203.0.113.0",
+                                                                                             "len": 24}}]]
+    assert {kind: [single_text(int(kind[-1]), a) for a in found] for kind, found in load.singles.items()} \
+        == {"v4": v4, "v6": ["2001:db8::7", "2001:db8::9"]}
+    assert load.last == []
 
 
 def test_a_load_into_a_kept_table_deletes_only_what_neither_the_bulk_nor_the_networks_hold():
     present = [ipaddress.ip_network(t) for t in ("100.64.0.1/32", "100.64.0.2/32", "2001:db8::7/128")]
-    batches = json_load("postfix", [], present, singles=integers({4: ["100.64.0.1"], 6: ["2001:db8::7"]}))
-    deleted = [e for b in batches for c in b if "delete" in c for e in c["delete"]["element"]["elem"]]
+    load = nft.plan_load("postfix", [], present, singles=integers({4: ["100.64.0.1"], 6: ["2001:db8::7"]}))
+    deleted = [e for b in load.last for c in b if "delete" in c for e in c["delete"]["element"]["elem"]]
     assert deleted == ["100.64.0.2"]
 
 

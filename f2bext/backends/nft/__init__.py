@@ -1,5 +1,6 @@
-"""nftables backend: the Backend on nftables (`NftBackend`); the one class that talks to libnftables
-(`Nft`) is in context.py, the pure builders in build.py, the ruleset reader in read.py, all named here too.
+"""nftables backend: the Backend on nftables (`NftBackend`); the one class that changes and reads our
+table (`Nft`, over nf_tables netlink) is in context.py, the pure builders in build.py, their commands
+as netlink messages in wire.py, the ruleset reader in read.py, all named here too.
 
 Layout, all in table `inet f2bext`, per jail J:
   sets J-v4, J-v6      single addresses (hash sets: adding to a 100k interval set costs ~0.5 s in
@@ -21,9 +22,9 @@ from ...addr import Network, is_single
 from ...errors import KernelError
 from ...spec import JailSpec
 from ..base import BROKEN, Bans, Finding, Held, Op, SharedBans, Singles, refused
-from .build import (CHUNK, DPORT, FAMILY, LOAD_BATCH, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS,
+from .build import (CHUNK, DPORT, FAMILY, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMOTE_KINDS,
                     RULE_COMMENT, SET_KINDS, TABLE, Command, Load, Observed, _obj, build_elements,
-                    build_network_sets, build_rebuild, build_remote, build_rule_exprs, build_singles_load,
+                    build_network_sets, build_rebuild, build_remote, build_rule_exprs,
                     build_structure, build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of,
                     pack_keys, plan_load, port_keys, set_kind, set_name)
 from .read import (Signature, check_jail, expected_signatures, networks_of, observed_from_dump, parse_ruleset,
@@ -73,9 +74,7 @@ class NftBackend:
         load = plan_load(spec.jail, held, present, singles)
         self.nft.apply(load.first, what)
         for kind, found in load.singles.items():
-            if not self.nft.load_elements(set_name(spec.jail, kind), pack_keys(kind, found), what):
-                for batch in build_singles_load(spec.jail, kind, found):
-                    self.nft.apply(batch, what)
+            self.nft.load_elements(set_name(spec.jail, kind), pack_keys(kind, found), what)
         for batch in load.last:
             self.nft.apply(batch, what)
         self._built(spec)
@@ -252,9 +251,9 @@ class NftBackend:
         return out
 
 
-__all__ = ["CHUNK", "DPORT", "FAMILY", "LOAD_BATCH", "LOCAL_KINDS", "ORIGDPORT", "PRIORITY", "REMOTE_KINDS",
+__all__ = ["CHUNK", "DPORT", "FAMILY", "LOCAL_KINDS", "ORIGDPORT", "PRIORITY", "REMOTE_KINDS",
            "RULE_COMMENT", "SET_KINDS", "TABLE", "Command", "Load", "Observed", "build_elements",
-           "build_singles_load", "pack_keys", "plan_load",
+           "pack_keys", "plan_load",
            "build_network_sets", "build_rebuild", "build_remote", "build_rule_exprs", "build_structure",
            "build_teardown", "chain_name", "collapsed_networks", "is_table_empty_after", "jail_of", "port_keys",
            "set_kind", "set_name", "Signature", "check_jail", "expected_signatures", "networks_of", "observed_from_dump",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
-from ...addr import Network, is_single, single_text
+from ...addr import Network, is_single
 from ...spec import JailSpec, PortRange
 from ..base import Op, Singles
 
@@ -15,14 +15,6 @@ TABLE = "f2bext"
 PRIORITY = -10
 RULE_COMMENT = "f2bext"
 CHUNK = 1000  # elements per command, as firewalld does, to stay clear of netlink buffer limits
-LOAD_BATCH = 1_000  # elements per transaction when a jail is filled at start: libnftables holds
-                    # about 450 bytes per element of a batch, and fail2ban-server keeps the peak
-                    # (10,000 per batch cost it 7 MB at 10,000 bans; 100,000 load as fast either way)
-
-# Table flags of an owned table, the first nftables can say: `persist` (nftables 1.0.9, kernel 6.9)
-# keeps the table, bans and all, when its owner dies; without it the table goes with its owner.
-OWNER_FLAGS = ("owner, persist", "owner")
-
 LOCAL_KINDS = ("v4", "net4", "v6", "net6")
 REMOTE_KINDS = ("rv4", "rnet4", "rv6", "rnet6")
 SET_KINDS = {"v4": ("ipv4_addr", False), "net4": ("ipv4_addr", True),
@@ -183,13 +175,6 @@ def plan_load(jail: str, nets: Iterable[Network], present: Optional[Iterable[Net
         stale = [n for n in present if is_single(n) and int(n.network_address) not in loaded.get(set_kind(n), ())]
         last = [[cmd] for cmd in build_elements("delete", jail, stale)]
     return Load(first, {k: found for k, found in by_kind.items() if found}, last)
-
-
-def build_singles_load(jail: str, kind: str, addresses: Sequence[int]) -> list[list[Command]]:
-    """libnftables' way to add a load's single addresses: transactions of LOAD_BATCH elements."""
-    name, version = set_name(jail, kind), int(kind[-1])
-    return [_chunked("add", {name: [single_text(version, a) for a in addresses[i:i + LOAD_BATCH]]})
-            for i in range(0, len(addresses), LOAD_BATCH)]
 
 
 def pack_keys(kind: str, addresses: Iterable[int]) -> list[bytes]:

@@ -131,6 +131,11 @@ def cmp(op: int, value: bytes, sreg: int = NFT_REG_1) -> bytes:
     return _expr("cmp", attr(1, _u32(sreg)), attr(2, _u32(op)), _data(3, value))
 
 
+def range_eq(low: bytes, high: bytes, sreg: int = NFT_REG_1) -> bytes:
+    """Whether the register is within [low, high]: as libnftables 1.1 says a range (1.0 made two cmps)."""
+    return _expr("range", attr(1, _u32(sreg)), attr(2, _u32(0)), _data(3, low), _data(4, high))  # NFT_RANGE_EQ
+
+
 def lookup(set_name: str, set_id: Optional[int], sreg: int = NFT_REG_1) -> bytes:
     found = [_name(1, set_name), attr(2, _u32(sreg))] + ([attr(4, _u32(set_id))] if set_id is not None else [])
     return _expr("lookup", *found, attr(5, _u32(0)))  # NFTA_LOOKUP_FLAGS: not inverted

@@ -19,7 +19,7 @@ NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
 META_NFPROTO, META_L4PROTO = 15, 16
 PAYLOAD_NETWORK, PAYLOAD_TRANSPORT = 1, 2
 CT_PROTO_DST, CT_ORIGINAL = 12, 0
-CMP_EQ, CMP_LTE, CMP_GTE = 0, 3, 5
+CMP_EQ = 0
 REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED = 2, 3
 NF_DROP = 0
 SADDR = {"ip": (NFPROTO_IPV4, 12, 4), "ip6": (NFPROTO_IPV6, 8, 16)}  # nfproto, offset and size in the header
@@ -105,7 +105,7 @@ class Encoder:
             return [load, nb.cmp(CMP_EQ, _port(right))]
         if "range" in right:
             low, high = right["range"]
-            return [load, nb.cmp(CMP_GTE, _port(low)), nb.cmp(CMP_LTE, _port(high))]
+            return [load, nb.range_eq(_port(low), _port(high))]
         ranges = [(v, v) if isinstance(v, int) else tuple(v["range"]) for v in right["set"]]
         interval = any(lo != hi for lo, hi in ranges)
         keys = _range_keys(ranges, 2) if interval else [(_port(lo), 0) for lo, _ in ranges]

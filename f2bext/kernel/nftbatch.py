@@ -10,7 +10,7 @@ import struct
 from typing import Optional, Sequence
 
 from .netlink import HEADER, NFGEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, attr, nest
-from .nftelem import make_room, read_answer
+from .nftelem import make_answer_room, make_room, read_answer
 from .nftgen import NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO
 
 NLM_F_APPEND = 0x800
@@ -31,7 +31,7 @@ NFT_SET_ELEM_INTERVAL_END = 0x1
 NFT_REG_VERDICT, NFT_REG_1 = 0, 1
 NFTNL_UDATA_RULE_COMMENT = 0
 RECV = 65536
-SEQ = 0x20000000  # sequence numbers of our batches, apart from nftelem's and libnftables' own
+SEQ = 0x20000000  # sequence numbers of our batches, apart from nftelem's on the same socket
 _BATCH = NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
 
 
@@ -39,7 +39,7 @@ def _u32(value: int) -> bytes:
     return struct.pack(">L", value & 0xFFFFFFFF)
 
 
-def _name(kind: int, name: str) -> bytes:
+def name_attr(kind: int, name: str) -> bytes:
     return attr(kind, name.encode() + b"\0")
 
 
@@ -56,13 +56,13 @@ class Message:
 
 
 def table(op: int, family: str, name: str, flags: Optional[int] = None) -> Message:
-    body = _name(NFTA_TABLE_NAME, name) + (attr(NFTA_TABLE_FLAGS, _u32(flags)) if flags is not None else b"")
+    body = name_attr(NFTA_TABLE_NAME, name) + (attr(NFTA_TABLE_FLAGS, _u32(flags)) if flags is not None else b"")
     return Message(op, NLM_F_CREATE if op == NEWTABLE else 0, family, body)
 
 
 def add_set(family: str, table_name: str, name: str, key_type: int, key_len: int, flags: int, set_id: int,
             size: Optional[int] = None) -> Message:
-    body = (_name(NFTA_SET_TABLE, table_name) + _name(NFTA_SET_NAME, name) + attr(NFTA_SET_FLAGS, _u32(flags))
+    body = (name_attr(NFTA_SET_TABLE, table_name) + name_attr(NFTA_SET_NAME, name) + attr(NFTA_SET_FLAGS, _u32(flags))
             + attr(NFTA_SET_KEY_TYPE, _u32(key_type)) + attr(NFTA_SET_KEY_LEN, _u32(key_len))
             + attr(NFTA_SET_ID, _u32(set_id)))
     if size is not None:
@@ -74,19 +74,19 @@ def delete(op: int, family: str, table_name: str, name: str) -> Message:
     """DELCHAIN or DELSET of one object by name; DELRULE of a chain's every rule (a flush)."""
     kinds = {DELCHAIN: (NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME), DELSET: (NFTA_SET_TABLE, NFTA_SET_NAME),
              DELRULE: (NFTA_RULE_TABLE, NFTA_RULE_CHAIN)}[op]
-    return Message(op, 0, family, _name(kinds[0], table_name) + _name(kinds[1], name))
+    return Message(op, 0, family, name_attr(kinds[0], table_name) + name_attr(kinds[1], name))
 
 
 def base_chain(family: str, table_name: str, name: str, hook: int, priority: int, policy: int,
                chain_type: str = "filter") -> Message:
-    body = (_name(NFTA_CHAIN_TABLE, table_name) + _name(NFTA_CHAIN_NAME, name)
+    body = (name_attr(NFTA_CHAIN_TABLE, table_name) + name_attr(NFTA_CHAIN_NAME, name)
             + nest(NFTA_CHAIN_HOOK, attr(NFTA_HOOK_HOOKNUM, _u32(hook)), attr(NFTA_HOOK_PRIORITY, _u32(priority)))
-            + attr(NFTA_CHAIN_POLICY, _u32(policy)) + _name(NFTA_CHAIN_TYPE, chain_type))
+            + attr(NFTA_CHAIN_POLICY, _u32(policy)) + name_attr(NFTA_CHAIN_TYPE, chain_type))
     return Message(NEWCHAIN, NLM_F_CREATE, family, body)
 
 
 def rule(family: str, table_name: str, chain: str, exprs: Sequence[bytes], comment: Optional[str] = None) -> Message:
-    body = (_name(NFTA_RULE_TABLE, table_name) + _name(NFTA_RULE_CHAIN, chain)
+    body = (name_attr(NFTA_RULE_TABLE, table_name) + name_attr(NFTA_RULE_CHAIN, chain)
             + nest(NFTA_RULE_EXPRESSIONS, *exprs))
     if comment is not None:
         text = comment.encode() + b"\0"
@@ -95,13 +95,14 @@ def rule(family: str, table_name: str, chain: str, exprs: Sequence[bytes], comme
 
 
 def elements(op: int, family: str, table_name: str, set_name: str, keys: Sequence[tuple[bytes, int]],
-             set_id: Optional[int] = None) -> Message:
-    """NEWSETELEM or DELSETELEM of (key, flags) pairs; DELSETELEM without keys flushes the set."""
-    body = _name(NFTA_SET_ELEM_LIST_TABLE, table_name) + _name(NFTA_SET_ELEM_LIST_SET, set_name)
+             set_id: Optional[int] = None, packed: bytes = b"") -> Message:
+    """NEWSETELEM or DELSETELEM of (key, flags) pairs, or of elements `packed` already (nftelem's
+    pack_elements); DELSETELEM of none flushes the set."""
+    body = name_attr(NFTA_SET_ELEM_LIST_TABLE, table_name) + name_attr(NFTA_SET_ELEM_LIST_SET, set_name)
     if set_id is not None:
         body += attr(NFTA_SET_ELEM_LIST_SET_ID, _u32(set_id))
-    if keys:
-        body += nest(NFTA_SET_ELEM_LIST_ELEMENTS, *(_element(key, flags) for key, flags in keys))
+    if keys or packed:
+        body += nest(NFTA_SET_ELEM_LIST_ELEMENTS, packed, *(_element(key, flags) for key, flags in keys))
     return Message(op, NLM_F_CREATE if op == NEWSETELEM else 0, family, body)
 
 
@@ -112,7 +113,7 @@ def _element(key: bytes, flags: int) -> bytes:
 # ---- expressions -------------------------------------------------------------------------------
 
 def _expr(name: str, *attrs: bytes) -> bytes:
-    return nest(NFTA_LIST_ELEM, _name(NFTA_EXPR_NAME, name), nest(NFTA_EXPR_DATA, *attrs))
+    return nest(NFTA_LIST_ELEM, name_attr(NFTA_EXPR_NAME, name), nest(NFTA_EXPR_DATA, *attrs))
 
 
 def meta_load(key: int, dreg: int = NFT_REG_1) -> bytes:
@@ -137,7 +138,7 @@ def range_eq(low: bytes, high: bytes, sreg: int = NFT_REG_1) -> bytes:
 
 
 def lookup(set_name: str, set_id: Optional[int], sreg: int = NFT_REG_1) -> bytes:
-    found = [_name(1, set_name), attr(2, _u32(sreg))] + ([attr(4, _u32(set_id))] if set_id is not None else [])
+    found = [name_attr(1, set_name), attr(2, _u32(sreg))] + ([attr(4, _u32(set_id))] if set_id is not None else [])
     return _expr("lookup", *found, attr(5, _u32(0)))  # NFTA_LOOKUP_FLAGS: not inverted
 
 
@@ -183,6 +184,7 @@ class Batches:
         self._seq = SEQ + (self._seq + len(messages) + 2 - SEQ) % (1 << 24)
         batch = pack_batch(self._seq, messages)
         make_room(self.sock, len(batch))
+        make_answer_room(self.sock, len(messages))
         self.sock.send(batch)
         read_answer(self.sock, self._seq, self._buf, len(messages))
 

@@ -9,7 +9,8 @@ import errno
 import struct
 from typing import Callable, NamedTuple, Optional
 
-from .netlink import ATTR, NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, attr, attrs, message
+from .netlink import ATTR, NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, attrs, message
+from .nftbatch import name_attr as _name
 from .nftgen import NFPROTO, NFT_MSG_GETTABLE, parse_generation, parse_table, pack_getgen
 
 NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM = (10 << 8) | 4, (10 << 8) | 7, \
@@ -199,10 +200,6 @@ def _request(msg_type: int, family: str, *fields: bytes, dump: bool = True) -> C
     return lambda seq: message(msg_type, flags, seq, head + b"".join(fields))
 
 
-def _name(kind: int, name: str) -> bytes:
-    return attr(kind, name.encode() + b"\0")
-
-
 def _dump_once(nl: Socket, family: str, table: str) -> Dump:
     try:
         found = list(nl.ask(_request(NFT_MSG_GETTABLE, family, _name(NFTA_TABLE_NAME, table), dump=False)))
@@ -251,15 +248,16 @@ def _generation(nl: Socket) -> int:
 
 def read(family: str, table: str) -> Dump:
     """The table's objects, read while the ruleset generation stood still, as libnftables fills its
-    cache: a dump any change interrupted, or a generation that moved, is read again, up to TRIES
-    times, before OSError(EINTR). OSError too when the kernel refuses a dump."""
+    cache: a dump any change interrupted or cut short (the table deleted meanwhile), or a generation
+    that moved, is read again, up to TRIES times, before OSError(EINTR). OSError too when the kernel
+    refuses a dump."""
     with Socket(NETLINK_NETFILTER) as nl:
         for _ in range(TRIES):
             before = _generation(nl)
             try:
                 found = _dump_once(nl, family, table)
             except OSError as e:
-                if e.errno != errno.EINTR:
+                if e.errno not in (errno.EINTR, errno.ENOENT):  # ENOENT: the table went after its own read
                     raise
                 continue
             if _generation(nl) == before:

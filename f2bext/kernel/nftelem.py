@@ -12,7 +12,7 @@ import socket
 from typing import Optional, Sequence
 
 from .netlink import (ATTR, ERRNO, HEADER, NETLINK_NETFILTER, NFGEN, NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE,
-                      NLM_F_REQUEST, NLMSG_ERROR, Socket, attr, parse_error, refusal)
+                      NLM_F_REQUEST, NLMSG_ERROR, SOL_NETLINK, Socket, attr, parse_error, refusal)
 from .nftgen import NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO, parse_generation
 
 NLM_F_ECHO = 0x8
@@ -25,7 +25,7 @@ NFTA_DATA_VALUE = 1
 OPS = {"add": NFT_MSG_NEWSETELEM, "delete": NFT_MSG_DELSETELEM}
 _BATCH = NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
 RECV = 65536
-SEQ = 0x10000000  # our sequence numbers, far below libnftables' own on its socket (from time(NULL))
+SEQ = 0x10000000  # our sequence numbers on the socket, apart from nftbatch's
 
 
 @functools.lru_cache(maxsize=8)
@@ -129,6 +129,23 @@ def make_room(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
+ANSWER_ROOM = 1024  # bytes of receive buffer per acknowledged message, as libnftables reserves them
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+NETLINK_CAP_ACK = 10
+
+
+def make_answer_room(sock: socket.socket, count: int) -> None:
+    """Room in the receive buffer for the answers to `count` messages, which the kernel queues while
+    the batch is still being sent: a rebuild of 500,000 bans is 500 of them, past the default buffer."""
+    size = count * ANSWER_ROOM
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= size:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def netfilter_sockets() -> set[int]:
     """This process's open NETLINK_NETFILTER sockets, by file descriptor."""
     found = set()
@@ -155,7 +172,12 @@ class Elements:
 
     def own(self) -> None:
         if self.sock is None:
-            self.sock = Socket(NETLINK_NETFILTER).sock
+            sock = Socket(NETLINK_NETFILTER).sock
+            try:  # a refusal's answer without the whole request echoed: a refused load is 30 KB a message
+                sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+            except OSError:
+                pass  # a kernel before 4.2: the answers are larger, and still read whole
+            self.sock = sock
 
     def change(self, op: str, family: str, table: str, name: str, keys: Sequence[bytes],
                echo: bool = True) -> Optional[int]:

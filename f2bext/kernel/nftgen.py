@@ -6,19 +6,16 @@ libnftables 1.0.6 lists neither in JSON."""
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 import threading
 from typing import NamedTuple, Optional
 
 from ..errors import KernelError
-from .netlink import (NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, Socket, attr,
-                      attrs, message, parse_error, parse_messages, refusal)
+from .netlink import NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_REQUEST, Socket, attr, attrs, message
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_NEWTABLE = (10 << 8) | 0  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE
 NFT_MSG_GETTABLE = (10 << 8) | 1
 NFT_MSG_GETGEN = (10 << 8) | 16
 NFTA_GEN_ID = 1
@@ -55,36 +52,6 @@ def parse_table(payload: bytes) -> TableInfo:
     owner = struct.unpack(">L", found[NFTA_TABLE_OWNER])[0] if len(found.get(NFTA_TABLE_OWNER, b"")) == 4 else None
     handle = struct.unpack(">Q", found[NFTA_TABLE_HANDLE])[0] if len(found.get(NFTA_TABLE_HANDLE, b"")) == 8 else 0
     return TableInfo(flags, owner if flags & TABLE_F_OWNER else None, handle)
-
-
-def pack_newtable_batch(seq: int, family: str, name: str, flags: int) -> bytes:
-    """One nf_tables transaction adding (or, for an orphan, adopting) a table with `flags`; the add is
-    acknowledged with `seq + 1`."""
-    batch = NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
-    table = NFGEN.pack(NFPROTO[family], 0, 0) + attr(NFTA_TABLE_NAME, name.encode() + b"\0") + \
-        attr(NFTA_TABLE_FLAGS, struct.pack(">L", flags))
-    return (message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, batch)
-            + message(NFT_MSG_NEWTABLE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq + 1, table)
-            + message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, batch))
-
-
-def add_table_on(fd: int, family: str, name: str, flags: int, seq: int = 0x7F000000) -> None:
-    """Add the table with `flags` on the netlink socket `fd`, so that the table's owner is that socket
-    (an orphan `persist` left is adopted so). The caller keeps every other reader off the socket
-    meanwhile; the answer is read to its end here."""
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.settimeout(10)
-        sock.send(pack_newtable_batch(seq, family, name, flags))
-        while True:
-            for msg_type, got, payload in parse_messages(sock.recv(65536)):
-                if msg_type == NLMSG_ERROR and got == seq + 1:
-                    code, text = parse_error(msg_type, 0, payload)
-                    if code:
-                        raise refusal(code, text)
-                    return
-    finally:
-        sock.close()
 
 
 def read_table(family: str, name: str) -> Optional[TableInfo]:

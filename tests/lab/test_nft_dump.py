@@ -153,6 +153,7 @@ def test_a_table_someone_else_made_reads_alike_through_both_readers(scratch, rul
     st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(lambda t: (ipaddress.IPv6Address(t[0]), t[1])),
 ), strict=st.just(False)), max_size=40))
 @example(nets=[ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")])
+@example(nets=[ipaddress.ip_network(n) for n in ("192.0.3.0/24", "192.0.4.0/24", "2001:db8:1::/48", "2001:db8:2::/48")])
 @example(nets=[ipaddress.ip_network(n) for n in ("255.255.255.0/24", "0.0.0.0/8", "255.255.255.255/32", "ffff::/16",
                                             "::/128", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")])
 @pytest.mark.parametrize("by", ["libnftables", "netlink"])

@@ -5,6 +5,7 @@ same messages is tests/lab/test_nft_dump.py."""
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 from hypothesis import example, given, strategies as st
@@ -33,6 +34,7 @@ def elements_of(messages):
 @fuzz(60)
 @given(st.lists(st.tuples(st.integers(0, 2**128 - 1), st.integers(1, 127)), min_size=1, max_size=3000))
 @example([((0x20010db8 << 96) + (i << 65), 64) for i in range(2500)])  # 5,000 keys: five messages
+@example([((0x20010db8 << 96) + (1 << 80), 48), ((0x20010db8 << 96) + (2 << 80), 48)])  # one ends where one starts
 def test_thousands_of_ipv6_prefixes_in_one_command_pack_and_read_back_as_those_prefixes(prefixes):
     nets = nft.collapsed_networks(ipaddress.ip_network((ipaddress.IPv6Address(a), n), strict=False)
                                   for a, n in prefixes)
@@ -65,3 +67,29 @@ def test_a_rules_anonymous_sets_are_made_before_it_and_looked_up_by_their_id():
 def test_a_command_the_builders_never_make_is_refused_before_anything_is_sent(cmd):
     with pytest.raises(ValueError, match="no netlink form"):
         wire.encode(nft.build_structure(JailSpec.from_params("postfix", {})) + [cmd])
+
+
+def first_rule(spec):
+    messages = wire.encode(nft.build_structure(spec))
+    return next(nftdump.parse_rule(m.body) for m in messages if m.msg_type & 0xFF == nftbatch.NEWRULE)
+
+
+def u32(value):
+    return struct.pack(">L", value)
+
+
+def test_our_rule_reads_as_ours_and_a_change_in_any_register_or_dependency_reads_as_not_ours():
+    spec = JailSpec.from_params("postfix", {"port": "25", "protocol": "tcp"})
+    exprs = list(first_rule(spec).exprs)
+
+    def signature(changed):
+        return nft.rule_signature({"expr": nft.rule_exprs(changed, {}, {})})
+    assert signature(exprs) == nft.expected_signatures(spec)[0]._replace(set="postfix-v4")
+    mark_in_reg8 = nftdump.Expr("meta", {1: u32(8), 2: u32(3)})  # a 32-bit register inside register 1
+    assert signature(exprs[:3] + [mark_in_reg8] + exprs[3:]) is None
+    ipv6_too = [exprs[0], nftdump.Expr("cmp", {**exprs[1].attrs, 3: exprs[1].attrs[3].replace(b"\x02", b"\x0a")})]
+    assert signature(exprs[:2] + ipv6_too + exprs[2:]) is None  # meta nfproto ipv4 meta nfproto ipv6: never matches
+    lookup_reg2 = nftdump.Expr("lookup", {**exprs[3].attrs, 2: u32(2)})
+    assert signature(exprs[:3] + [lookup_reg2] + exprs[4:]) is None
+    inverted = nftdump.Expr("lookup", {**exprs[3].attrs, 5: u32(1)})
+    assert signature(exprs[:3] + [inverted] + exprs[4:]) is None

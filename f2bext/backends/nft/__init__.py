@@ -28,8 +28,10 @@ from .build import (CHUNK, DPORT, FAMILY, LOCAL_KINDS, ORIGDPORT, PRIORITY, REMO
                     build_structure, build_teardown, chain_name, collapsed_networks, is_table_empty_after, jail_of,
                     pack_keys, plan_load, port_keys, set_kind, set_name)
 from .read import (Signature, check_jail, expected_signatures, networks_of, observed_from_dump, parse_ruleset,
-                   rule_signature)
-from .context import NOT_SENT, Nft, describe_owner, refusal
+                   rule_exprs, rule_signature)
+from .context import Nft, describe_owner, refusal
+
+NOT_SENT = -1  # _send sends only single addresses of one set: the rest goes as the builders' commands
 
 
 class NftBackend:
@@ -257,4 +259,4 @@ __all__ = ["CHUNK", "DPORT", "FAMILY", "LOCAL_KINDS", "ORIGDPORT", "PRIORITY", "
            "build_network_sets", "build_rebuild", "build_remote", "build_rule_exprs", "build_structure",
            "build_teardown", "chain_name", "collapsed_networks", "is_table_empty_after", "jail_of", "port_keys",
            "set_kind", "set_name", "Signature", "check_jail", "expected_signatures", "networks_of", "observed_from_dump",
-           "parse_ruleset", "rule_signature", "NOT_SENT", "Nft", "NftBackend", "describe_owner", "refusal"]
+           "parse_ruleset", "rule_exprs", "rule_signature", "NOT_SENT", "Nft", "NftBackend", "describe_owner", "refusal"]

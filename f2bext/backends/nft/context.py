@@ -41,7 +41,6 @@ def refusal(what: str, err: str) -> KernelError:
 
 T = TypeVar("T")
 PERSIST_FROM = (1, 0, 9)  # libnftables that lists a table with one flag safely
-NOT_SENT = -1  # send_elements sends only single addresses of one set: the caller sends the rest as commands
 OWNER, PERSIST = nftgen.TABLE_F_OWNER, nftgen.TABLE_F_PERSIST
 
 
@@ -141,10 +140,9 @@ class Nft:
             return
         wanted = [OWNER | PERSIST, OWNER] if not self.table_flags else \
             [OWNER | PERSIST if "persist" in self.table_flags else OWNER]
-        sock = self._socket().sock
         for flags in wanted:
             try:
-                nftgen.add_table_on(sock.fileno(), FAMILY, TABLE, flags)
+                self._socket().send([nftbatch.table(nftbatch.NEWTABLE, FAMILY, TABLE, flags)])
             except OSError as e:
                 if self._made_unowned():
                     return
@@ -164,6 +162,7 @@ class Nft:
         info = nftgen.read_table(FAMILY, TABLE)
         if info is None or info.owned or info.persist:
             return False
+        self.table_flags = ""
         self.unowned = (f"table {FAMILY} {TABLE} existed without an owner when this process first changed it "
                         "(an earlier f2bext, or a .conf jail): a flush can still wipe it")
         return True

@@ -174,6 +174,8 @@ CMP_EQ, CMP_LTE, CMP_GTE = 0, 3, 5
 REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED = 2, 3
 NF_DROP = 0
 NFT_SET_INTERVAL = 0x4
+REG_1 = 1
+_REGISTER_ATTR = {"meta": 1, "payload": 1, "ct": 1, "cmp": 1, "range": 1, "lookup": 2}  # DREG, or SREG
 _UNKNOWN = "unknown"  # an expression this reader does not follow: rule_signature reads such a rule as not ours
 
 
@@ -213,67 +215,69 @@ def observed_from_dump(dump: nftdump.Dump) -> Observed:
 
 def rule_exprs(exprs: Sequence[nftdump.Expr], anonymous: Mapping[str, nftdump.Set],
                elements: Mapping[str, Sequence[nftdump.Element]]) -> list[dict[str, Any]]:
-    """A rule's expressions as libnftables' JSON says the ones of our rules: a load into a register
-    and the comparison or lookup that reads it become one `match`."""
-    loaded: dict[int, Any] = {}  # register -> the JSON `left` of what was loaded into it
+    """A rule's expressions as libnftables' JSON says the ones of our rules: a load into register 1
+    and the comparison or lookup that reads it become one `match`. Our rules use that register alone:
+    any other (a 32-bit one overlaps it) reads as unknown."""
+    held: Any = None  # the JSON `left` of what register 1 holds
     nfproto: Optional[int] = None
-    low: Optional[tuple[int, int]] = None  # a `cmp gte`'s (register, value), for the `cmp lte` of its range
+    low: Optional[int] = None  # a `cmp gte`'s value, for the `cmp lte` of its range
     out: list[dict[str, Any]] = []
 
     def unknown(expr: nftdump.Expr) -> None:
         out.append({_UNKNOWN: {"expr": expr.name, "attrs": {k: v.hex() for k, v in expr.attrs.items()}}})
 
     for expr in exprs:
-        if low is not None and not (expr.name == "cmp" and (expr.u32(1), expr.u32(2)) == (low[0], CMP_LTE)):
-            unknown(expr)
-            low = None
+        register = _REGISTER_ATTR.get(expr.name)
+        if register is not None and expr.u32(register) != REG_1 or \
+                low is not None and not (expr.name == "cmp" and expr.u32(2) == CMP_LTE):
+            unknown(expr)  # a set of a key rather than a load, another register, or half a range
+            held = low = None
             continue
-        if expr.name == "meta" and expr.u32(1) is not None:  # NFTA_META_DREG: a load, not a set
-            key = expr.u32(2)
-            loaded[expr.u32(1)] = {META_NFPROTO: "nfproto", META_L4PROTO: {"meta": {"key": "l4proto"}}}.get(key)
-        elif expr.name == "payload" and expr.u32(1) is not None:
+        if expr.name == "meta":
+            held = {META_NFPROTO: "nfproto", META_L4PROTO: {"meta": {"key": "l4proto"}}}.get(expr.u32(2) or -1)
+        elif expr.name == "payload":
             where = (expr.u32(2), expr.u32(3), expr.u32(4))
             saddr = _NFPROTO_SADDR.get(nfproto) if nfproto is not None else None
             if saddr and where == (PAYLOAD_NETWORK, saddr[1], saddr[2]):
-                loaded[expr.u32(1)] = {"payload": {"protocol": saddr[0], "field": "saddr"}}
+                held = {"payload": {"protocol": saddr[0], "field": "saddr"}}
             elif where == (PAYLOAD_TRANSPORT, 2, 2):
-                loaded[expr.u32(1)] = {"payload": {"protocol": "th", "field": "dport"}}
+                held = {"payload": {"protocol": "th", "field": "dport"}}
             else:
-                loaded[expr.u32(1)] = None
-        elif expr.name == "ct" and expr.u32(1) is not None:
+                held = None
+        elif expr.name == "ct":
             original = expr.u32(2) == CT_PROTO_DST and expr.u8(3) == CT_ORIGINAL
-            loaded[expr.u32(1)] = {"ct": {"key": "proto-dst", "dir": "original"}} if original else None
+            held = {"ct": {"key": "proto-dst", "dir": "original"}} if original else None
         elif expr.name == "cmp":
-            left, value, op = loaded.get(expr.u32(1) or 0), expr.data(3), expr.u32(2)
-            if value is None or left is None:
+            value, op = expr.data(3), expr.u32(2)
+            if value is None or held is None:
                 unknown(expr)
-            elif left == "nfproto" and op == CMP_EQ and len(value) == 1:
+            elif held == "nfproto" and op == CMP_EQ and len(value) == 1 and nfproto is None:
                 nfproto = value[0]  # libnftables' dependency of `ip saddr` in an inet table, not listed
-            elif op == CMP_EQ and "meta" in left and len(value) == 1:
-                out.append(_match(left, _PROTOCOLS.get(value[0], str(value[0]))))
-            elif op == CMP_EQ and _is_port(left) and len(value) == 2:
-                out.append(_match(left, int.from_bytes(value, "big")))
-            elif op == CMP_GTE and _is_port(left) and len(value) == 2:
-                low = (expr.u32(1) or 0, int.from_bytes(value, "big"))
-            elif op == CMP_LTE and low is not None and _is_port(left) and len(value) == 2:
-                out.append(_match(left, {"range": [low[1], int.from_bytes(value, "big")]}))
+            elif op == CMP_EQ and "meta" in held and len(value) == 1:
+                out.append(_match(held, _PROTOCOLS.get(value[0], str(value[0]))))
+            elif op == CMP_EQ and _is_port(held) and len(value) == 2:
+                out.append(_match(held, int.from_bytes(value, "big")))
+            elif op == CMP_GTE and _is_port(held) and len(value) == 2:
+                low = int.from_bytes(value, "big")
+            elif op == CMP_LTE and low is not None and _is_port(held) and len(value) == 2:
+                out.append(_match(held, {"range": [low, int.from_bytes(value, "big")]}))
                 low = None
             else:
                 unknown(expr)
         elif expr.name == "range":
-            left, lo, hi = loaded.get(expr.u32(1) or 0), expr.data(3), expr.data(4)
-            if expr.u32(2) == CMP_EQ and left is not None and _is_port(left) and lo and hi and len(lo) == len(hi) == 2:
-                out.append(_match(left, {"range": [int.from_bytes(lo, "big"), int.from_bytes(hi, "big")]}))
+            lo, hi = expr.data(3), expr.data(4)
+            if expr.u32(2) == CMP_EQ and held is not None and _is_port(held) and lo and hi and len(lo) == len(hi) == 2:
+                out.append(_match(held, {"range": [int.from_bytes(lo, "big"), int.from_bytes(hi, "big")]}))
             else:
                 unknown(expr)
         elif expr.name == "lookup":
-            left, name = loaded.get(expr.u32(2) or 0), expr.text(1) or ""
-            if left is None or left == "nfproto" or expr.u32(3) is not None or (expr.u32(5) or 0) != 0:
+            name = expr.text(1) or ""
+            if held is None or held == "nfproto" or expr.u32(3) is not None or (expr.u32(5) or 0) != 0:
                 unknown(expr)  # a map (a destination register), an inverted lookup, or a load we did not follow
             elif name in anonymous:
-                out.append(_match(left, {"set": _set_values(left, anonymous[name], elements.get(name, ()))}))
+                out.append(_match(held, {"set": _set_values(held, anonymous[name], elements.get(name, ()))}))
             else:
-                out.append(_match(left, "@" + name))
+                out.append(_match(held, "@" + name))
         elif expr.name == "counter":
             out.append({"counter": None})
         elif expr.name == "reject":
@@ -298,28 +302,34 @@ def _is_port(left: Any) -> bool:
 
 
 def _set_values(left: dict[str, Any], anonymous: nftdump.Set, found: Sequence[nftdump.Element]) -> list[Any]:
-    """An anonymous set's values: protocols by name, ports and port ranges. An interval set holds
-    a range as its first key and, flagged as an end, the key after its last (none past 65,535)."""
+    """An anonymous set's values: protocols by name, ports and port ranges."""
     if "meta" in left:
         return sorted(_PROTOCOLS.get(e.key[0], str(e.key[0])) for e in found if len(e.key) == 1)
-    keyed = sorted((int.from_bytes(e.key, "big"), bool(e.flags & nftdump.NFT_SET_ELEM_INTERVAL_END), e.key_end)
-                   for e in found if len(e.key) == anonymous.key_len == 2)
-    values: list[Any] = []
+    if anonymous.key_len != 2:
+        return []
+    if not anonymous.flags & NFT_SET_INTERVAL:
+        return sorted(int.from_bytes(e.key, "big") for e in found if len(e.key) == 2)
+    return [_port_range(low, high) for low, high in intervals(found, 2)]
+
+
+def intervals(found: Sequence[nftdump.Element], size: int) -> list[tuple[int, int]]:
+    """An interval set's inclusive ranges of keys of `size` bytes. The kernel holds a range as its first
+    key and, flagged as an end, the key after its last (none for a range up to the last key); where
+    one range ends just before the next begins, that end and the next start share a key."""
+    keyed = sorted((int.from_bytes(e.key, "big"), not e.flags & nftdump.NFT_SET_ELEM_INTERVAL_END, e.key_end)
+                   for e in found if len(e.key) == size)  # at one key, the end first
+    ranges: list[tuple[int, int]] = []
     start: Optional[int] = None
-    for key, is_end, key_end in keyed:
+    for key, is_start, key_end in keyed:
         if key_end is not None:
-            values.append(_port_range(key, int.from_bytes(key_end, "big")))
-        elif is_end:
-            if start is not None:
-                values.append(_port_range(start, key - 1))
-            start = None
-        else:
-            if start is not None:  # two starts in a row: the first was a single key
-                values.append(start)
-            start = key
+            ranges.append((key, int.from_bytes(key_end, "big")))
+            continue
+        if start is not None and key > start:
+            ranges.append((start, key - 1))  # an end closes its range; a second start closes the first
+        start = key if is_start else None
     if start is not None:
-        values.append(_port_range(start, 65535) if anonymous.flags & NFT_SET_INTERVAL else start)
-    return values
+        ranges.append((start, (1 << (8 * size)) - 1))
+    return ranges
 
 
 def _port_range(lo: int, hi: int) -> Any:
@@ -327,8 +337,7 @@ def _port_range(lo: int, hi: int) -> Any:
 
 
 def networks_of(found: nftdump.Set, elements: Sequence[nftdump.Element]) -> list[Network]:
-    """A named set's elements as networks: each key of a hash set; each range of an interval set,
-    held as its first key and, flagged as an end, the key after its last (none past the last address)."""
+    """A named set's elements as networks: each key of a hash set, each range of an interval set."""
     size = found.key_len
     if size not in (4, 16):
         return []
@@ -336,18 +345,5 @@ def networks_of(found: nftdump.Set, elements: Sequence[nftdump.Element]) -> list
     if not found.flags & NFT_SET_INTERVAL:
         network = ipaddress.IPv4Network if size == 4 else ipaddress.IPv6Network
         return [network(int.from_bytes(e.key, "big")) for e in elements if len(e.key) == size]
-    ranges: list[tuple[int, int]] = []
-    start: Optional[int] = None
-    for key, is_end, key_end in sorted((int.from_bytes(e.key, "big"), bool(e.flags & nftdump.NFT_SET_ELEM_INTERVAL_END),
-                                        e.key_end) for e in elements if len(e.key) == size):
-        if key_end is not None:
-            ranges.append((key, int.from_bytes(key_end, "big")))
-        elif is_end:
-            if start is not None:
-                ranges.append((start, key - 1))
-            start = None
-        else:
-            start = key
-    if start is not None:
-        ranges.append((start, (1 << (8 * size)) - 1))
+    ranges = intervals(elements, size)
     return [net for lo, hi in ranges for net in ipaddress.summarize_address_range(make(lo), make(hi))]

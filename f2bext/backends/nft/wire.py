@@ -5,9 +5,9 @@ those shapes is a bug of ours, raised as ValueError before anything is sent."""
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
-from ...kernel import nftbatch as nb
+from ...kernel import nftbatch as nb, nftelem
 from .build import Command
 
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
@@ -65,11 +65,20 @@ class Encoder:
             exprs = [e for expr in fields["expr"] for e in self._expr(family, fields["table"], expr)]
             self.messages.append(nb.rule(family, fields["table"], fields["chain"], exprs, fields.get("comment")))
         elif kind == "element" and op in ("add", "delete"):
-            keys = [k for elem in fields["elem"] for k in _element_keys(elem)]
             msg_type = nb.NEWSETELEM if op == "add" else nb.DELSETELEM
+            name, set_id, elems = fields["name"], self._ids.get(fields["name"]), fields["elem"]
+            if all(isinstance(e, str) for e in elems):  # single addresses: packed in C, a rebuild has 100,000
+                packed = [_address(e) for e in elems]
+                for size in {len(k) for k in packed}:
+                    keys = [k for k in packed if len(k) == size]
+                    for i in range(0, len(keys), ELEMENTS_PER_MESSAGE):
+                        self.messages.append(nb.elements(msg_type, family, fields["table"], name, (), set_id,
+                                                         nftelem.pack_elements(keys[i:i + ELEMENTS_PER_MESSAGE])))
+                return
+            keys = [k for elem in elems for k in _element_keys(elem)]
             for i in range(0, len(keys), ELEMENTS_PER_MESSAGE):
-                self.messages.append(nb.elements(msg_type, family, fields["table"], fields["name"],
-                                                 keys[i:i + ELEMENTS_PER_MESSAGE], self._ids.get(fields["name"])))
+                self.messages.append(nb.elements(msg_type, family, fields["table"], name,
+                                                 keys[i:i + ELEMENTS_PER_MESSAGE], set_id))
         else:
             raise ValueError(f"no netlink form for the command {cmd!r}")
 
@@ -118,7 +127,9 @@ class Encoder:
         self._next_id += 1
         flags = nb.NFT_SET_ANONYMOUS | nb.NFT_SET_CONSTANT | (nb.NFT_SET_INTERVAL if interval else 0)
         self.messages.append(nb.add_set(family, table, ANONYMOUS, key[0], key[1], flags, set_id, size=len(keys)))
-        self.messages.append(nb.elements(nb.NEWSETELEM, family, table, ANONYMOUS, keys, set_id))
+        for i in range(0, len(keys), ELEMENTS_PER_MESSAGE):
+            self.messages.append(nb.elements(nb.NEWSETELEM, family, table, ANONYMOUS,
+                                             keys[i:i + ELEMENTS_PER_MESSAGE], set_id))
         return nb.lookup(ANONYMOUS, set_id)
 
 
@@ -138,10 +149,14 @@ def _range_keys(ranges: Sequence[tuple[int, int]], size: int) -> list[tuple[byte
     return keys
 
 
+def _address(text: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+
+
 def _element_keys(elem: Any) -> list[tuple[bytes, int]]:
     """A set element as build.py writes it (an address, or a prefix) as the kernel's keys."""
     if isinstance(elem, str):
-        return [(socket.inet_pton(socket.AF_INET6 if ":" in elem else socket.AF_INET, elem), 0)]
+        return [(_address(elem), 0)]
     prefix = elem["prefix"]
     family, size = (socket.AF_INET6, 16) if ":" in prefix["addr"] else (socket.AF_INET, 4)
     low = int.from_bytes(socket.inet_pton(family, prefix["addr"]), "big")

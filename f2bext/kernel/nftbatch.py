@@ -30,6 +30,13 @@ NFT_SET_ANONYMOUS, NFT_SET_CONSTANT, NFT_SET_INTERVAL = 0x1, 0x2, 0x4
 NFT_SET_ELEM_INTERVAL_END = 0x1
 NFT_REG_VERDICT, NFT_REG_1 = 0, 1
 NFTNL_UDATA_RULE_COMMENT = 0
+# What the expressions of our rules name; kernel/nftdump.py and backends/nft/read.py read them back.
+META_NFPROTO, META_L4PROTO = 15, 16
+PAYLOAD_NETWORK, PAYLOAD_TRANSPORT = 1, 2
+CT_PROTO_DST, CT_ORIGINAL = 12, 0
+CMP_EQ, CMP_LTE, CMP_GTE = 0, 3, 5
+REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED = 2, 3
+NF_DROP = 0
 RECV = 65536
 SEQ = 0x20000000  # sequence numbers of our batches, apart from nftelem's on the same socket
 _BATCH = NFGEN.pack(socket.AF_UNSPEC, 0, socket.htons(NFNL_SUBSYS_NFTABLES))

@@ -10,25 +10,20 @@ import struct
 from typing import Callable, NamedTuple, Optional
 
 from .netlink import ATTR, NETLINK_NETFILTER, NFGEN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, Socket, attrs, message
+from .nftbatch import (NFT_SET_ANONYMOUS, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY, NFTA_CHAIN_TABLE,
+                       NFTA_CHAIN_TYPE, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME,
+                       NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS,
+                       NFTA_RULE_TABLE, NFTA_RULE_USERDATA, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY,
+                       NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_FLAGS,
+                       NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE, NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_VERDICT_CODE,
+                       NFTNL_UDATA_RULE_COMMENT)
 from .nftbatch import name_attr as _name
-from .nftgen import NFPROTO, NFT_MSG_GETTABLE, parse_generation, parse_table, pack_getgen
+from .nftgen import NFPROTO, pack_gettable, parse_generation, parse_table, pack_getgen
 
 NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM = (10 << 8) | 4, (10 << 8) | 7, \
     (10 << 8) | 10, (10 << 8) | 13
-NFTA_TABLE_NAME = 1
-NFTA_CHAIN_TABLE, NFTA_CHAIN_HANDLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_TYPE = \
-    1, 2, 3, 4, 5, 7
-NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
-NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 3, 4, 7
-NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
-NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE, NFTA_SET_KEY_LEN, NFTA_SET_HANDLE = \
-    1, 2, 3, 4, 5, 16
-NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
-NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY_END = 1, 3, 10
-NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CODE = 1, 2, 1
-NFT_SET_ANONYMOUS = 0x1
-NFT_SET_ELEM_INTERVAL_END = 0x1
-NFTNL_UDATA_RULE_COMMENT = 0
+# What only a dump carries (the rest is packed by nftbatch, and named there).
+NFTA_CHAIN_HANDLE, NFTA_RULE_HANDLE, NFTA_SET_HANDLE, NFTA_SET_ELEM_KEY_END = 2, 3, 16, 10
 U32 = struct.Struct(">L")
 TRIES = 50  # reads of the whole table (about a millisecond each) before a storm of changes wins
 
@@ -55,9 +50,8 @@ class Expr(NamedTuple):
     name: str
     attrs: dict[int, bytes]
 
-    def u32(self, kind: int, default: Optional[int] = None) -> Optional[int]:
-        value = self.attrs.get(kind, b"")
-        return struct.unpack(">L", value)[0] if len(value) == 4 else default
+    def u32(self, kind: int) -> Optional[int]:
+        return _u32(self.attrs.get(kind))
 
     def u8(self, kind: int) -> Optional[int]:
         value = self.attrs.get(kind, b"")
@@ -74,7 +68,7 @@ class Expr(NamedTuple):
     def verdict(self, kind: int) -> Optional[int]:
         """The verdict code in an nft_data attribute (NFTA_DATA_VERDICT, NFTA_VERDICT_CODE inside `kind`)."""
         code = nested(nested(self.attrs.get(kind, b"")).get(NFTA_DATA_VERDICT, b"")).get(NFTA_VERDICT_CODE, b"")
-        return struct.unpack(">l", code)[0] if len(code) == 4 else None
+        return _u32(code, signed=True)
 
 
 class Rule(NamedTuple):
@@ -202,7 +196,7 @@ def _request(msg_type: int, family: str, *fields: bytes, dump: bool = True) -> C
 
 def _dump_once(nl: Socket, family: str, table: str) -> Dump:
     try:
-        found = list(nl.ask(_request(NFT_MSG_GETTABLE, family, _name(NFTA_TABLE_NAME, table), dump=False)))
+        found = list(nl.ask(lambda seq: pack_gettable(seq, family, table)))
     except OSError as e:
         if e.errno != errno.ENOENT:
             raise

@@ -17,6 +17,16 @@ def hosts():
         yield h
 
 
+@pytest.fixture(scope="module")
+def scratch():
+    """One bare namespace for a whole module (hypothesis runs many examples per test)."""
+    ns = lab.Netns.create("scratch")
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
 @pytest.fixture
 def listen(hosts, workdir):
     """listen(ports, log='other.log'): the lab's listeners on those ports of the server, until the test ends."""

@@ -27,16 +27,6 @@ from fuzzing import (
 )
 
 
-@pytest.fixture(scope="module")
-def scratch():
-    """One namespace for the whole module (hypothesis runs many examples per test)."""
-    ns = Netns.create("fuzz")
-    try:
-        yield ns
-    finally:
-        ns.delete()
-
-
 def reset(ns: Netns) -> None:
     """An empty firewall: nft (iptables-nft included), legacy iptables, ipsets."""
     ns.run(["nft", "flush", "ruleset"])

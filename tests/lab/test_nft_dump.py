@@ -23,15 +23,6 @@ from test_faults import listed_elements
 POSTFIX = JailSpec.from_params("postfix", {"port": "smtp,ssmtp,submission"})
 
 
-@pytest.fixture(scope="module")
-def scratch():
-    ns = Netns.create("dump")
-    try:
-        yield ns
-    finally:
-        ns.delete()
-
-
 def both_readers(ns: Netns) -> tuple[nft.Observed, nft.Observed]:
     """(libnftables' terse listing parsed, the netlink dump decoded) of our table as it stands."""
     with ns.entered():

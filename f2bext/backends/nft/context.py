@@ -102,7 +102,7 @@ class Nft:
         keys = [n.network_address.packed for n in nets]
         with self._lock:
             self._hold_table(what)
-            self._socket()
+            self._elements.own()
             try:
                 if nftelem.messages(keys) == 1:
                     return self._elements.change(op, FAMILY, TABLE, name, keys)
@@ -120,7 +120,7 @@ class Nft:
         element of a batch."""
         with self._lock:
             self._hold_table(what)
-            self._socket()
+            self._elements.own()
             try:
                 self._elements.load(FAMILY, TABLE, name, keys)
             except OSError as e:

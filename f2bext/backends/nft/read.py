@@ -11,8 +11,13 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from ...addr import Network
 from ...kernel import nftdump
+from ...kernel.nftbatch import (CMP_EQ, CMP_GTE, CMP_LTE, CT_ORIGINAL, CT_PROTO_DST, ICMPX_ADMIN_PROHIBITED,
+                                META_L4PROTO, META_NFPROTO, NF_DROP, NFT_REG_1 as REG_1, NFT_SET_ANONYMOUS,
+                                NFT_SET_ELEM_INTERVAL_END, NFT_SET_INTERVAL, PAYLOAD_NETWORK, PAYLOAD_TRANSPORT,
+                                REJECT_ICMPX)
 from ...spec import JailSpec, PortRange
 from ..base import BROKEN, Finding
+from . import wire
 from .build import (DPORT, FAMILY, ORIGDPORT, PRIORITY, SET_KINDS, TABLE, _PORT_EXPRS, Observed, chain_name,
                     jail_of, port_keys, set_name)
 
@@ -161,20 +166,14 @@ def check_jail(spec: JailSpec, seen: Observed) -> list[Finding]:
 
 # ---- our table as nf_tables netlink dumps it (kernel/nftdump.py), in the shapes above ---------------
 
-_KEY_TYPES = {7: "ipv4_addr", 8: "ipv6_addr", 12: "inet_proto", 13: "inet_service"}  # libnftables' datatype ids
+# The encoder's names (wire.py), the other way round: what it writes reads back as what it was asked.
+_KEY_TYPES = {key_type: name for name, (key_type, _) in wire.KEY_TYPES.items()} | \
+    {wire.INET_PROTO[0]: "inet_proto", wire.INET_SERVICE[0]: "inet_service"}
 _SET_FLAGS = ((0x2, "constant"), (0x4, "interval"), (0x10, "timeout"), (0x20, "dynamic"))
-_HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting", 5: "ingress"}
-_POLICIES = {0: "drop", 1: "accept"}
-_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
-_NFPROTO_SADDR = {2: ("ip", 12, 4), 10: ("ip6", 8, 16)}  # nfproto: the saddr match, its offset and size
-META_NFPROTO, META_L4PROTO = 15, 16
-CT_PROTO_DST, CT_ORIGINAL = 12, 0
-PAYLOAD_NETWORK, PAYLOAD_TRANSPORT = 1, 2
-CMP_EQ, CMP_LTE, CMP_GTE = 0, 3, 5
-REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED = 2, 3
-NF_DROP = 0
-NFT_SET_INTERVAL = 0x4
-REG_1 = 1
+_HOOKS = {number: name for name, number in wire.HOOKS.items()} | {5: "ingress"}
+_POLICIES = {number: name for name, number in wire.POLICIES.items()}
+_PROTOCOLS = {number: name for name, number in wire.PROTOCOLS.items()}
+_NFPROTO_SADDR = {nfproto: (name, offset, size) for name, (nfproto, offset, size) in wire.SADDR.items()}
 _REGISTER_ATTR = {"meta": 1, "payload": 1, "ct": 1, "cmp": 1, "range": 1, "lookup": 2}  # DREG, or SREG
 _UNKNOWN = "unknown"  # an expression this reader does not follow: rule_signature reads such a rule as not ours
 
@@ -187,9 +186,9 @@ def observed_from_dump(dump: nftdump.Dump) -> Observed:
         return seen
     seen.table, seen.handle = True, dump.handle
     base = {"family": FAMILY, "table": TABLE}
-    anonymous = {s.name: s for s in dump.sets if s.flags & nftdump.NFT_SET_ANONYMOUS}
+    anonymous = {s.name: s for s in dump.sets if s.flags & NFT_SET_ANONYMOUS}
     for found in dump.sets:
-        if found.flags & nftdump.NFT_SET_ANONYMOUS:
+        if found.flags & NFT_SET_ANONYMOUS:
             continue
         body: dict[str, Any] = dict(base, name=found.name, handle=found.handle,
                                     type=_KEY_TYPES.get(found.key_type, f"type {found.key_type}"))
@@ -316,7 +315,7 @@ def intervals(found: Sequence[nftdump.Element], size: int) -> list[tuple[int, in
     """An interval set's inclusive ranges of keys of `size` bytes. The kernel holds a range as its first
     key and, flagged as an end, the key after its last (none for a range up to the last key); where
     one range ends just before the next begins, that end and the next start share a key."""
-    keyed = sorted((int.from_bytes(e.key, "big"), not e.flags & nftdump.NFT_SET_ELEM_INTERVAL_END, e.key_end)
+    keyed = sorted((int.from_bytes(e.key, "big"), not e.flags & NFT_SET_ELEM_INTERVAL_END, e.key_end)
                    for e in found if len(e.key) == size)  # at one key, the end first
     ranges: list[tuple[int, int]] = []
     start: Optional[int] = None

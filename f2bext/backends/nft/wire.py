@@ -8,6 +8,8 @@ import socket
 from typing import Any, Sequence
 
 from ...kernel import nftbatch as nb, nftelem
+from ...kernel.nftbatch import (CMP_EQ, CT_ORIGINAL, CT_PROTO_DST, ICMPX_ADMIN_PROHIBITED, META_L4PROTO, META_NFPROTO,
+                                NF_DROP, PAYLOAD_NETWORK, PAYLOAD_TRANSPORT, REJECT_ICMPX)
 from .build import Command
 
 HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
@@ -16,12 +18,6 @@ KEY_TYPES = {"ipv4_addr": (7, 4), "ipv6_addr": (8, 16)}  # libnftables' datatype
 INET_PROTO, INET_SERVICE = (12, 1), (13, 2)
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
-META_NFPROTO, META_L4PROTO = 15, 16
-PAYLOAD_NETWORK, PAYLOAD_TRANSPORT = 1, 2
-CT_PROTO_DST, CT_ORIGINAL = 12, 0
-CMP_EQ = 0
-REJECT_ICMPX, ICMPX_ADMIN_PROHIBITED = 2, 3
-NF_DROP = 0
 SADDR = {"ip": (NFPROTO_IPV4, 12, 4), "ip6": (NFPROTO_IPV6, 8, 16)}  # nfproto, offset and size in the header
 ELEMENTS_PER_MESSAGE = 1024  # an element list's attribute length is 16 bits: 1,024 IPv6 range ends fit
 ANONYMOUS = "__set%d"  # the kernel names an anonymous set; the batch refers to it by id
@@ -101,8 +97,8 @@ class Encoder:
         if left.get("meta", {}).get("key") == "l4proto":
             load = nb.meta_load(META_L4PROTO)
             if isinstance(right, dict):
-                return [load, self._anonymous(family, table, INET_PROTO, [(bytes([PROTOCOLS[p]]), 0) for p in right["set"]],
-                                              False)]
+                keys = [(bytes([PROTOCOLS[p]]), 0) for p in right["set"]]
+                return [load, self._anonymous(family, table, INET_PROTO, keys, False)]
             return [load, nb.cmp(CMP_EQ, bytes([PROTOCOLS[right]]))]
         if payload == {"protocol": "th", "field": "dport"}:
             load = nb.payload_load(PAYLOAD_TRANSPORT, 2, 2)

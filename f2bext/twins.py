@@ -2,14 +2,16 @@
 its bans leave for `f2bext drain`, which does off the critical path what `f2bext ban` did after the add
 (the full guard, the jail's check and repair, the state record, the session kill), for many at once.
 
-Layout under <state dir>/twins/<jail>/: `guard` (glob patterns, one a line: an address matching one
-takes the full `f2bext ban`), `spool/<restored>_<address>` (one empty file per fast ban), `drain.pid`."""
+Layout under <state dir>/twins/<jail>/: `guard.sh` (a shell function, `f2bext_may_ban ADDRESS`, false
+when the address matches one of the guard's glob patterns: it takes the full `f2bext ban`),
+`spool/<restored>_<address>` (one empty file per fast ban), `drain.pid`."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import os
+import re
 import time
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -28,6 +30,8 @@ NICE = 10
 SAVE_EVERY = 1.0  # seconds between rewrites of the state record while draining (it holds every ban)
 _HEX = "0123456789abcdef"
 _CAP = 64  # first octets or hextets spelled out one by one at most; beyond, every address of the family
+GUARD = "guard.sh"
+_PATTERN = re.compile(r"[0-9a-f.:*\[\]]+")  # what the patterns are made of: no character the shell parses
 
 
 def folder(jail: str) -> str:
@@ -98,14 +102,24 @@ def guard_patterns(keeps: Iterable[Keep]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def guard_script(patterns: Sequence[str]) -> str:
+    """The guard as the shell sources it: one `case` over every pattern. A `read` loop over a file of
+    patterns would cost dash a system call per byte, on every ban. True only when no pattern matches:
+    a file without the function (or none) sends every ban the full way."""
+    if not patterns or not all(_PATTERN.fullmatch(p) for p in patterns):
+        raise ValueError(f"not guard patterns: {patterns!r}")
+    return ("# f2bext: addresses the .conf fast path leaves to `f2bext ban` (twins.write_guard)\n"
+            f"f2bext_may_ban() {{ case $1 in {'|'.join(patterns)}) return 1;; esac; }}\n")
+
+
 def write_guard(jail: str, keeps: Iterable[Keep]) -> None:
-    """The guard file (this host's addresses and gateways as read now, and `keeps`) and the spool
-    directory of a jail, written atomically; root only, as they drive bans."""
+    """The guard (this host's addresses and gateways as read now, and `keeps`) and the spool directory
+    of a jail, written atomically; root only, as the shell sources the one and both drive bans."""
     base = folder(jail)
     os.makedirs(os.path.join(base, "spool"), mode=0o700, exist_ok=True)
     os.chmod(base, 0o700)
-    text = "".join(p + "\n" for p in guard_patterns([*host_keeps(), *protected(), *keeps]))
-    path = os.path.join(base, "guard")
+    text = guard_script(guard_patterns([*host_keeps(), *protected(), *keeps]))
+    path = os.path.join(base, GUARD)
     try:
         with open(path) as f:
             if f.read() == text:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from f2bext import lab
+from f2bext import lab, twins
 from test_e2e import asked_directly_bans_only_the_attacker
 
 pytestmark = pytest.mark.kernel
@@ -76,12 +76,12 @@ def test_drainer_lifts_a_ban_the_guard_file_did_not_know_to_refuse(hosts, f2b, f
     files = twin(f2b)
     f2b.jails["postfix"]["ignoreip"] = f"127.0.0.1/8 ::1 {lab.BYSTANDER4}"
     f2b.start()
-    f2b.wait(lambda: os.path.exists(os.path.join(files, "guard")), "actionstart")  # its last step
-    with open(os.path.join(files, "guard"), "w") as f:
-        f.write("127.*\n")  # as if written before the jail's ignoreip named the bystander
+    f2b.wait(lambda: os.path.exists(os.path.join(files, twins.GUARD)), "actionstart")  # its last step
+    with open(os.path.join(files, twins.GUARD), "w") as f:
+        f.write(twins.guard_script(["127.*"]))  # as if written before the jail's ignoreip named the bystander
     f2b.client("set", "postfix", "banip", lab.BYSTANDER4)
     f2b.wait(lambda: "lifted the ban of " + lab.BYSTANDER4 in read(os.path.join(files, "drain.log")), "the lift")
     assert not fw.holds("postfix", lab.BYSTANDER4)
     assert reach(hosts.bystander, lab.SERVER4, 25)
     assert lab.BYSTANDER4 not in recorded(f2b)
-    assert lab.BYSTANDER4 in read(os.path.join(files, "guard")), "the drainer did not write the guard anew"
+    assert lab.BYSTANDER4 in read(os.path.join(files, twins.GUARD)), "the drainer did not write the guard anew"

@@ -92,6 +92,29 @@ def test_shell_text_in_the_address_is_one_argument_and_never_runs(shell, tmp_pat
     assert not (tmp_path / "owned").exists()
 
 
+@pytest.mark.parametrize("action", list(TWINS))
+@pytest.mark.parametrize("text", ["", "# no function\n", "f2bext_may_ban() { return 1; }\n",
+                                  "f2bext_may_ban() { case $1 in\n"])
+def test_a_guard_that_says_nothing_or_is_broken_sends_every_ban_the_full_way(shell, tmp_path, action, text):
+    """The shell sources the guard: only a function that answers yes takes the fast add. Missing,
+    cut short or saying no, every ban goes to f2bext, which decides exactly."""
+    guard = tmp_path / "run" / "twins" / "postfix" / twins.GUARD
+    if text == "":
+        guard.unlink()
+    else:
+        guard.write_text(text)
+    calls, files = shell(action, "203.0.113.7")
+    assert len(calls) == 1 and calls[0].startswith("f2bext ban ") and files == []
+
+
+@pytest.mark.parametrize("pattern", ["1.2.3.4) :;; *", "1.2.3.4|*", "$(touch x)", "1.2.3.4 *", "a'b", "", "1.2.3.4\n*"])
+def test_a_guard_pattern_the_shell_would_parse_is_refused(pattern):
+    with pytest.raises(ValueError):
+        twins.guard_script(["127.*", pattern])
+    with pytest.raises(ValueError):
+        twins.guard_script([])
+
+
 def _inside(net, rng):
     span = net.num_addresses - 1
     return [net.network_address, net.broadcast_address, net.network_address + rng.randint(0, span)]
